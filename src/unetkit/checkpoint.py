@@ -1,0 +1,130 @@
+"""Checkpoint files: written atomically, and complete enough to rebuild the model without flags.
+
+A checkpoint is a dict saved with :func:`torch.save`. Besides the weights (``model``) it carries
+the model's registry name and options (``architecture``), the task (classes, threshold) and the
+preprocessing (input size, normalisation), so ``evaluate`` and ``predict`` need nothing but the
+file. Training state (optimiser, schedule, scaler, RNG) rides along so a run can resume exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unetkit.models import build_model
+from unetkit.tasks import Task
+
+FORMAT = "unetkit-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes model input: resized to ``img_size`` [H, W], then normalised."""
+
+    img_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_channels: int
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint with everything needed to feed it and read its output."""
+
+    model: nn.Module
+    task: Task
+    class_names: list[str]
+    preprocessing: Preprocessing
+    checkpoint: dict[str, Any]
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` via a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a unetkit checkpoint, with an error that says what is wrong and what to pass instead."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
+            hint = f"; did you mean {path / 'checkpoints' / 'best.pt'}?"
+        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path} could not be read as a checkpoint ({error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a unetkit checkpoint (no '{FORMAT}' marker); pass a file written by "
+            f"'unetkit train', e.g. RUN/checkpoints/best.pt"
+        )
+    return payload
+
+
+def model_metadata(
+    model_name: str,
+    model_options: dict[str, Any],
+    task: Task,
+    class_names: list[str],
+    preprocessing: Preprocessing,
+) -> dict[str, Any]:
+    """The part of a checkpoint that describes the model, independent of training state."""
+    return {
+        "architecture": {"name": model_name, "options": dict(model_options)},
+        "task": {"num_classes": task.num_classes, "threshold": task.threshold},
+        "class_names": list(class_names),
+        "preprocessing": {
+            "img_size": list(preprocessing.img_size),
+            "mean": list(preprocessing.mean),
+            "std": list(preprocessing.std),
+            "in_channels": preprocessing.in_channels,
+        },
+    }
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any] | str | Path, weights: str = "model"
+) -> LoadedModel:
+    """Rebuild the model of a checkpoint (in eval mode, on the CPU) with its task and preprocessing.
+
+    ``weights`` picks the state dict to load: ``model``, or ``ema`` where a run kept one.
+    """
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint)
+    prep = checkpoint["preprocessing"]
+    preprocessing = Preprocessing(
+        img_size=tuple(prep["img_size"]),
+        mean=tuple(prep["mean"]),
+        std=tuple(prep["std"]),
+        in_channels=int(prep["in_channels"]),
+    )
+    task = Task(**checkpoint["task"])
+    architecture = checkpoint["architecture"]
+    options = {k: v for k, v in architecture["options"].items() if k != "pretrained"}
+    model = build_model(
+        architecture["name"], preprocessing.in_channels, task.out_channels, **options
+    )
+    if weights not in checkpoint:
+        raise KeyError(f"this checkpoint holds no {weights!r} weights; use weights='model'")
+    model.load_state_dict(checkpoint[weights])
+    model.eval()
+    return LoadedModel(model, task, list(checkpoint["class_names"]), preprocessing, checkpoint)

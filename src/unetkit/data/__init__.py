@@ -1,0 +1,35 @@
+"""The data layer: sample sources, splits, transforms, the torch dataset, and data checks.
+
+It knows nothing of models, training or the command line. Every mask it returns is canonical:
+class ids ``0 .. num_classes - 1`` with ``255`` = ignore.
+
+Names are imported lazily, so ``from unetkit.data.folder import read_image`` (what inference
+needs) does not pull in Albumentations.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "checks": ["check_splits", "format_problems"],
+    "contents": ["DatasetContents", "resolve_class_names"],
+    "dataset": ["SegmentationDataset", "build_datasets"],
+    "folder": ["FolderSource", "MaskEncoding", "read_image", "read_mask"],
+    "preprocess": ["default_mean_std", "resize_image", "resolve_mean_std", "to_tensor"],
+    "registry": ["DATASETS", "DatasetSplits", "build_splits", "list_datasets"],
+    "sources": ["DataError", "DataProblem", "SampleSource"],
+    "splits": ["load_split_record", "save_split_record"],
+    "synthetic": ["SyntheticSource"],
+    "transforms": ["AUGMENT_LEVELS", "build_eval_transform", "build_train_transform"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'unetkit.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"unetkit.data.{module}"), name)

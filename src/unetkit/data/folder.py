@@ -1,0 +1,358 @@
+"""Image and mask files on disk: reading them in canonical form, pairing images/ with masks/.
+
+Layout of the ``folder`` dataset::
+
+    root/images/<stem>.<ext>   any format PIL reads (png, jpg, jpeg, tif, tiff, bmp, gif)
+    root/masks/<stem>.png      class ids as pixel values (mode L or P), same size as the image
+    root/classes.txt           optional: one class name per line, background first
+
+Mask rules, applied per dataset so every mask of a dataset is read the same way:
+
+* Pixel values are class ids. Palette (P-mode) masks are read as their palette *indices*, never
+  converted to colours. A colour (RGB) mask whose channels differ is rejected.
+* Binary 0/255 masks: when ``num_classes`` is 2 or not given, and every mask value in the dataset
+  lies in {0, 255}, then 255 means foreground and is mapped to 1. Otherwise 255 keeps its canonical
+  meaning, *ignore*.
+* ``ignore_index`` (a value used by the dataset for void pixels) is mapped to 255 = ignore.
+
+Images are read as RGB (or L for ``in_channels == 1``): palette, RGBA and CMYK images are converted,
+16-bit and float images are stretched to 0..255 by their own range (their useful range varies with
+the sensor), and multi-frame files give their first frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from unetkit.data._progress import tqdm_disable
+from unetkit.data.sources import DataError, DataProblem, SampleSource, UnreadableFileError
+from unetkit.tasks import IGNORE_INDEX
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
+_HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+# --- reading one file ------------------------------------------------------------------------
+
+
+def read_image(path: str | Path, in_channels: int = 3, *, allow_colour: bool = True) -> np.ndarray:
+    """The image at ``path`` as ``H x W x in_channels`` uint8.
+
+    With ``in_channels == 1`` colour images are converted to luminance, unless ``allow_colour`` is
+    False: then an image whose channels differ raises :class:`DataError`, because feeding colour
+    data to a one-channel model is usually a configuration mistake.
+    """
+    if in_channels not in (1, 3):
+        raise DataError(f"in_channels must be 1 (grey) or 3 (RGB); got {in_channels}")
+    with _open(path) as image:
+        if image.mode in _HIGH_BIT_DEPTH_MODES:
+            grey = _stretch_to_uint8(np.asarray(image))
+            array = grey[..., None] if in_channels == 1 else np.repeat(grey[..., None], 3, 2)
+            return np.ascontiguousarray(array)
+        rgb = np.asarray(_to_rgb(image))
+    if in_channels == 3:
+        return rgb
+    if not allow_colour and _is_colour(rgb):
+        raise DataError(
+            f"{path}: colour image but in_channels=1",
+            fix="set data.in_channels=3, or convert the images to greyscale first",
+        )
+    grey = Image.fromarray(rgb, mode="RGB").convert("L")
+    return np.asarray(grey)[..., None]
+
+
+def read_raw_mask(path: str | Path) -> np.ndarray:
+    """The stored values of mask ``path`` as ``H x W`` int64 (palette indices for P mode)."""
+    with _open(path) as mask:
+        mode = mask.mode
+        if mode in ("LA", "PA"):
+            values = np.asarray(mask)[..., 0]
+        elif mode in ("RGB", "RGBA"):
+            values = _grey_channel_of_colour_mask(np.asarray(mask), path)
+        elif mode in ("L", "P", "1") or mode in _HIGH_BIT_DEPTH_MODES:
+            values = np.asarray(mask)
+        else:
+            raise DataError(
+                f"{path}: mask mode {mode} is not a class-index image",
+                fix="save masks as 8-bit greyscale (L) or palette (P) PNGs of class ids",
+            )
+    if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+        raise DataError(f"{path}: mask holds fractional values", fix="store integer class ids")
+    return values.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MaskEncoding:
+    """How stored mask values become canonical class ids (see the module docstring)."""
+
+    binary_255: bool = False
+    ignore_index: int | None = None
+    value_map: Mapping[int, int] | None = None
+
+    def decode_value(self, value: int) -> int:
+        """The canonical id of one stored value."""
+        if self.ignore_index is not None and value == self.ignore_index:
+            return IGNORE_INDEX
+        if self.value_map is not None and value in self.value_map:
+            return self.value_map[value]
+        if self.binary_255 and value == 255:
+            return 1
+        return value
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """Canonical ``uint8`` mask from stored values; values beyond 255 raise ``DataError``."""
+        stored = np.unique(raw)
+        canonical = np.array([self.decode_value(int(v)) for v in stored], dtype=np.int64)
+        too_large = stored[(canonical < 0) | (canonical > IGNORE_INDEX)]
+        if too_large.size:
+            raise DataError(
+                f"mask values {too_large[:5].tolist()} cannot be class ids (0..254, 255 = ignore)",
+                fix="re-save the mask with class ids, or map them with task.ignore_index",
+            )
+        return canonical[np.searchsorted(stored, raw)].astype(np.uint8)
+
+
+def read_mask(path: str | Path, encoding: MaskEncoding | None = None) -> np.ndarray:
+    """The canonical ``H x W`` uint8 mask of ``path`` (class ids, 255 = ignore)."""
+    raw = read_raw_mask(path)
+    try:
+        return (encoding or MaskEncoding()).decode(raw)
+    except DataError as error:
+        raise DataError(f"{path}: {error.message}", fix=error.fix) from error
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line, background first; blank lines are skipped."""
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{path}: class names must be unique; repeated: {', '.join(duplicates)}")
+    if len(names) < 2:
+        raise DataError(
+            f"{path}: lists {len(names)} class name(s); list the background and at least one "
+            f"more class, one name per line"
+        )
+    return names
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _open(path: str | Path) -> Image.Image:
+    """Open and fully decode ``path`` so truncated files fail here, with their name."""
+    try:
+        image = Image.open(path)
+    except FileNotFoundError as error:
+        raise UnreadableFileError(f"{path}: file not found") from error
+    except _DECODE_ERRORS as error:
+        raise _unreadable(path, error) from error
+    try:
+        image.load()
+    except _DECODE_ERRORS as error:
+        image.close()
+        raise _unreadable(path, error) from error
+    return image
+
+
+def _unreadable(path: str | Path, error: Exception) -> UnreadableFileError:
+    return UnreadableFileError(
+        f"{path}: cannot be read as an image ({error}); re-export or remove the file"
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _is_colour(rgb: np.ndarray) -> bool:
+    return bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 0] != rgb[..., 2]))
+
+
+def _grey_channel_of_colour_mask(values: np.ndarray, path: str | Path) -> np.ndarray:
+    rgb = values[..., :3]
+    if _is_colour(rgb):
+        raise DataError(
+            f"{path}: colour-coded mask (RGB values differ)",
+            fix="convert it to a class-index PNG (mode L or P) whose pixel values are class ids",
+        )
+    return rgb[..., 0]
+
+
+# --- pairing a folder of images with a folder of masks -----------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplePair:
+    """One named sample: its image file and its mask file."""
+
+    name: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class FolderScan:
+    """Pairs found by :func:`pair_by_stem` and what did not pair (orphans, duplicate stems)."""
+
+    pairs: list[SamplePair]
+    problems: list[DataProblem] = field(default_factory=list)
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` by extension, sorted; hidden and other files skipped."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def pair_by_stem(
+    images_dir: str | Path, masks_dir: str | Path, mask_suffix: str = ""
+) -> FolderScan:
+    """Pair ``images_dir/<stem>.*`` with ``masks_dir/<stem><mask_suffix>.*``, recording orphans."""
+    problems: list[DataProblem] = []
+    images = _index_by_stem(list_image_files(images_dir), "", problems)
+    masks = _index_by_stem(list_image_files(masks_dir), mask_suffix, problems)
+    pairs = [
+        SamplePair(stem, images[stem], masks[stem]) for stem in sorted(images) if stem in masks
+    ]
+    for stem in sorted(images.keys() - masks.keys()):
+        problems.append(
+            DataProblem(
+                str(images[stem]),
+                "image without a mask; it is left out",
+                f"add {Path(masks_dir) / (stem + mask_suffix)}.png, or move the image away",
+                severity="warning",
+            )
+        )
+    for stem in sorted(masks.keys() - images.keys()):
+        problems.append(
+            DataProblem(
+                str(masks[stem]),
+                "mask without an image; it is left out",
+                f"add the image {Path(images_dir) / stem}.<ext>, or delete the mask",
+                severity="warning",
+            )
+        )
+    return FolderScan(pairs, problems)
+
+
+def _index_by_stem(files: list[Path], suffix: str, problems: list[DataProblem]) -> dict[str, Path]:
+    """Files by sample name (stem without ``suffix``); a name seen twice is a problem."""
+    by_name: dict[str, Path] = {}
+    for path in files:
+        name = path.stem
+        if suffix:
+            if not name.endswith(suffix):
+                continue
+            name = name[: -len(suffix)]
+        if name in by_name:
+            problems.append(
+                DataProblem(
+                    str(path),
+                    f"has the same name as {by_name[name].name}; only the first is used",
+                    "give every sample one file per folder (rename or remove the duplicate)",
+                )
+            )
+            continue
+        by_name[name] = path
+    return by_name
+
+
+# --- inferring how masks are encoded ------------------------------------------------------------
+
+
+def scan_mask_values(
+    paths: Iterable[Path], stop_on_class_ids: bool = False, progress: bool | None = None
+) -> set[int]:
+    """Union of the stored values of the masks at ``paths``.
+
+    Unreadable masks are skipped here: this scan only guesses the encoding, and
+    :func:`unetkit.data.checks.check_splits` reports those files. With ``stop_on_class_ids`` the
+    scan ends at the first value in 1..254, which already rules out a 0/255 encoding.
+    """
+    paths = list(paths)
+    values: set[int] = set()
+    disable = tqdm_disable(len(paths), progress)
+    for path in tqdm(paths, desc="scanning masks", unit="mask", disable=disable):
+        try:
+            values.update(int(v) for v in np.unique(read_raw_mask(path)))
+        except DataError:
+            continue  # reported with its file name by check_splits
+        if stop_on_class_ids and any(0 < v < 255 for v in values):
+            break
+    return values
+
+
+def infer_mask_encoding(
+    stored_values: set[int],
+    num_classes: int | None,
+    ignore_index: int | None = None,
+    value_map: Mapping[int, int] | None = None,
+) -> MaskEncoding:
+    """The dataset-wide encoding: 0/255 means binary only when nothing else contradicts it."""
+    meaningful = stored_values - ({ignore_index} if ignore_index is not None else set())
+    binary_255 = (
+        num_classes in (None, 2)
+        and ignore_index != IGNORE_INDEX
+        and not value_map
+        and 255 in meaningful
+        and meaningful <= {0, 255}
+    )
+    return MaskEncoding(binary_255, ignore_index, value_map)
+
+
+def num_classes_from_values(stored_values: set[int], encoding: MaskEncoding) -> int:
+    """Class count implied by the masks: largest canonical id + 1 (ignore excluded), at least 2."""
+    ids = {encoding.decode_value(v) for v in stored_values} - {IGNORE_INDEX}
+    return max(2, max(ids, default=0) + 1)
+
+
+# --- the source ---------------------------------------------------------------------------------
+
+
+class FolderSource(SampleSource):
+    """Samples read from paired image and mask files."""
+
+    def __init__(
+        self,
+        pairs: list[SamplePair],
+        in_channels: int = 3,
+        encoding: MaskEncoding | None = None,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.in_channels = in_channels
+        self.encoding = encoding or MaskEncoding()
+
+    @property
+    def names(self) -> list[str]:
+        return [pair.name for pair in self.pairs]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        image = read_image(pair.image, self.in_channels, allow_colour=False)
+        return image, read_mask(pair.mask, self.encoding)
+
+    def describe(self, index: int) -> str:
+        pair = self.pairs[index]
+        return f"{pair.image} (mask {pair.mask})"
+
+    def _select(self, positions: list[int]) -> FolderSource:
+        return FolderSource([self.pairs[p] for p in positions], self.in_channels, self.encoding)

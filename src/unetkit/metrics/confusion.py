@@ -1,0 +1,115 @@
+"""A confusion matrix accumulated over many predictions: the raw count every metric comes from.
+
+Rows are ground-truth classes, columns predicted classes, entries pixel counts (int64). Counting
+is one ``bincount`` on the tensors' own device, so evaluation on a GPU does not copy masks back.
+The matrix is a plain tensor (:attr:`ConfusionMatrix.state`) so distributed runs can all-reduce it
+and rebuild with :meth:`ConfusionMatrix.from_matrix`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetkit.tasks import IGNORE_INDEX
+
+
+class ConfusionMatrix:
+    """Pixel counts ``matrix[true, predicted]`` over every :meth:`update` since the last reset."""
+
+    def __init__(self, num_classes: int, device: torch.device | str | None = None) -> None:
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background, so it is >= 2; got {num_classes}")
+        self.num_classes = num_classes
+        self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
+
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor | np.ndarray) -> ConfusionMatrix:
+        """Rebuild from a square count matrix, e.g. one all-reduced across processes."""
+        counts = torch.as_tensor(matrix)
+        if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+            raise ValueError(
+                f"a confusion matrix is square (C, C); got shape {tuple(counts.shape)}"
+            )
+        if counts.dtype.is_floating_point or counts.dtype == torch.bool:
+            raise ValueError(f"a confusion matrix holds integer counts; got dtype {counts.dtype}")
+        confusion = cls(counts.shape[0], device=counts.device)
+        confusion.matrix = counts.to(torch.int64).clone()
+        return confusion
+
+    @property
+    def state(self) -> torch.Tensor:
+        """The count tensor itself (not a copy), for in-place all-reduce."""
+        return self.matrix
+
+    def update(self, pred: Any, target: Any, roi: Any = None) -> None:
+        """Count ``pred`` (class ids) against ``target`` (class ids, 255 = ignore).
+
+        Any shape, as long as ``pred``, ``target`` and the optional boolean ``roi`` agree; pixels
+        whose target is 255 or whose ``roi`` is False are not counted.
+        """
+        pred, target = torch.as_tensor(pred), torch.as_tensor(target)
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"confusion update: prediction shape {tuple(pred.shape)} differs from target shape "
+                f"{tuple(target.shape)}; resize the prediction to the mask first"
+            )
+        for name, labels in (("prediction", pred), ("target", target)):
+            if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise ValueError(
+                    f"confusion update: the {name} must hold integer class ids; got dtype "
+                    f"{labels.dtype} (turn logits into ids with Task.labels)"
+                )
+        counted = target != IGNORE_INDEX
+        if roi is not None:
+            counted &= self._roi_mask(roi, target)
+        truth = target[counted].long().to(self.matrix.device)
+        predicted = pred.to(target.device)[counted].long().to(self.matrix.device)
+        self._check_range(truth, predicted)
+        index = truth * self.num_classes + predicted
+        counts = torch.bincount(index, minlength=self.num_classes**2)
+        self.matrix += counts.view(self.num_classes, self.num_classes)
+
+    def reset(self) -> None:
+        self.matrix.zero_()
+
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        """Add ``other``'s counts into this matrix (in place) and return self."""
+        self._check_compatible(other)
+        self.matrix += other.matrix.to(self.matrix.device)
+        return self
+
+    def __add__(self, other: ConfusionMatrix) -> ConfusionMatrix:
+        self._check_compatible(other)
+        return ConfusionMatrix.from_matrix(self.matrix + other.matrix.to(self.matrix.device))
+
+    def __repr__(self) -> str:
+        return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.matrix.sum())})"
+
+    def _roi_mask(self, roi: Any, target: torch.Tensor) -> torch.Tensor:
+        roi = torch.as_tensor(roi, device=target.device)
+        if roi.shape != target.shape:
+            raise ValueError(
+                f"confusion update: roi shape {tuple(roi.shape)} differs from target shape "
+                f"{tuple(target.shape)}"
+            )
+        return roi.bool()
+
+    def _check_range(self, truth: torch.Tensor, predicted: torch.Tensor) -> None:
+        for name, labels in (("target", truth), ("prediction", predicted)):
+            bad = (labels < 0) | (labels >= self.num_classes)
+            if bool(bad.any()):
+                values = torch.unique(labels[bad]).tolist()[:10]
+                raise ValueError(
+                    f"confusion update: {name} holds class ids {values} outside "
+                    f"0..{self.num_classes - 1} (ignore value {IGNORE_INDEX} excepted); "
+                    f"check num_classes or map them to {IGNORE_INDEX}"
+                )
+
+    def _check_compatible(self, other: ConfusionMatrix) -> None:
+        if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:
+            raise ValueError(
+                f"can only merge confusion matrices of {self.num_classes} classes; got {other!r}"
+            )

@@ -1,0 +1,13 @@
+"""Segmentation architectures, built by name: ``build_model("unet", in_channels, num_classes)``.
+
+Every model maps images ``(N, in_channels, H, W)`` of any size to logits ``(N, num_classes, H, W)``,
+where ``num_classes`` counts logit channels (1 for a binary task, see ``Task.out_channels``).
+Importing the architecture modules below registers them.
+"""
+
+from __future__ import annotations
+
+from unetkit.models import resnet_unet, unet  # noqa: F401  (registers the models)
+from unetkit.models.registry import build_model, list_models, model_options, register_model
+
+__all__ = ["build_model", "list_models", "model_options", "register_model"]

@@ -1,0 +1,82 @@
+"""Model registry: architectures are found by name, so configs and the CLI can name them in text.
+
+A registered factory (usually an ``nn.Module`` class) takes ``in_channels`` and ``num_classes``
+(the number of OUTPUT LOGIT CHANNELS, 1 for a binary sigmoid head) plus keyword options. Options
+are checked against the factory's signature before it is called, so a typo in a config fails with
+the list of accepted options instead of a bare ``TypeError`` deep inside a constructor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+_FIXED_ARGUMENTS = ("in_channels", "num_classes")
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+FactoryT = TypeVar("FactoryT", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[FactoryT], FactoryT]:
+    """Decorator that makes a model factory buildable by ``build_model(name, ...)``."""
+
+    def decorator(factory: FactoryT) -> FactoryT:
+        if name in _REGISTRY:
+            raise ValueError(f"a model named {name!r} is already registered ({_REGISTRY[name]!r})")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The keyword options a model accepts, each with its default value."""
+    parameters = inspect.signature(_lookup(name)).parameters.values()
+    return {
+        parameter.name: parameter.default
+        for parameter in parameters
+        if parameter.name not in _FIXED_ARGUMENTS
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    }
+
+
+def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """Build a registered model that maps ``(N, in_channels, H, W)`` to ``(N, num_classes, H, W)``.
+
+    ``num_classes`` is the number of logit channels (``Task.out_channels``), not the class count.
+    """
+    factory = _lookup(name)
+    accepted = model_options(name)
+    for option in options:
+        if option not in accepted:
+            raise ValueError(
+                f"model {name!r} has no option {option!r}{_did_you_mean(option, accepted)}; "
+                f"accepted options: {', '.join(accepted) or '(none)'}"
+            )
+    for argument, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{argument} must be a positive integer; got {value!r}")
+    return factory(in_channels=in_channels, num_classes=num_classes, **options)
+
+
+def _lookup(name: str) -> Callable[..., nn.Module]:
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown model {name!r}{_did_you_mean(name, _REGISTRY)}; "
+            f"known models: {', '.join(list_models())}"
+        )
+    return _REGISTRY[name]
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""

@@ -1,0 +1,66 @@
+"""Binary versus multi-class: the one place that decides how logits become probabilities and labels.
+
+Everywhere in unetkit a *mask* is an integer array of class ids ``0 .. num_classes - 1``, with
+:data:`IGNORE_INDEX` marking pixels that must not count (void labels, padding added by augmentation,
+outside a region of interest). ``num_classes`` always counts the background, so a binary task has
+``num_classes == 2``. A binary task uses one output channel with a sigmoid; a multi-class task uses
+``num_classes`` channels with a softmax. Nothing else in the package makes that choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = 255
+"""Mask value of pixels excluded from losses and metrics. Loaders map dataset void labels to it."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the model predicts: how many classes, and whether the head is a binary sigmoid."""
+
+    num_classes: int
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(
+                f"num_classes must count the background too, so it is at least 2 "
+                f"(2 = binary: background and foreground); got {self.num_classes}"
+            )
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
+
+    @property
+    def is_binary(self) -> bool:
+        return self.num_classes == 2
+
+    @property
+    def out_channels(self) -> int:
+        """Logit channels of the model head: 1 for binary, ``num_classes`` otherwise."""
+        return 1 if self.is_binary else self.num_classes
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, num_classes, H, W)`` from logits ``(N, out_channels, H, W)``.
+
+        For a binary task channel 0 is the background (1 - p) and channel 1 the foreground (p), so
+        downstream code handles both tasks alike.
+        """
+        if self.is_binary:
+            foreground = torch.sigmoid(logits.float())
+            return torch.cat([1.0 - foreground, foreground], dim=1)
+        return torch.softmax(logits.float(), dim=1)
+
+    def labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted class ids ``(N, H, W)`` (int64) from logits ``(N, out_channels, H, W)``."""
+        if self.is_binary:
+            return (torch.sigmoid(logits.float()[:, 0]) > self.threshold).long()
+        return logits.argmax(dim=1)
+
+    def labels_from_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
+        """Predicted class ids from :meth:`probabilities` (e.g. after resizing them)."""
+        if self.is_binary:
+            return (probs[:, 1] > self.threshold).long()
+        return probs.argmax(dim=1)

@@ -1,0 +1,141 @@
+"""Everything a run needs before its first step: data checked, model, loss, optimiser, loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from unetkit.config import Config
+from unetkit.data import DataError, build_datasets, build_splits, check_splits, format_problems
+from unetkit.data.preprocess import resolve_mean_std
+from unetkit.data.registry import DatasetSplits
+from unetkit.devices import resolve_device
+from unetkit.losses import build_loss
+from unetkit.models import build_model
+from unetkit.tasks import Task
+from unetkit.training.optim import LRSchedule, build_optimizer, build_scheduler
+
+
+@dataclass
+class RunParts:
+    """The objects one training run works with."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    task: Task
+    splits: DatasetSplits
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    train_loader: DataLoader
+    val_loader: DataLoader
+
+
+def resolve_run_dir(cfg: Config) -> Path:
+    """``train.out``, else ``runs/<dataset>-<model>-<timestamp>``."""
+    if cfg.train.out:
+        return Path(cfg.train.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"
+
+
+def load_and_check_data(cfg: Config, run_dir: Path) -> tuple[Config, DatasetSplits]:
+    """Build the splits (reusing a saved ``splits.json``), check them, and fill in the classes."""
+    record_path = run_dir / "splits.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    splits = build_splits(cfg, split_record=record)
+    num_classes = len(splits.class_names)
+    problems = check_splits(splits, num_classes, progress=cfg.train.progress)
+    if any(problem.is_error for problem in problems):
+        raise DataError(format_problems(problems))
+    if problems:
+        warnings.warn(format_problems(problems), stacklevel=2)
+    task_cfg = dataclasses.replace(
+        cfg.task, num_classes=num_classes, class_names=list(splits.class_names)
+    )
+    mean, std = resolve_mean_std(cfg.data.mean, cfg.data.std, cfg.data.in_channels)
+    data_cfg = dataclasses.replace(cfg.data, mean=list(mean), std=list(std))
+    return dataclasses.replace(cfg, task=task_cfg, data=data_cfg), splits
+
+
+def build_run(cfg: Config, run_dir: Path) -> RunParts:
+    """Check the data, then build model, loss, optimiser, schedule and loaders from ``cfg``."""
+    device = resolve_device(cfg.train.device)
+    cfg, splits = load_and_check_data(cfg, run_dir)
+    task = Task(cfg.task.num_classes, cfg.task.threshold)
+    model = build_model(
+        cfg.model.name, cfg.data.in_channels, task.out_channels, **cfg.model.options
+    )
+    model.to(device)
+    criterion = build_loss(cfg.loss.spec, task, cfg.loss.class_weights, cfg.loss.focal_gamma)
+    train_loader, val_loader = build_loaders(cfg, splits, device)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    steps_per_epoch = -(-len(train_loader) // cfg.train.accum_steps)
+    schedule = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    amp_dtype = resolve_amp(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return RunParts(
+        cfg,
+        run_dir,
+        device,
+        task,
+        splits,
+        model,
+        criterion.to(device),
+        optimizer,
+        schedule,
+        scaler,
+        amp_dtype,
+        train_loader,
+        val_loader,
+    )
+
+
+def build_loaders(
+    cfg: Config, splits: DatasetSplits, device: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training batches (order seeded per epoch by the loop); validation batches."""
+    datasets = build_datasets(splits, cfg)
+    common: dict[str, Any] = {
+        "batch_size": cfg.train.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.data.num_workers > 0,
+    }
+    train_set = datasets["train"]
+    train_loader = DataLoader(
+        train_set,
+        shuffle=True,
+        drop_last=len(train_set) > cfg.train.batch_size,
+        generator=torch.Generator(),
+        **common,
+    )
+    return train_loader, DataLoader(datasets["val"], shuffle=False, **common)
+
+
+def resolve_amp(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None. AMP is a CUDA feature here: on a CPU it would slow training."""
+    if not cfg.train.amp:
+        return None
+    if device.type != "cuda":
+        warnings.warn(
+            "--amp is ignored on the CPU (no fast half-precision units); training in fp32",
+            stacklevel=2,
+        )
+        return None
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    if cfg.train.amp_dtype not in dtypes:
+        raise ValueError(f"train.amp_dtype must be fp16 or bf16; got {cfg.train.amp_dtype!r}")
+    return dtypes[cfg.train.amp_dtype]

@@ -1,0 +1,148 @@
+"""The command line end to end on tiny synthetic data: train, evaluate, predict, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unetkit.checkpoint import load_checkpoint
+from unetkit.cli.main import main
+
+TINY = [
+    "--img-size",
+    "32",
+    "40",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--no-progress",
+    "data.synthetic_count=16",
+    "model.options.base_width=4",
+    "model.options.depth=2",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_the_whole_run_folder(trained_run):
+    for name in [
+        "config.yaml",
+        "splits.json",
+        "history.csv",
+        "metrics.json",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "plots/loss.png",
+        "plots/metrics.png",
+    ]:
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tensorboard").iterdir())
+    assert len((trained_run / "history.csv").read_text().strip().splitlines()) == 3
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for key in ["pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice", "per_class"]:
+        assert key in metrics
+    assert metrics["split"] == "test"
+    assert metrics["num_images"] == len(
+        json.loads((trained_run / "splits.json").read_text())["test"]
+    )
+    assert 0.0 <= metrics["mean_iou"] <= 1.0
+    assert [c["name"] for c in metrics["per_class"]][0] == "background"
+
+
+def test_checkpoint_is_self_describing(trained_run):
+    checkpoint = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    assert checkpoint["architecture"]["name"] == "unet"
+    assert checkpoint["preprocessing"]["img_size"] == [32, 40]
+    assert len(checkpoint["class_names"]) == checkpoint["task"]["num_classes"]
+
+
+def test_evaluate_reuses_the_test_split_and_matches_training(trained_run, tmp_path, capsys):
+    best = trained_run / "checkpoints" / "best.pt"
+    assert (
+        main(["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress"]) == 0
+    )
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    at_training_end = json.loads((trained_run / "metrics.json").read_text())
+    assert evaluated["mean_iou"] == pytest.approx(at_training_end["mean_iou"], abs=1e-9)
+    assert "mean_iou" in capsys.readouterr().out.lower().replace(" ", "_")
+
+
+def test_predict_writes_masks_at_input_size_and_skips_corrupt(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(inputs / "a.png")
+    Image.fromarray(rng.integers(0, 255, (33, 21, 3), dtype=np.uint8)).save(
+        inputs / "sub" / "b.jpg"
+    )
+    (inputs / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    best = str(trained_run / "checkpoints" / "best.pt")
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            best,
+            "--input",
+            str(inputs),
+            "--out",
+            str(out),
+            "--overlay",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    mask = np.asarray(Image.open(out / "a.png"))
+    assert mask.shape == (50, 70)
+    assert mask.max() < 4
+    assert np.asarray(Image.open(out / "b.png")).shape == (33, 21)
+    assert np.asarray(Image.open(out / "a_overlay.png")).shape == (50, 70, 3)
+    assert not (out / "broken.png").exists()
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    args = [*TINY, "--epochs", "3", "--seed", "5", "--augment", "light"]
+    assert main(["train", "--out", str(whole), *args]) == 0
+
+    import unetkit.training.loop as loop
+
+    original = loop._end_of_epoch
+
+    def crash_after_second_epoch(parts, state, row):
+        original(parts, state, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(loop, "_end_of_epoch", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "--out", str(broken), *args])
+    monkeypatch.setattr(loop, "_end_of_epoch", original)
+    assert (
+        main(["train", "--resume", str(broken / "checkpoints" / "last.pt"), "--no-progress"]) == 0
+    )
+
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    b = load_checkpoint(broken / "checkpoints" / "last.pt")
+    assert b["epoch"] == 3
+    for key, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][key], tensor, rtol=0, atol=0, msg=key)
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_bad_data_root_is_a_clear_error(tmp_path, capsys):
+    code = main(
+        ["train", "--dataset", "folder", "--data-root", str(tmp_path / "nowhere"), "--no-progress"]
+    )
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -146,3 +146,44 @@ def test_bad_data_root_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def _write_binary_folder(root, count=12, size=(36, 44)):
+    """A folder dataset with binary 0/255 masks, made from the synthetic generator."""
+    from unetkit.data.synthetic import SyntheticSource
+
+    source = SyntheticSource(count, size=size, num_classes=2, seed=3)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index, name in enumerate(source.names):
+        image, mask = source.load(index)
+        Image.fromarray(image).save(root / "images" / f"{name}.jpg")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"{name}.png")
+
+
+def test_binary_folder_run_with_accumulation(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    _write_binary_folder(data)
+    args = ["train", "--dataset", "folder", "--data-root", str(data), "--out", str(out),
+            "--loss", "bce:0.5,dice:0.5", "--accum-steps", "2", "--monitor", "val_foreground_iou",
+            "--amp", *TINY]  # fmt: skip
+    with pytest.warns(UserWarning, match="amp"):
+        assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [c["name"] for c in metrics["per_class"]] == ["background", "foreground"]
+    assert 0.0 <= metrics["foreground_iou"] <= 1.0
+    checkpoint = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert checkpoint["task"]["num_classes"] == 2
+    assert checkpoint["model"]["head.weight"].shape[0] == 1  # one sigmoid channel
+
+
+def test_bad_masks_stop_training_before_the_first_step(tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_binary_folder(data, count=6)
+    Image.fromarray(np.full((36, 44), 9, np.uint8)).save(data / "masks" / "synthetic_00002.png")
+    code = main(["train", "--dataset", "folder", "--data-root", str(data), "--num-classes", "3",
+                 "--out", str(tmp_path / "run"), *TINY])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "synthetic_00002.png" in err and "9" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

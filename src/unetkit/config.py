@@ -36,6 +36,7 @@ class DataConfig:
 
     dataset: str = "synthetic"
     root: str | None = None
+    mode: str | None = None  # dataset-specific task variant, e.g. oxford-pet: binary | trimap
     img_size: list[int] = field(default_factory=lambda: [96, 96])  # [H, W] seen by the model
     in_channels: int = 3
     augment: str = "light"  # none | light | strong
@@ -47,6 +48,10 @@ class DataConfig:
     val_list: str | None = None
     test_list: str | None = None
     num_workers: int = 0
+    tile_size: int | None = None  # train on tiles of this size cut from large images (e.g. CCAgT)
+    colour_map: str | None = None  # folder: file mapping RGB mask colours to class ids
+    cache: bool = False  # keep decoded, resized samples on disk and reuse them across runs
+    cache_dir: str | None = None  # default: $UNETKIT_CACHE_DIR or ~/.cache/unetkit
     synthetic_count: int = 200  # synthetic only: images in the whole dataset
     synthetic_seed: int = 0
 

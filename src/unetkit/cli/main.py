@@ -13,6 +13,7 @@ from unetkit.cli import commands
 TRAIN_FLAGS = {
     "dataset": "data.dataset",
     "data_root": "data.root",
+    "mode": "data.mode",
     "model": "model.name",
     "num_classes": "task.num_classes",
     "img_size": "data.img_size",
@@ -57,6 +58,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a YAML file or a preset name (see `unetkit list`)")
     p.add_argument("--dataset", help="synthetic (default) or folder")
     p.add_argument("--data-root", help="dataset folder")
+    p.add_argument("--mode", help="dataset variant, e.g. oxford-pet: binary or trimap")
     p.add_argument("--model", help="model name from the registry")
     p.add_argument("--num-classes", type=int, help="classes including background; 2 = binary")
     p.add_argument("--img-size", type=int, nargs="+", metavar=("H", "W"), help="training size")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unetkit.config import Config
+from unetkit.data.cache import CachedSource, default_cache_dir
 from unetkit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, resolve_mean_std, to_tensor
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import SampleSource
@@ -67,8 +69,17 @@ def build_datasets(splits: DatasetSplits, cfg: Config) -> dict[str, Segmentation
         cfg.data.img_size, cfg.data.augment, cfg.data.in_channels
     )
     eval_transform = build_eval_transform(cfg.data.img_size)
+    sources = {name: _maybe_cached(source, cfg) for name, source in splits.named().items()}
     return {
-        "train": SegmentationDataset(splits.train, train_transform, mean, std),
-        "val": SegmentationDataset(splits.val, eval_transform, mean, std),
-        "test": SegmentationDataset(splits.test, eval_transform, mean, std),
+        "train": SegmentationDataset(sources["train"], train_transform, mean, std),
+        "val": SegmentationDataset(sources["val"], eval_transform, mean, std),
+        "test": SegmentationDataset(sources["test"], eval_transform, mean, std),
     }
+
+
+def _maybe_cached(source: SampleSource, cfg: Config) -> SampleSource:
+    """``source`` behind the disk cache when ``data.cache`` is on and it reads files."""
+    if not cfg.data.cache or len(source) == 0 or not source.files(0):
+        return source
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    return CachedSource(source, cfg.data.img_size, cache_dir)

@@ -9,9 +9,11 @@ is just three lists of names, and :meth:`SampleSource.subset` turns a list back 
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -68,6 +70,22 @@ class SampleSource(ABC):
     @abstractmethod
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from (file paths or a synthetic id), for messages."""
+
+    def files(self, index: int) -> list[Path]:
+        """The files sample ``index`` is read from (none for generated samples)."""
+        return []
+
+    def fingerprint(self, index: int) -> str:
+        """What sample ``index`` is and how it is decoded; changes whenever one of its files does.
+
+        The sample cache keys entries by it, so an edited image or mask is decoded afresh.
+        """
+        parts = [type(self).__name__, str(self.in_channels), self.describe(index)]
+        parts.append(repr(getattr(self, "encoding", "")))
+        for path in self.files(index):
+            stat = os.stat(path)
+            parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+        return "|".join(parts)
 
     @abstractmethod
     def _select(self, positions: list[int]) -> SampleSource:

@@ -5,34 +5,62 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from unetkit.cli import commands
+from unetkit.cli import commands, data_commands
 
-# Command-line flag -> config key. Every other key is reachable as a trailing `section.key=value`.
-TRAIN_FLAGS = {
-    "dataset": "data.dataset",
-    "data_root": "data.root",
-    "mode": "data.mode",
-    "model": "model.name",
-    "num_classes": "task.num_classes",
-    "img_size": "data.img_size",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "lr": "optim.lr",
-    "loss": "loss.spec",
-    "optimizer": "optim.optimizer",
-    "scheduler": "optim.scheduler",
-    "accum_steps": "train.accum_steps",
-    "amp": "train.amp",
-    "seed": "train.seed",
-    "device": "train.device",
-    "out": "train.out",
-    "resume": "train.resume",
-    "augment": "data.augment",
-    "monitor": "train.monitor",
-    "workers": "data.num_workers",
+# Command-line flag -> (config key, argparse options). Every other key is reachable as a trailing
+# `section.key=value`. Subcommands pick the flags they take with `add_config_flags`.
+CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dataset": ("data.dataset", {"help": "dataset name (see `unetkit list`), default synthetic"}),
+    "data_root": ("data.root", {"help": "dataset folder"}),
+    "mode": ("data.mode", {"help": "dataset variant, e.g. oxford-pet: binary or trimap"}),
+    "model": ("model.name", {"help": "model name from the registry"}),
+    "num_classes": (
+        "task.num_classes",
+        {"type": int, "help": "classes including background; 2 = binary"},
+    ),
+    "img_size": (
+        "data.img_size",
+        {"type": int, "nargs": "+", "metavar": ("H", "W"), "help": "training size"},
+    ),
+    "epochs": ("train.epochs", {"type": int}),
+    "batch_size": ("train.batch_size", {"type": int}),
+    "lr": ("optim.lr", {"type": float}),
+    "loss": ("loss.spec", {"help": "weighted sum, e.g. ce:0.7,dice:0.3 (ce/bce/dice/focal)"}),
+    "optimizer": ("optim.optimizer", {"choices": ["adam", "adamw", "sgd"]}),
+    "scheduler": ("optim.scheduler", {"choices": ["cosine", "plateau", "poly", "none"]}),
+    "accum_steps": ("train.accum_steps", {"type": int, "help": "gradient accumulation steps"}),
+    "amp": (
+        "train.amp",
+        {"action": "store_true", "default": None, "help": "mixed precision (CUDA)"},
+    ),
+    "seed": ("train.seed", {"type": int}),
+    "device": ("train.device", {"help": "auto, cpu, cuda or cuda:N"}),
+    "out": ("train.out", {"help": "run folder (default runs/<dataset>-<model>-<time>)"}),
+    "resume": ("train.resume", {"help": "checkpoint to continue from (RUN/checkpoints/last.pt)"}),
+    "augment": ("data.augment", {"choices": ["none", "light", "strong"]}),
+    "monitor": ("train.monitor", {"help": "val_loss or val_<metric> picking best.pt"}),
+    "workers": ("data.num_workers", {"type": int, "help": "data-loading worker processes"}),
 }
+TRAIN_FLAGS = {flag: key for flag, (key, _) in CONFIG_FLAGS.items()}
+# The flags that say which data a command reads (the `data` subcommands take only these).
+DATASET_FLAGS = ("dataset", "data_root", "mode", "num_classes", "img_size")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, flags: Iterable[str]) -> None:
+    """``--config``, the ``flags`` named (keys of CONFIG_FLAGS), and trailing KEY=VALUE pairs.
+
+    The parsed namespace carries ``config_keys`` ({flag: config key}) so a command can turn
+    the flags into overrides without knowing this table.
+    """
+    parser.add_argument("--config", help="a YAML file or a preset name (see `unetkit list`)")
+    for flag in flags:
+        _, options = CONFIG_FLAGS[flag]
+        parser.add_argument("--" + flag.replace("_", "-"), **options)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
+    parser.set_defaults(config_keys={flag: CONFIG_FLAGS[flag][0] for flag in flags})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_data(sub)
     info = sub.add_parser("list", help="list models, presets and datasets")
     info.set_defaults(handler=commands.list_things)
     return parser
@@ -55,30 +84,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         epilog="Any config key can be set with trailing section.key=value pairs, e.g. "
         "optim.weight_decay=0 model.options.depth=3. See `unetkit list` for presets.",
     )
-    p.add_argument("--config", help="a YAML file or a preset name (see `unetkit list`)")
-    p.add_argument("--dataset", help="synthetic (default) or folder")
-    p.add_argument("--data-root", help="dataset folder")
-    p.add_argument("--mode", help="dataset variant, e.g. oxford-pet: binary or trimap")
-    p.add_argument("--model", help="model name from the registry")
-    p.add_argument("--num-classes", type=int, help="classes including background; 2 = binary")
-    p.add_argument("--img-size", type=int, nargs="+", metavar=("H", "W"), help="training size")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--loss", help="weighted sum, e.g. ce:0.7,dice:0.3 (ce/bce/dice/focal)")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--scheduler", choices=["cosine", "plateau", "poly", "none"])
-    p.add_argument("--accum-steps", type=int, help="gradient accumulation steps")
-    p.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", help="run folder (default runs/<dataset>-<model>-<time>)")
-    p.add_argument("--resume", help="checkpoint to continue from (RUN/checkpoints/last.pt)")
-    p.add_argument("--augment", choices=["none", "light", "strong"])
-    p.add_argument("--monitor", help="val_loss or val_<metric> picking best.pt")
-    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    add_config_flags(p, CONFIG_FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
     p.set_defaults(handler=commands.train)
 
 
@@ -109,6 +116,62 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=commands.predict)
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="download, check and look at datasets")
+    group = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    _add_data_download(group)
+    _add_data_check(group)
+    _add_data_show(group)
+
+
+def _add_data_download(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "download",
+        help="fetch a dataset (oxford-pet) or print how to get one by hand",
+        epilog=f"{data_commands.known_datasets()}. Exit status: 0 when the dataset is in place "
+        f"(a second call downloads nothing), {data_commands.MANUAL_EXIT} when it must be "
+        "downloaded by hand (the instructions are printed), 2 on an error.",
+    )
+    p.add_argument("name", help="dataset name, e.g. oxford-pet")
+    p.add_argument("--root", help="folder to put the dataset in (then use it as --data-root)")
+    p.add_argument(
+        "--mirror",
+        help=f"base URL or folder holding the same archive files (default: "
+        f"${data_commands.MIRROR_ENV}, else the publisher)",
+    )
+    p.add_argument("--keep-archives", action="store_true", help="keep the .tar.gz files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=data_commands.download)
+
+
+def _add_data_check(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "check",
+        help="report every data problem, class pixel frequencies and image sizes",
+        epilog="Takes the same data flags and KEY=VALUE pairs as train. Exit status 1 when "
+        "any problem is an error (training would refuse the data), else 0.",
+    )
+    add_config_flags(p, DATASET_FLAGS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=data_commands.check)
+
+
+def _add_data_show(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "show",
+        help="write a PNG grid of samples with their masks overlaid",
+        epilog="Takes the same data flags and KEY=VALUE pairs as train; with --augment the "
+        "level is data.augment (e.g. data.augment=strong).",
+    )
+    add_config_flags(p, DATASET_FLAGS)
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--count", type=int, default=16, help="samples in the grid (default 16)")
+    p.add_argument("--out", help="PNG file (default <dataset>-<split>-samples.png)")
+    p.add_argument("--augment", action="store_true", help="show the training augmentation applied")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentations shown")
+    p.set_defaults(handler=data_commands.show)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -116,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except commands.USER_ERRORS as error:
         if os.environ.get("UNETKIT_DEBUG"):
             raise
-        print(f"unetkit {args.command}: error: {error}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+        print(f"unetkit {command}: error: {error}", file=sys.stderr)
         print("(set UNETKIT_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2
 

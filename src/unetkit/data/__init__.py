@@ -13,13 +13,22 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "checks": ["check_splits", "format_problems"],
+    "checks": [
+        "DataReport",
+        "check_splits",
+        "dataset_statistics",
+        "format_problems",
+        "inspect_splits",
+    ],
     "contents": ["DatasetContents", "resolve_class_names"],
     "dataset": ["SegmentationDataset", "build_datasets"],
+    "download": ["DownloadError", "download_dataset", "safe_extract"],
     "folder": ["FolderSource", "MaskEncoding", "read_image", "read_mask"],
+    "preview": ["sample_grid", "save_sample_grid"],
     "preprocess": ["default_mean_std", "resize_image", "resolve_mean_std", "to_tensor"],
     "registry": ["DATASETS", "DatasetSplits", "build_splits", "list_datasets"],
     "sources": ["DataError", "DataProblem", "SampleSource"],
+    "statistics": ["DatasetStatistics", "format_statistics"],
     "splits": ["load_split_record", "save_split_record"],
     "synthetic": ["SyntheticSource"],
     "transforms": ["AUGMENT_LEVELS", "build_eval_transform", "build_train_transform"],

@@ -3,22 +3,48 @@
 One pass reads every sample once and looks for what would crash or silently spoil training:
 files that cannot be read, image/mask size mismatches, mask values that are not class ids, images
 with the wrong number of channels, and empty splits. Problems found while pairing files (an image
-without a mask, a mask without an image) come along from :class:`DatasetSplits`.
+without a mask, a mask without an image) come along from :class:`DatasetSplits`. The same pass
+gathers the dataset's statistics (class pixel frequencies, image sizes): see
+:func:`inspect_splits`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from unetkit.data._progress import tqdm_disable
+from unetkit.data.contents import default_class_names
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import DataError, DataProblem, SampleSource, UnreadableFileError
+from unetkit.data.statistics import DatasetStatistics, StatisticsCollector
 from unetkit.tasks import IGNORE_INDEX
 
-__all__ = ["DataProblem", "check_sample", "check_splits", "format_problems"]
+__all__ = [
+    "DataProblem",
+    "DataReport",
+    "check_sample",
+    "check_splits",
+    "dataset_statistics",
+    "format_problems",
+    "inspect_splits",
+]
 
 _REEXPORT = "re-export the file (it may be truncated or not an image), or remove the sample"
+
+
+@dataclass
+class DataReport:
+    """What one pass over a dataset found: its problems and its statistics."""
+
+    problems: list[DataProblem]
+    statistics: DatasetStatistics
+
+    @property
+    def errors(self) -> list[DataProblem]:
+        return [problem for problem in self.problems if problem.is_error]
 
 
 def check_splits(
@@ -28,44 +54,80 @@ def check_splits(
 
     ``num_classes`` defaults to the number of class names of ``splits``.
     """
+    return inspect_splits(splits, num_classes, progress).problems
+
+
+def dataset_statistics(
+    splits: DatasetSplits, num_classes: int | None = None, progress: bool | None = None
+) -> DatasetStatistics:
+    """Class pixel counts and image sizes of ``splits`` (unreadable samples are left out)."""
+    return inspect_splits(splits, num_classes, progress).statistics
+
+
+def inspect_splits(
+    splits: DatasetSplits, num_classes: int | None = None, progress: bool | None = None
+) -> DataReport:
+    """Problems and statistics of ``splits`` from one read of every sample."""
     num_classes = num_classes or splits.num_classes
-    problems = list(splits.problems)
     named = splits.named()
-    for split, source in named.items():
-        if len(source) == 0:
-            problems.append(
-                DataProblem(
-                    f"{split} split",
-                    "is empty",
-                    "add samples, or change data.split_ratios or the split list files",
-                )
-            )
+    problems = [*splits.problems, *_empty_split_problems(named)]
+    collector = StatisticsCollector(_class_names(splits, num_classes), named)
     total = sum(len(source) for source in named.values())
     with tqdm(
         total=total, desc="checking data", unit="sample", disable=tqdm_disable(total, progress)
     ) as bar:
-        for source in named.values():
+        for split, source in named.items():
             for index in range(len(source)):
-                problems.extend(check_sample(source, index, num_classes))
+                sample_problems, sample = _inspect_sample(source, index, num_classes)
+                problems.extend(sample_problems)
+                if sample is not None:
+                    collector.add(split, *sample)
                 bar.update()
-    return problems
+    return DataReport(problems, collector.statistics)
 
 
 def check_sample(source: SampleSource, index: int, num_classes: int) -> list[DataProblem]:
     """The problems of one sample (reads it once)."""
+    return _inspect_sample(source, index, num_classes)[0]
+
+
+def _inspect_sample(
+    source: SampleSource, index: int, num_classes: int
+) -> tuple[list[DataProblem], tuple[np.ndarray, np.ndarray] | None]:
+    """The sample's problems, and the sample itself when it could be read."""
     where = source.describe(index)
     try:
         image, mask = source.load(index)
     except UnreadableFileError as error:
-        return [DataProblem(where, str(error), _REEXPORT)]
+        return [DataProblem(where, str(error), _REEXPORT)], None
     except DataError as error:
-        return [DataProblem(where, error.message, error.fix or _REEXPORT)]
+        return [DataProblem(where, error.message, error.fix or _REEXPORT)], None
     except OSError as error:  # from sources that read files without unetkit's readers
-        return [DataProblem(where, f"cannot be read: {error}", _REEXPORT)]
-    return [
+        return [DataProblem(where, f"cannot be read: {error}", _REEXPORT)], None
+    problems = [
         *_shape_problems(where, image, mask, source.in_channels),
         *_value_problems(where, mask, num_classes),
     ]
+    return problems, (image, mask)
+
+
+def _empty_split_problems(named: dict[str, SampleSource]) -> list[DataProblem]:
+    return [
+        DataProblem(
+            f"{split} split",
+            "is empty",
+            "add samples, or change data.split_ratios or the split list files",
+        )
+        for split, source in named.items()
+        if len(source) == 0
+    ]
+
+
+def _class_names(splits: DatasetSplits, num_classes: int) -> list[str]:
+    """The dataset's names when they match ``num_classes``, else generic ones."""
+    if len(splits.class_names) == num_classes:
+        return list(splits.class_names)
+    return default_class_names(num_classes)
 
 
 def _shape_problems(

@@ -1,56 +1,7 @@
-"""Class colours and overlays: how a mask is shown to a person."""
+"""Class colours and overlays; they live in :mod:`unetkit.palette`, re-exported here."""
 
 from __future__ import annotations
 
-import numpy as np
+from unetkit.palette import class_palette, colorize, overlay
 
-_BASE_COLOURS = [
-    (0, 0, 0),
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 250, 200),
-    (128, 0, 0),
-]
-
-
-def class_palette(num_classes: int) -> np.ndarray:
-    """``(num_classes, 3)`` uint8 colours: black background, then well-separated hues."""
-    colours = list(_BASE_COLOURS)
-    rng = np.random.default_rng(0)
-    while len(colours) < num_classes:
-        colours.append(tuple(int(c) for c in rng.integers(40, 256, size=3)))
-    return np.asarray(colours[:num_classes], dtype=np.uint8)
-
-
-def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """An RGB picture of a class-id mask (ignore pixels white)."""
-    palette = np.vstack([class_palette(max(num_classes, 1)), np.zeros((256 - num_classes, 3))])
-    palette[255] = 255
-    return palette.astype(np.uint8)[mask]
-
-
-def overlay(
-    image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.5
-) -> np.ndarray:
-    """``image`` with non-background classes tinted by their colour."""
-    rgb = (
-        image
-        if image.ndim == 3 and image.shape[2] == 3
-        else np.repeat(image.reshape(*mask.shape, 1), 3, 2)
-    )
-    colours = colorize(mask, num_classes).astype(np.float32)
-    blended = rgb.astype(np.float32)
-    foreground = mask > 0
-    blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]
-    return blended.round().clip(0, 255).astype(np.uint8)
+__all__ = ["class_palette", "colorize", "overlay"]

@@ -132,3 +132,8 @@ def _find_list(path: str | None, root: str | None) -> Path | None:
     if not given.is_file() and root and (Path(root) / given).is_file():
         return Path(root) / given
     return given
+
+
+# The built-in datasets register themselves into DATASETS when their package is imported; the
+# import sits here, after DATASETS exists, so either module can be imported first.
+import unetkit.data.datasets  # noqa: E402, F401

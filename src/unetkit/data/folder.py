@@ -354,5 +354,8 @@ class FolderSource(SampleSource):
         pair = self.pairs[index]
         return f"{pair.image} (mask {pair.mask})"
 
+    def files(self, index: int) -> list[Path]:
+        return [Path(self.pairs[index].image), Path(self.pairs[index].mask)]
+
     def _select(self, positions: list[int]) -> FolderSource:
         return FolderSource([self.pairs[p] for p in positions], self.in_channels, self.encoding)

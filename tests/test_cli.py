@@ -105,7 +105,7 @@ def test_predict_writes_masks_at_input_size_and_skips_corrupt(trained_run, tmp_p
     mask = np.asarray(Image.open(out / "a.png"))
     assert mask.shape == (50, 70)
     assert mask.max() < 4
-    assert np.asarray(Image.open(out / "b.png")).shape == (33, 21)
+    assert np.asarray(Image.open(out / "sub" / "b.png")).shape == (33, 21)
     assert np.asarray(Image.open(out / "a_overlay.png")).shape == (50, 70, 3)
     assert not (out / "broken.png").exists()
 

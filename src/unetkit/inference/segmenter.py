@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -35,6 +36,8 @@ class Segmenter:
         device: str | torch.device = "auto",
         batch_size: int = 8,
     ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.task = task
@@ -57,17 +60,34 @@ class Segmenter:
             batch_size=batch_size,
         )
 
+    @overload
+    def predict_proba(self, images: ImageLike) -> np.ndarray: ...
+    @overload
+    def predict_proba(self, images: Sequence[ImageLike]) -> list[np.ndarray]: ...
+
     def predict_proba(
         self, images: ImageLike | Sequence[ImageLike]
     ) -> np.ndarray | list[np.ndarray]:
-        """Class probabilities ``(num_classes, H, W)`` float32 at each image's own size."""
+        """Class probabilities ``(num_classes, H, W)`` float32 at each image's own size.
+
+        One image gives one array; a list (or tuple) of images gives a list, in the same order.
+        """
         single = _is_single(images)
         batch = [images] if single else list(images)
         probs = [p.cpu().numpy() for p in self._probabilities(batch)]
         return probs[0] if single else probs
 
+    @overload
+    def predict(self, images: ImageLike) -> np.ndarray: ...
+    @overload
+    def predict(self, images: Sequence[ImageLike]) -> list[np.ndarray]: ...
+
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray | list[np.ndarray]:
-        """Class-id masks ``(H, W)`` uint8 at each image's own size."""
+        """Class-id masks ``(H, W)`` uint8 at each image's own size.
+
+        They are the labels of :meth:`predict_proba`: its argmax, or for a binary task its
+        foreground probability above the task's threshold.
+        """
         single = _is_single(images)
         batch = [images] if single else list(images)
         masks = [self._labels(p) for p in self._probabilities(batch)]
@@ -99,31 +119,58 @@ class Segmenter:
 
     def _as_array(self, image: ImageLike) -> np.ndarray:
         """An HxWxC uint8 array with the channel count the model was trained on."""
-        channels = self.preprocessing.in_channels
-        if isinstance(image, Image.Image):
-            image = np.array(image.convert("L" if channels == 1 else "RGB"))
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.ndim != 3:
-            raise ValueError(f"expected an image of shape HxW or HxWxC, got shape {array.shape}")
-        if array.shape[2] == 4 and channels == 3:
-            array = array[..., :3]
-        if array.shape[2] == 1 and channels == 3:
-            array = np.repeat(array, 3, axis=2)
-        if array.shape[2] == 3 and channels == 1:
-            array = np.asarray(Image.fromarray(array).convert("L"))[..., None]
-        if array.shape[2] != channels:
-            raise ValueError(
-                f"the model expects {channels}-channel images; got {array.shape[2]} channels"
+        if isinstance(image, (str, Path)):
+            raise TypeError(
+                f"Segmenter takes images (NumPy arrays or PIL images), not paths like {image!r}; "
+                f"read the file first (unetkit.data.folder.read_image) or use predict_files"
             )
+        channels = self.preprocessing.in_channels
+        array = _pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
         if array.dtype != np.uint8:
             raise ValueError(
                 f"expected uint8 pixel values 0..255, got {array.dtype}; convert first, e.g. "
                 f"(img / img.max() * 255).astype(np.uint8)"
             )
-        return np.ascontiguousarray(array)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or min(array.shape[:2]) < 1:
+            raise ValueError(
+                f"expected one image of shape HxW or HxWxC, got shape {array.shape}; "
+                f"pass several images as a list"
+            )
+        return np.ascontiguousarray(_match_channels(array, channels))
+
+
+_HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    """Grey or RGB uint8 pixels of a PIL image, as ``unetkit.data.folder.read_image`` sees them.
+
+    High-bit-depth images keep their dtype, so they fail the uint8 check instead of being clipped.
+    """
+    if image.mode in ("L", "RGB") or image.mode in _HIGH_BIT_DEPTH_MODES:
+        return np.asarray(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"))
+
+
+def _match_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """``array`` (HxWxC) with alpha dropped and grey/RGB converted to ``channels`` channels."""
+    if array.shape[2] in (2, 4):  # grey + alpha, RGBA
+        array = array[..., :-1]
+    if array.shape[2] == 1 and channels == 3:
+        array = np.repeat(array, 3, axis=2)
+    if array.shape[2] == 3 and channels == 1:
+        array = np.asarray(Image.fromarray(np.ascontiguousarray(array)).convert("L"))[..., None]
+    if array.shape[2] != channels:
+        raise ValueError(
+            f"the model expects {channels}-channel images (1 = grey, 3 = RGB, with an optional "
+            f"alpha channel); got {array.shape[2]} channels"
+        )
+    return array
 
 
 def _is_single(images: object) -> bool:
-    return isinstance(images, (Image.Image, np.ndarray))
+    return isinstance(images, (Image.Image, np.ndarray, str, Path))

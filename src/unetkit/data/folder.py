@@ -1,6 +1,7 @@
 """Image and mask files on disk: reading them in canonical form, pairing images/ with masks/.
 
-Layout of the ``folder`` dataset::
+Basic layout of the ``folder`` dataset (the others, split sub-folders and MMSegmentation's, are
+in :mod:`unetkit.data.folder_layouts`)::
 
     root/images/<stem>.<ext>   any format PIL reads (png, jpg, jpeg, tif, tiff, bmp, gif)
     root/masks/<stem>.png      class ids as pixel values (mode L or P), same size as the image
@@ -9,7 +10,9 @@ Layout of the ``folder`` dataset::
 Mask rules, applied per dataset so every mask of a dataset is read the same way:
 
 * Pixel values are class ids. Palette (P-mode) masks are read as their palette *indices*, never
-  converted to colours. A colour (RGB) mask whose channels differ is rejected.
+  converted to colours. A colour (RGB) mask whose channels differ is rejected, unless the dataset
+  has a colour map (``data.colour_map``, see :mod:`unetkit.data.colour_map`): then every mask is
+  read as RGB (palette masks through their palette) and each colour becomes its class id.
 * Binary 0/255 masks: when ``num_classes`` is 2 or not given, and every mask value in the dataset
   lies in {0, 255}, then 255 means foreground and is mapped to 1. Otherwise 255 keeps its canonical
   meaning, *ignore*.
@@ -31,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from unetkit.data._progress import tqdm_disable
+from unetkit.data.colour_map import ColourMap
 from unetkit.data.sources import DataError, DataProblem, SampleSource, UnreadableFileError
 from unetkit.tasks import IGNORE_INDEX
 
@@ -80,7 +84,8 @@ def read_raw_mask(path: str | Path) -> np.ndarray:
         else:
             raise DataError(
                 f"{path}: mask mode {mode} is not a class-index image",
-                fix="save masks as 8-bit greyscale (L) or palette (P) PNGs of class ids",
+                fix="save masks as 8-bit greyscale (L) or palette (P) PNGs of class ids, or as "
+                "RGB with a colour map (data.colour_map)",
             )
     if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
         raise DataError(f"{path}: mask holds fractional values", fix="store integer class ids")
@@ -89,11 +94,15 @@ def read_raw_mask(path: str | Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaskEncoding:
-    """How stored mask values become canonical class ids (see the module docstring)."""
+    """How stored mask values become canonical class ids (see the module docstring).
+
+    With ``colour_map`` the stored values are RGB colours and the other fields do not apply.
+    """
 
     binary_255: bool = False
     ignore_index: int | None = None
     value_map: Mapping[int, int] | None = None
+    colour_map: ColourMap | None = None
 
     def decode_value(self, value: int) -> int:
         """The canonical id of one stored value."""
@@ -120,11 +129,25 @@ class MaskEncoding:
 
 def read_mask(path: str | Path, encoding: MaskEncoding | None = None) -> np.ndarray:
     """The canonical ``H x W`` uint8 mask of ``path`` (class ids, 255 = ignore)."""
+    if encoding is not None and encoding.colour_map is not None:
+        return encoding.colour_map.decode(read_colour_mask(path), path)
     raw = read_raw_mask(path)
     try:
         return (encoding or MaskEncoding()).decode(raw)
     except DataError as error:
         raise DataError(f"{path}: {error.message}", fix=error.fix) from error
+
+
+def read_colour_mask(path: str | Path) -> np.ndarray:
+    """The colours of mask ``path`` as ``H x W x 3`` uint8 (palette masks through their palette)."""
+    with _open(path) as mask:
+        if mask.mode in _HIGH_BIT_DEPTH_MODES:
+            raise DataError(
+                f"{path}: {mask.mode} mask cannot be colour-coded",
+                fix="save colour masks as 8-bit RGB PNGs, or drop data.colour_map for "
+                "class-index masks",
+            )
+        return np.asarray(mask.convert("RGB"))
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -189,7 +212,8 @@ def _grey_channel_of_colour_mask(values: np.ndarray, path: str | Path) -> np.nda
     if _is_colour(rgb):
         raise DataError(
             f"{path}: colour-coded mask (RGB values differ)",
-            fix="convert it to a class-index PNG (mode L or P) whose pixel values are class ids",
+            fix="give a colour map (data.colour_map: one 'R G B name' line per class), or "
+            "convert it to a class-index PNG (mode L or P) whose pixel values are class ids",
         )
     return rgb[..., 0]
 

@@ -395,3 +395,8 @@ def test_predict_files_writes_one_file_flat(tmp_path):
     assert report.written == [tmp_path / "out" / "photo.png"]
     assert np.asarray(Image.open(report.written[0])).shape == (13, 17)
     assert not list((tmp_path / "out").glob("*_overlay.png"))
+
+
+def test_load_checkpoint_on_a_folder_without_checkpoints_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"is a folder; pass a checkpoint file"):
+        load_checkpoint(tmp_path)

@@ -63,11 +63,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a unetkit checkpoint, with an error that says what is wrong and what to pass instead."""
     path = Path(path)
+    if path.is_dir():
+        options = (path / "checkpoints" / "best.pt", path / "best.pt")
+        candidates = [p for p in options if p.is_file()]
+        hint = f"; did you mean {candidates[0]}?" if candidates else ""
+        raise FileNotFoundError(
+            f"{path} is a folder; pass a checkpoint file such as RUN/checkpoints/best.pt "
+            f"or RUN/checkpoints/last.pt{hint}"
+        )
     if not path.is_file():
-        hint = ""
-        if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
-            hint = f"; did you mean {path / 'checkpoints' / 'best.pt'}?"
-        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:

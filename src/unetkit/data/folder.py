@@ -254,6 +254,26 @@ def pair_by_stem(
     problems: list[DataProblem] = []
     images = _index_by_stem(list_image_files(images_dir), "", problems)
     masks = _index_by_stem(list_image_files(masks_dir), mask_suffix, problems)
+    return match_stems(
+        images,
+        masks,
+        problems,
+        missing_mask_fix=f"add {Path(masks_dir)}/{{stem}}{mask_suffix}.png, or move the image away",
+        missing_image_fix=f"add the image {Path(images_dir)}/{{stem}}.<ext>, or delete the mask",
+    )
+
+
+def match_stems(
+    images: dict[str, Path],
+    masks: dict[str, Path],
+    problems: list[DataProblem],
+    missing_mask_fix: str,
+    missing_image_fix: str,
+) -> FolderScan:
+    """Pairs of the stems found on both sides; each orphan becomes a warning.
+
+    The ``*_fix`` texts may name the stem as ``{stem}``.
+    """
     pairs = [
         SamplePair(stem, images[stem], masks[stem]) for stem in sorted(images) if stem in masks
     ]
@@ -262,7 +282,7 @@ def pair_by_stem(
             DataProblem(
                 str(images[stem]),
                 "image without a mask; it is left out",
-                f"add {Path(masks_dir) / (stem + mask_suffix)}.png, or move the image away",
+                missing_mask_fix.format(stem=stem),
                 severity="warning",
             )
         )
@@ -271,7 +291,7 @@ def pair_by_stem(
             DataProblem(
                 str(masks[stem]),
                 "mask without an image; it is left out",
-                f"add the image {Path(images_dir) / stem}.<ext>, or delete the mask",
+                missing_image_fix.format(stem=stem),
                 severity="warning",
             )
         )

@@ -35,7 +35,7 @@ from unetkit.data.folder import (
     FolderScan,
     FolderSource,
     MaskEncoding,
-    SamplePair,
+    match_stems,
 )
 from unetkit.data.registry import DATASETS
 from unetkit.data.sources import DataError, DataProblem
@@ -143,28 +143,13 @@ def pair_recursively(images_dir: Path, masks_dir: Path) -> FolderScan:
     problems: list[DataProblem] = []
     images = _files_by_stem(images_dir, IMAGE_EXTENSIONS, problems)
     masks = _files_by_stem(masks_dir, frozenset({".png"}), problems, skip=SKIPPED_MASK_FOLDER)
-    pairs = [
-        SamplePair(stem, images[stem], masks[stem]) for stem in sorted(images) if stem in masks
-    ]
-    for stem in sorted(images.keys() - masks.keys()):
-        problems.append(
-            DataProblem(
-                str(images[stem]),
-                "image without a mask; it is left out",
-                f"add {stem}.png below {masks_dir}, or move the image away",
-                severity="warning",
-            )
-        )
-    for stem in sorted(masks.keys() - images.keys()):
-        problems.append(
-            DataProblem(
-                str(masks[stem]),
-                "mask without an image; it is left out",
-                f"add the image {stem}.jpg below {images_dir}, or delete the mask",
-                severity="warning",
-            )
-        )
-    return FolderScan(pairs, problems)
+    return match_stems(
+        images,
+        masks,
+        problems,
+        missing_mask_fix=f"add {{stem}}.png below {masks_dir}, or move the image away",
+        missing_image_fix=f"add the image {{stem}}.jpg below {images_dir}, or delete the mask",
+    )
 
 
 def _files_by_stem(

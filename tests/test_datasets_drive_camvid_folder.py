@@ -9,35 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_helpers import data_config as _config
+from dataset_helpers import random_rgb as _rgb
+from dataset_helpers import save_image as _save
 from PIL import Image
 
-from unetkit.config import Config
 from unetkit.data.checks import check_splits
 from unetkit.data.colour_map import read_colour_map
 from unetkit.data.datasets.camvid import CLASS_NAMES as CAMVID_CLASSES
 from unetkit.data.registry import build_contents, build_splits, list_datasets
 from unetkit.data.sources import DataError
-
-
-def _config(dataset: str, root: Path, **data) -> Config:
-    cfg = Config()
-    cfg.data.dataset = dataset
-    cfg.data.root = str(root)
-    for key, value in data.items():
-        setattr(cfg.data, key, value)
-    return cfg
-
-
-def _rgb(seed: int, size: tuple[int, int]) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, size=(*size, 3), dtype=np.uint8)
-
-
-def _save(path: Path, image: Image.Image | np.ndarray, **options) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    image.save(path, **options)
-    return path
 
 
 def _loaded(source, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,34 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_helpers import data_config as _config
+from dataset_helpers import random_rgb as _rgb
+from dataset_helpers import save_image as _save
 from PIL import Image
 
-from unetkit.config import Config
 from unetkit.data.datasets.ccagt import CLASS_NAMES as CCAGT_CLASS_NAMES
 from unetkit.data.registry import build_contents, build_splits, list_datasets
 from unetkit.data.sources import DataError
 from unetkit.data.tiles import TiledSource, image_name_of, tile_grid, tile_origins
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _config(dataset: str, root: Path, **data) -> Config:
-    cfg = Config()
-    cfg.data.dataset = dataset
-    cfg.data.root = str(root)
-    for key, value in data.items():
-        setattr(cfg.data, key, value)
-    return cfg
-
-
-def _rgb(seed: int, size: tuple[int, int]) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 255, size=(*size, 3), dtype=np.uint8)
-
-
-def _save(path: Path, array: np.ndarray, **options) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, **options)
-    return path
 
 
 def _stripes(values: list[int], size: tuple[int, int]) -> np.ndarray:

@@ -13,10 +13,12 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     jaccard_score,
+    precision_score,
     recall_score,
 )
 
 from unetkit.metrics import ConfusionMatrix, format_table, summarize
+from unetkit.metrics.summary import HEADLINE_METRICS, headline_arrays
 from unetkit.tasks import IGNORE_INDEX
 
 X = IGNORE_INDEX
@@ -64,7 +66,7 @@ def test_hand_worked_matrix_and_metrics():
     assert [row["support"] for row in rows] == [4, 4, 5]
     assert [row["iou"] for row in rows] == pytest.approx([3 / 5, 3 / 6, 3 / 6])
     assert [row["dice"] for row in rows] == pytest.approx([6 / 8, 6 / 9, 6 / 9])
-    assert [row["accuracy"] for row in rows] == pytest.approx([3 / 4, 3 / 4, 3 / 5])
+    assert [row["recall"] for row in rows] == pytest.approx([3 / 4, 3 / 4, 3 / 5])
     assert "foreground_iou" not in summary
 
 
@@ -100,8 +102,8 @@ def test_agrees_with_scikit_learn_on_random_data_with_ignore():
     recall = recall_score(y_true, y_pred, labels=labels[:4], average=None)
     assert [row["iou"] for row in rows] == pytest.approx(iou.tolist())  # class 4: IoU 0
     assert [row["dice"] for row in rows] == pytest.approx(f1.tolist())
-    assert [row["accuracy"] for row in rows[:4]] == pytest.approx(recall.tolist())
-    assert rows[4]["accuracy"] is None  # predicted but never true: recall undefined
+    assert [row["recall"] for row in rows[:4]] == pytest.approx(recall.tolist())
+    assert rows[4]["recall"] is None  # predicted but never true: recall undefined
     assert summary["pixel_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
     assert summary["mean_iou"] == pytest.approx(iou.mean())
     assert summary["mean_dice"] == pytest.approx(f1.mean())
@@ -115,7 +117,13 @@ def test_class_never_seen_nor_predicted_is_none_and_left_out():
     confusion.update(torch.tensor(HAND_PRED), torch.tensor(HAND_TARGET))  # class 3 nowhere
     summary = summarize(confusion.matrix, None, binary=False)
     absent = summary["per_class"][3]
-    assert absent == {"name": "class_3", "iou": None, "dice": None, "accuracy": None, "support": 0}
+    assert absent == {
+        "name": "class_3",
+        **dict.fromkeys(("iou", "dice", "precision", "recall"), None),
+        "specificity": 1.0,  # 13 negatives, none predicted as class 3
+        "support": 0,
+        "predicted": 0,
+    }
     assert summary["mean_iou"] == pytest.approx((3 / 5 + 3 / 6 + 3 / 6) / 3)
     assert summary["mean_pixel_accuracy"] == pytest.approx((3 / 4 + 3 / 4 + 3 / 5) / 3)
 
@@ -124,7 +132,7 @@ def test_predicted_only_class_counts_zero_iou():
     # ground truth all class 0; one pixel predicted as class 1
     summary = summarize(np.array([[3, 1], [0, 0]]), ["bg", "fg"], binary=True)
     fg = summary["per_class"][1]
-    assert fg["iou"] == 0.0 and fg["dice"] == 0.0 and fg["accuracy"] is None
+    assert fg["iou"] == 0.0 and fg["dice"] == 0.0 and fg["recall"] is None
     assert summary["foreground_iou"] == 0.0
     assert summary["mean_iou"] == pytest.approx((3 / 4 + 0.0) / 2)
     assert summary["mean_pixel_accuracy"] == pytest.approx(3 / 4)
@@ -209,8 +217,63 @@ def test_bad_updates_are_explained():
 def test_format_table():
     summary = summarize(np.array([[3, 1], [0, 0]]), ["background", "lesion"], binary=True)
     table = format_table(summary)
-    assert "mean IoU" in table and "foreground IoU" in table
+    assert "mean_iou " in table and "foreground_iou " in table and "mean_iou_no_background" in table
     background_row = next(line for line in table.splitlines() if line.startswith("background"))
-    assert background_row.split() == ["background", "0.7500", "0.8571", "0.7500", "4"]
+    assert background_row.split() == ["background", "0.7500", "0.8571", "1.0000", "0.7500", "4"]
     lesion_row = next(line for line in table.splitlines() if line.startswith("lesion"))
-    assert lesion_row.split() == ["lesion", "0.0000", "0.0000", "-", "0"]
+    assert lesion_row.split() == ["lesion", "0.0000", "0.0000", "0.0000", "-", "0"]
+
+
+def test_precision_specificity_and_background_free_headline_by_hand():
+    summary = summarize(np.array(HAND_MATRIX), None, binary=False)
+    rows = summary["per_class"]
+    assert [row["precision"] for row in rows] == pytest.approx([3 / 4, 3 / 5, 3 / 4])
+    # specificity = tn / negatives: class 0 (8/9), class 1 (7/9), class 2 (7/8)
+    assert [row["specificity"] for row in rows] == pytest.approx([8 / 9, 7 / 9, 7 / 8])
+    assert [row["predicted"] for row in rows] == [4, 5, 4]
+    assert summary["fw_iou"] == pytest.approx((4 * 3 / 5 + 4 * 3 / 6 + 5 * 3 / 6) / 13)
+    assert summary["pixel_accuracy_no_background"] == pytest.approx(6 / 9)
+    assert summary["mean_pixel_accuracy_no_background"] == pytest.approx((3 / 4 + 3 / 5) / 2)
+    assert summary["mean_iou_no_background"] == pytest.approx(0.5)
+    assert summary["mean_dice_no_background"] == pytest.approx(6 / 9)
+    assert summary["fw_iou_no_background"] == pytest.approx(0.5)
+
+
+def test_precision_and_specificity_agree_with_scikit_learn():
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 4, 500)
+    y_pred = np.where(rng.random(500) < 0.6, y_true, rng.integers(0, 4, 500))
+    summary = summarize(confusion_matrix(y_true, y_pred, labels=range(4)), None)
+    precision = precision_score(y_true, y_pred, labels=range(4), average=None)
+    assert [row["precision"] for row in summary["per_class"]] == pytest.approx(precision.tolist())
+    for c, row in enumerate(summary["per_class"]):
+        assert row["specificity"] == pytest.approx(recall_score(y_true != c, y_pred != c))
+    weights = np.bincount(y_true, minlength=4) / len(y_true)
+    iou = jaccard_score(y_true, y_pred, labels=range(4), average=None)
+    assert summary["fw_iou"] == pytest.approx(float(weights @ iou))
+
+
+def test_binary_summary_names_the_foreground():
+    # truth: 6 foreground, 4 background; prediction: 5 true positives, 2 false positives
+    summary = summarize(np.array([[2, 2], [1, 5]]), ["background", "vessel"], binary=True)
+    assert summary["foreground_iou"] == pytest.approx(5 / 8)
+    assert summary["foreground_dice"] == pytest.approx(10 / 13)
+    assert summary["foreground_precision"] == pytest.approx(5 / 7)
+    assert summary["foreground_recall"] == pytest.approx(5 / 6)
+    assert summary["foreground_specificity"] == pytest.approx(2 / 4)
+    assert summary["mean_iou_no_background"] == summary["foreground_iou"]
+
+
+def test_stacked_headline_equals_one_matrix_at_a_time():
+    rng = np.random.default_rng(4)
+    stack = rng.integers(0, 20, (6, 3, 3))
+    stack[2] = 0  # an all-ignore image: everything undefined
+    stack[3, 2, :] = stack[3, :, 2] = 0  # class 2 absent from truth and prediction
+    arrays = headline_arrays(stack)
+    for i, counts in enumerate(stack):
+        one = summarize(counts)
+        for key in HEADLINE_METRICS:
+            expected = one[key]
+            value = arrays[key][i]
+            assert (np.isnan(value) and expected is None) or value == pytest.approx(expected)
+    assert summarize(stack[2])["mean_iou"] is None

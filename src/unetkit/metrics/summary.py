@@ -1,26 +1,37 @@
-"""Segmentation metrics from a confusion matrix, and a readable table of them.
+"""Pixel metrics from confusion matrices, and a readable table of them.
 
-Every number unetkit reports is computed here, from the pooled counts of a
+Every pixel metric unetkit reports is computed here, from the counts of a
 :class:`~unetkit.metrics.confusion.ConfusionMatrix` (rows = ground truth, columns = prediction).
-For class ``c`` with ``tp`` = matrix[c, c], ``support`` = row sum (ground-truth pixels) and
-``predicted`` = column sum:
+For class ``c`` with ``tp`` = matrix[c, c], ``support`` = row sum (ground-truth pixels),
+``predicted`` = column sum and ``total`` = all counted pixels:
 
-* ``iou``      = tp / (support + predicted - tp)
-* ``dice``     = 2 tp / (support + predicted)   (the F1 score of the class)
-* ``accuracy`` = tp / support                   (per-class recall)
+* ``iou``         = tp / (support + predicted - tp)
+* ``dice``        = 2 tp / (support + predicted)          (the F1 score of the class)
+* ``precision``   = tp / predicted
+* ``recall``      = tp / support                          (the class's pixel accuracy, sensitivity)
+* ``specificity`` = tn / (total - support), tn = total - support - predicted + tp
 
-Undefined values are reported as ``None`` (JSON null) and never guessed:
+Headline values, each in two versions: over all classes, and with ``_no_background`` over classes
+``1 .. C-1`` only (class 0 is the background by unetkit's convention):
 
-* a class absent from both ground truth and prediction has ``iou``, ``dice`` and ``accuracy``
-  ``None``; it is left out of every mean (counting it as 1 or 0 would reward or punish a class
-  that was never tested);
-* a class absent from the ground truth but predicted somewhere has ``iou`` = ``dice`` = 0 (every
-  such pixel is a false positive) and ``accuracy`` ``None`` (recall of nothing is undefined).
+* ``pixel_accuracy``      = correct pixels / pixels (without background: of the pixels whose
+  truth is a foreground class, the fraction predicted as that class)
+* ``mean_pixel_accuracy`` = mean of the defined per-class ``recall``
+* ``mean_iou``, ``mean_dice`` = mean of the defined per-class values
+* ``fw_iou``              = frequency-weighted IoU, sum over classes of support / pixels x IoU
 
-Headline values: ``pixel_accuracy`` = trace / total; ``mean_pixel_accuracy``, ``mean_iou`` and
-``mean_dice`` = the unweighted mean of the defined per-class values. With no counted pixel at all
-they are ``None``. Binary summaries add ``foreground_iou`` and ``foreground_dice`` (class 1),
-``None`` when the foreground is neither present nor predicted.
+Binary tasks add ``foreground_iou``, ``foreground_dice``, ``foreground_precision``,
+``foreground_recall`` and ``foreground_specificity`` (class 1).
+
+Undefined values are ``None`` (JSON null), never guessed: a ratio whose denominator is 0 is
+undefined. So a class absent from both ground truth and prediction has no IoU or Dice, and it is
+left out of every mean: counting it as 1 would reward, and as 0 punish, a class that was never
+tested. A class absent from the ground truth but predicted has IoU = Dice = 0 (its pixels are all
+false positives) and recall ``None``. With no counted pixel at all every value is ``None``.
+
+The same rules give per-image metrics (one confusion matrix per image) and dataset metrics (one
+matrix pooled over the split): :func:`headline_arrays` computes them for any stack of matrices at
+once, which also serves the bootstrap.
 """
 
 from __future__ import annotations
@@ -31,55 +42,110 @@ from typing import Any
 import numpy as np
 import torch
 
+CLASS_METRICS = ("iou", "dice", "precision", "recall", "specificity")
+_BASE_HEADLINE = ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice", "fw_iou")
+HEADLINE_METRICS = _BASE_HEADLINE + tuple(f"{key}_no_background" for key in _BASE_HEADLINE)
+BINARY_METRICS = tuple(f"foreground_{key}" for key in CLASS_METRICS)
+
+
+def headline_keys(binary: bool) -> tuple[str, ...]:
+    """The headline metric names of a task, in report order."""
+    return HEADLINE_METRICS + (BINARY_METRICS if binary else ())
+
+
+def class_arrays(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class metrics of a stack of confusion matrices ``(..., C, C)`` as ``(..., C)`` arrays.
+
+    Undefined entries are NaN here (so stacks compute in one go); :func:`summarize` turns them
+    into ``None``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    tp = np.diagonal(counts, axis1=-2, axis2=-1)
+    support = counts.sum(axis=-1)
+    predicted = counts.sum(axis=-2)
+    total = counts.sum(axis=(-2, -1))[..., None]
+    negatives = total - support
+    true_negative = negatives - predicted + tp
+    return {
+        "iou": _divide(tp, support + predicted - tp),
+        "dice": _divide(2 * tp, support + predicted),
+        "precision": _divide(tp, predicted),
+        "recall": _divide(tp, support),
+        "specificity": _divide(true_negative, negatives),
+        "support": support,
+        "predicted": predicted,
+    }
+
+
+def headline_arrays(counts: np.ndarray, binary: bool = False) -> dict[str, np.ndarray]:
+    """Headline metrics (:data:`HEADLINE_METRICS`) of a stack ``(..., C, C)``, shape ``(...)``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    per_class = class_arrays(counts)
+    support = per_class["support"]
+    tp = np.diagonal(counts, axis1=-2, axis2=-1)
+    result: dict[str, np.ndarray] = {}
+    for suffix, classes in (("", slice(None)), ("_no_background", slice(1, None))):
+        weights = support[..., classes]
+        result["pixel_accuracy" + suffix] = _divide(tp[..., classes].sum(-1), weights.sum(-1))
+        result["mean_pixel_accuracy" + suffix] = _nanmean(per_class["recall"][..., classes])
+        result["mean_iou" + suffix] = _nanmean(per_class["iou"][..., classes])
+        result["mean_dice" + suffix] = _nanmean(per_class["dice"][..., classes])
+        weighted = np.nan_to_num(per_class["iou"][..., classes]) * weights
+        result["fw_iou" + suffix] = _divide(weighted.sum(-1), weights.sum(-1))
+    if binary:
+        for key in CLASS_METRICS:
+            result[f"foreground_{key}"] = per_class[key][..., 1]
+    return result
+
 
 def summarize(
     matrix: torch.Tensor | np.ndarray,
     class_names: Sequence[str] | None = None,
     binary: bool = False,
 ) -> dict[str, Any]:
-    """A JSON-ready dict of metrics for a ``(C, C)`` confusion matrix (see the module docstring).
+    """A JSON-ready dict of metrics for one ``(C, C)`` confusion matrix (see the module docstring).
 
     ``class_names`` defaults to ``class_0 .. class_{C-1}``; ``binary`` requires ``C == 2``.
     """
-    counts = _as_counts(matrix)
+    counts = as_counts(matrix)
     num_classes = counts.shape[0]
-    names = _class_names(class_names, num_classes)
+    names = class_names_or_default(class_names, num_classes)
     if binary and num_classes != 2:
         raise ValueError(
             f"a binary summary needs a 2x2 confusion matrix; got {num_classes} classes"
         )
-    per_class = [_class_metrics(counts, c, names[c]) for c in range(num_classes)]
-    total = int(counts.sum())
-    summary: dict[str, Any] = {
-        "pixel_accuracy": _ratio(int(np.trace(counts)), total),
-        "mean_pixel_accuracy": _mean(row["accuracy"] for row in per_class),
-        "mean_iou": _mean(row["iou"] for row in per_class),
-        "mean_dice": _mean(row["dice"] for row in per_class),
-    }
-    if binary:
-        summary["foreground_iou"] = per_class[1]["iou"]
-        summary["foreground_dice"] = per_class[1]["dice"]
-    summary["per_class"] = per_class
+    headline = headline_arrays(counts, binary)
+    per_class = class_arrays(counts)
+    summary: dict[str, Any] = {key: to_optional(value) for key, value in headline.items()}
+    summary["per_class"] = [
+        {
+            "name": names[c],
+            **{key: to_optional(per_class[key][c]) for key in CLASS_METRICS},
+            "support": int(per_class["support"][c]),
+            "predicted": int(per_class["predicted"][c]),
+        }
+        for c in range(num_classes)
+    ]
     return summary
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """Headline metrics, then one row per class (name, IoU, Dice, accuracy, support)."""
+    """Headline metrics, then one row per class (name, IoU, Dice, precision, recall, support)."""
     headline = [
-        ("pixel accuracy", "pixel_accuracy"),
-        ("mean pixel accuracy", "mean_pixel_accuracy"),
-        ("mean IoU", "mean_iou"),
-        ("mean Dice", "mean_dice"),
-        ("foreground IoU", "foreground_iou"),
-        ("foreground Dice", "foreground_dice"),
+        key for key in ("pixel_accuracy", "mean_iou", "mean_dice", "fw_iou") if key in summary
     ]
-    lines = [f"{label:<20} {_cell(summary[key])}" for label, key in headline if key in summary]
+    headline += [key + "_no_background" for key in headline]
+    headline += [key for key in BINARY_METRICS if key in summary]
+    lines = [f"{key:<32} {_cell(summary[key])}" for key in headline if key in summary]
     rows = summary.get("per_class", [])
     width = max([len("class"), *(len(str(row["name"])) for row in rows)])
+    columns = ("iou", "dice", "precision", "recall")
     lines.append("")
-    lines.append(f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'Acc':>6}  {'Support':>12}")
+    lines.append(
+        f"{'class':<{width}}  " + "  ".join(f"{c[:6]:>6}" for c in columns) + f"  {'support':>12}"
+    )
     for row in rows:
-        cells = "  ".join(_cell(row[key]) for key in ("iou", "dice", "accuracy"))
+        cells = "  ".join(_cell(row[key]) for key in columns)
         lines.append(f"{row['name']:<{width}}  {cells}  {row['support']:>12,}")
     lines.append(
         "('-' = undefined: the class is absent from the ground truth and/or the prediction)"
@@ -87,7 +153,8 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _as_counts(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
+def as_counts(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``matrix`` as a checked int64 NumPy array of shape ``(C, C)``, ``C >= 2``."""
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu().numpy()
     counts = np.asarray(matrix)
@@ -100,7 +167,8 @@ def _as_counts(matrix: torch.Tensor | np.ndarray) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+def class_names_or_default(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """``class_names`` checked against ``num_classes``, or ``class_0 .. class_{C-1}``."""
     if class_names is None:
         return [f"class_{c}" for c in range(num_classes)]
     names = [str(name) for name in class_names]
@@ -112,26 +180,23 @@ def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[st
     return names
 
 
-def _class_metrics(counts: np.ndarray, c: int, name: str) -> dict[str, Any]:
-    true_positive = int(counts[c, c])
-    support = int(counts[c, :].sum())
-    predicted = int(counts[:, c].sum())
-    return {
-        "name": name,
-        "iou": _ratio(true_positive, support + predicted - true_positive),
-        "dice": _ratio(2 * true_positive, support + predicted),
-        "accuracy": _ratio(true_positive, support),
-        "support": support,
-    }
+def to_optional(value: float | np.floating) -> float | None:
+    """A plain float, or ``None`` for an undefined (NaN) value."""
+    value = float(value)
+    return None if np.isnan(value) else value
 
 
-def _ratio(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator if denominator > 0 else None
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(
+            denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan
+        )
 
 
-def _mean(values: Any) -> float | None:
-    defined = [v for v in values if v is not None]
-    return sum(defined) / len(defined) if defined else None
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    defined = ~np.isnan(values)
+    count = defined.sum(-1)
+    return _divide(np.where(defined, values, 0.0).sum(-1), count)
 
 
 def _cell(value: float | None) -> str:

@@ -1,8 +1,8 @@
 """One configuration object for a run: the CLI builds it, the trainer reads it, every run saves it.
 
-A config is a tree of small dataclasses (task, data, model, loss, optim, train). YAML files and
-``section.key=value`` overrides on the command line are merged over the defaults, in that order, and
-unknown keys are rejected with the list of known ones, so a typo never silently does nothing.
+A config is a tree of small dataclasses (task, data, model, loss, optim, train, eval). YAML files
+and ``section.key=value`` overrides on the command line are merged over the defaults, in that order,
+and unknown keys are rejected with the list of known ones, so a typo never silently does nothing.
 """
 
 from __future__ import annotations
@@ -110,6 +110,23 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What evaluation measures beyond pixel counts, and what it writes (see unetkit.metrics)."""
+
+    threshold_free: bool = True  # ROC AUC and average precision from binned probabilities
+    histogram_bins: int = 1000  # probability bins of the ROC / PR histograms
+    instances: bool = True  # connected-component mAP@[.5:.95] and panoptic quality
+    min_component_area: int = 0  # predicted components smaller than this (pixels) are dropped
+    boundary: bool = True  # HD95, ASSD, boundary IoU and clDice per class and image
+    boundary_width: int | None = None  # boundary IoU band in pixels; None = 2% of the diagonal
+    ci: bool = False  # bootstrap confidence intervals over images for the headline metrics
+    ci_resamples: int = 1000
+    ci_level: float = 0.95
+    report: bool = True  # per_image.csv and report.html beside metrics.json
+    panels: int = 4  # best and worst images shown in the report, each
+
+
+@dataclass
 class Config:
     """A whole run. ``Config()`` is the default demo: a small U-Net on synthetic data."""
 
@@ -119,6 +136,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

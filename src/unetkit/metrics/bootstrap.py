@@ -1,0 +1,83 @@
+"""Bootstrap confidence intervals over images for the headline metrics.
+
+A test split is a sample of the images a model will meet; a second sample would give other
+numbers. Resampling the split's images with replacement (Efron's percentile bootstrap) shows how
+much: each resample re-pools the chosen images' confusion matrices for the dataset metrics and
+re-averages their values for the per-image metrics, and the interval is the central ``level``
+quantile range of the resampled values. Images, not pixels, are resampled, because pixels of one
+image are not independent. Resamples whose value is undefined are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from unetkit.metrics.summary import headline_arrays
+
+_CHUNK = 100  # resamples pooled at once: bounds memory to CHUNK x images weights
+
+
+def resample_weights(num_images: int, resamples: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """How often each image is drawn in each resample: chunks of ``(chunk, num_images)`` counts."""
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for start in range(0, resamples, _CHUNK):
+        size = min(_CHUNK, resamples - start)
+        draws = rng.integers(0, num_images, size=(size, num_images))
+        counts = np.zeros((size, num_images), dtype=np.float64)
+        np.add.at(counts, (np.arange(size)[:, None], draws), 1.0)
+        chunks.append(counts)
+    return tuple(chunks)
+
+
+def bootstrap_intervals(
+    matrices: np.ndarray,
+    binary: bool,
+    dataset_keys: Sequence[str],
+    per_image_values: Mapping[str, np.ndarray],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``confidence_intervals`` section of ``metrics.json``.
+
+    ``matrices`` are the per-image confusion matrices ``(N, C, C)``; ``dataset_keys`` the pooled
+    headline metrics to bound (``dataset.<key>``); ``per_image_values`` maps a name to one value
+    per image (NaN = undefined) whose mean is bounded (``per_image.<name>``).
+    """
+    if resamples < 2:
+        raise ValueError(f"eval.ci_resamples must be at least 2; got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"eval.ci_level must lie strictly between 0 and 1; got {level}")
+    num_images, num_classes = len(matrices), matrices.shape[-1]
+    flat = matrices.reshape(num_images, num_classes * num_classes).astype(np.float64)
+    draws: dict[str, list[np.ndarray]] = {}
+    for weights in resample_weights(num_images, resamples, seed):
+        pooled = (weights @ flat).reshape(-1, num_classes, num_classes)
+        headline = headline_arrays(pooled, binary)
+        for key in dataset_keys:
+            draws.setdefault(f"dataset.{key}", []).append(headline[key])
+        for name, values in per_image_values.items():
+            draws.setdefault(f"per_image.{name}", []).append(_weighted_mean(weights, values))
+    intervals = {key: _interval(np.concatenate(chunks), level) for key, chunks in draws.items()}
+    return {"level": level, "resamples": resamples, "seed": seed, "intervals": intervals}
+
+
+def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    defined = ~np.isnan(values)
+    total = weights @ np.where(defined, values, 0.0)
+    count = weights @ defined.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+
+
+def _interval(values: np.ndarray, level: float) -> list[float] | None:
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return None
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(defined, [tail, 1.0 - tail])
+    return [float(low), float(high)]

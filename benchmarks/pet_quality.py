@@ -72,9 +72,11 @@ def main() -> None:
     with open(Path(args.out) / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     metrics = json.loads((Path(args.out) / "metrics.json").read_text())
-    keys = ["mean_iou", "foreground_iou", "pixel_accuracy", "num_images"]
-    summary = {key: metrics[key] for key in keys if key in metrics}
-    summary["per_class_iou"] = {c["name"]: c["iou"] for c in metrics["per_class"]}
+    dataset = metrics["dataset"]
+    keys = ["mean_iou", "foreground_iou", "pixel_accuracy"]
+    summary = {key: dataset[key] for key in keys if key in dataset}
+    summary["num_images"] = metrics["num_images"]
+    summary["per_class_iou"] = {c["name"]: c["iou"] for c in dataset["per_class"]}
     summary["epochs"] = len(rows)
     summary["training_seconds"] = round(sum(float(r["seconds"]) for r in rows), 1)
     summary["wall_seconds_incl_test_eval"] = round(wall, 1)

@@ -44,19 +44,28 @@ def test_train_writes_the_whole_run_folder(trained_run):
         "checkpoints/last.pt",
         "plots/loss.png",
         "plots/metrics.png",
+        "per_image.csv",
+        "report.html",
     ]:
         assert (trained_run / name).is_file(), name
     assert any((trained_run / "tensorboard").iterdir())
     assert len((trained_run / "history.csv").read_text().strip().splitlines()) == 3
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    for key in ["pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice", "per_class"]:
-        assert key in metrics
+    for section in ["dataset", "per_image", "threshold_free", "instance", "boundary"]:
+        assert section in metrics, section
+    for key in ["pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice", "fw_iou"]:
+        assert key in metrics["dataset"] and key + "_no_background" in metrics["dataset"]
+        assert set(metrics["per_image"][key]) == {"mean", "std", "images"}
     assert metrics["split"] == "test"
-    assert metrics["num_images"] == len(
-        json.loads((trained_run / "splits.json").read_text())["test"]
-    )
-    assert 0.0 <= metrics["mean_iou"] <= 1.0
-    assert [c["name"] for c in metrics["per_class"]][0] == "background"
+    test_names = json.loads((trained_run / "splits.json").read_text())["test"]
+    assert metrics["num_images"] == len(test_names)
+    assert 0.0 <= metrics["dataset"]["mean_iou"] <= 1.0
+    assert [c["name"] for c in metrics["dataset"]["per_class"]][0] == "background"
+    rows = (trained_run / "per_image.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("name,height,width,pixel_accuracy")
+    assert sorted(row.split(",")[0] for row in rows[1:]) == sorted(test_names)
+    report = (trained_run / "report.html").read_text()
+    assert "data:image/png;base64," in report and "http" not in report
 
 
 def test_checkpoint_is_self_describing(trained_run):
@@ -73,8 +82,35 @@ def test_evaluate_reuses_the_test_split_and_matches_training(trained_run, tmp_pa
     )
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     at_training_end = json.loads((trained_run / "metrics.json").read_text())
-    assert evaluated["mean_iou"] == pytest.approx(at_training_end["mean_iou"], abs=1e-9)
-    assert "mean_iou" in capsys.readouterr().out.lower().replace(" ", "_")
+    for section, key in [("dataset", "mean_iou"), ("threshold_free", "mean_roc_auc")]:
+        assert evaluated[section][key] == pytest.approx(at_training_end[section][key], abs=1e-9)
+    assert evaluated["per_image"] == at_training_end["per_image"]
+    assert "confidence_intervals" not in evaluated
+    out = capsys.readouterr().out
+    assert "mean_iou" in out and "report.html" in out and "per image" in out
+
+
+def test_evaluate_flags_reach_the_metrics(trained_run, tmp_path, capsys):
+    best = trained_run / "checkpoints" / "best.pt"
+    args = ["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress",
+            "--ci", "--ci-resamples", "50", "--min-area", "7", "--no-report",
+            "eval.boundary=false"]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    intervals = metrics["confidence_intervals"]
+    assert intervals["resamples"] == 50
+    low, high = intervals["intervals"]["dataset.mean_iou"]
+    assert low <= metrics["dataset"]["mean_iou"] <= high
+    assert metrics["instance"]["min_area"] == 7
+    assert "boundary" not in metrics
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "per_image.csv").exists()
+    assert "95% CI dataset.mean_iou" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_unknown_eval_key(trained_run, capsys):
+    best = trained_run / "checkpoints" / "best.pt"
+    assert main(["evaluate", "--checkpoint", str(best), "eval.bootstrap=true"]) == 2
+    assert "unknown config key 'eval.bootstrap'" in capsys.readouterr().err
 
 
 def test_predict_writes_masks_at_input_size_and_skips_corrupt(trained_run, tmp_path):
@@ -170,8 +206,10 @@ def test_binary_folder_run_with_accumulation(tmp_path):
     with pytest.warns(UserWarning, match="amp"):
         assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [c["name"] for c in metrics["per_class"]] == ["background", "foreground"]
-    assert 0.0 <= metrics["foreground_iou"] <= 1.0
+    assert [c["name"] for c in metrics["dataset"]["per_class"]] == ["background", "foreground"]
+    assert 0.0 <= metrics["dataset"]["foreground_iou"] <= 1.0
+    assert metrics["task"] == "binary"
+    assert set(metrics["threshold_free"]) >= {"roc_auc", "average_precision"}
     checkpoint = load_checkpoint(out / "checkpoints" / "best.pt")
     assert checkpoint["task"]["num_classes"] == 2
     assert checkpoint["model"]["head.weight"].shape[0] == 1  # one sigmoid channel

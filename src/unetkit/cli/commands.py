@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from unetkit.checkpoint import load_checkpoint
-from unetkit.config import Config, ConfigError, available_presets, config_from_dict, load_config
+from unetkit.config import Config, ConfigError, available_presets, load_config
 from unetkit.data import DATASETS, DataError, build_splits
-from unetkit.evaluation.evaluate import evaluate_source
+from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
 from unetkit.inference.predict import collect_inputs, predict_files
 from unetkit.inference.segmenter import Segmenter
-from unetkit.metrics import format_table
 from unetkit.models import list_models
+from unetkit.training.history import read_history_csv
+
+# `evaluate` flag -> config key (the rest of `eval.*` through trailing KEY=VALUE pairs).
+EVAL_FLAGS = {
+    "ci": "eval.ci",
+    "ci_resamples": "eval.ci_resamples",
+    "min_area": "eval.min_component_area",
+    "boundary_width": "eval.boundary_width",
+    "panels": "eval.panels",
+    "report": "eval.report",
+}
 
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError, KeyError)
 
@@ -44,19 +53,23 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
-    cfg = _checkpoint_config(checkpoint, args.dataset, args.data_root)
+    cfg = _evaluation_config(checkpoint, args)
     run_dir = Path(args.checkpoint).resolve().parent.parent
     record = _saved_split_record(run_dir, checkpoint, cfg)
     splits = build_splits(cfg, split_record=record)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size)
     source = getattr(splits, args.split)
-    metrics = evaluate_source(segmenter, source, split=args.split, progress=not args.no_progress)
-    metrics["checkpoint"] = str(args.checkpoint)
+    evaluation = evaluate_source(
+        segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
+    )
+    evaluation.metrics["checkpoint"] = str(args.checkpoint)
     out = Path(args.out) if args.out else run_dir / "evaluation" / args.split
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(format_table(metrics))
-    print(f"metrics: {out / 'metrics.json'}")
+    history_file = run_dir / "history.csv"
+    history = read_history_csv(history_file) if history_file.is_file() else None
+    written = write_evaluation(evaluation, out, cfg.eval, history=history)
+    print(describe(evaluation.metrics))
+    for path in written.values():
+        print(f"wrote {path}")
     return 0
 
 
@@ -80,14 +93,17 @@ def list_things(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_config(checkpoint: dict[str, Any], dataset: str | None, root: str | None) -> Config:
-    cfg = config_from_dict(checkpoint["config"])
-    if dataset or root:
-        data = dataclasses.replace(
-            cfg.data, dataset=dataset or cfg.data.dataset, root=root or cfg.data.root
-        )
-        cfg = dataclasses.replace(cfg, data=data)
-    return cfg
+def _evaluation_config(checkpoint: dict[str, Any], args: argparse.Namespace) -> Config:
+    """The checkpoint's config, pointed at other data if asked, with the evaluation flags."""
+    overrides: dict[str, Any] = {}
+    if args.dataset:
+        overrides["data.dataset"] = args.dataset
+    if args.data_root:
+        overrides["data.root"] = args.data_root
+    for flag, key in EVAL_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return load_config(overrides=overrides, dotted=args.overrides, base=checkpoint["config"])
 
 
 def _saved_split_record(run_dir: Path, checkpoint: dict[str, Any], cfg: Config) -> dict | None:

@@ -97,10 +97,34 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-root", help="default: the checkpoint's data root")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--out", help="folder for metrics.json (default: the run folder)")
+    p.add_argument(
+        "--out",
+        help="folder for metrics.json, per_image.csv and report.html "
+        "(default: RUN/evaluation/SPLIT)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ci", action="store_true", default=None, help="bootstrap 95%% CIs over images")
+    p.add_argument("--ci-resamples", type=int, help="bootstrap resamples (default 1000)")
+    p.add_argument(
+        "--min-area", type=int, help="drop predicted components smaller than this (pixels)"
+    )
+    p.add_argument("--boundary-width", type=int, help="boundary IoU band (default 2%% of diagonal)")
+    p.add_argument("--panels", type=int, help="best and worst images in the report (default 4)")
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        default=None,
+        help="write metrics.json only",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="any eval.* key, e.g. eval.boundary=false eval.instances=false",
+    )
     p.set_defaults(handler=commands.evaluate)
 
 

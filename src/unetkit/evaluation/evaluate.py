@@ -1,54 +1,214 @@
-"""Evaluate a Segmenter on a split, at each mask's original resolution."""
+"""Evaluate a Segmenter on a split, at each mask's original resolution, and write what it found.
+
+The model runs through the same :class:`~unetkit.inference.segmenter.Segmenter` that ``predict``
+uses, so the numbers describe the path a deployed model takes. Every number comes from
+:class:`~unetkit.metrics.split.SplitMetrics`; this module only drives it and writes the outputs:
+``metrics.json``, ``per_image.csv`` and ``report.html``.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from unetkit.config import EvalConfig
 from unetkit.data.sources import SampleSource
+from unetkit.evaluation.panels import Panel
+from unetkit.evaluation.report import write_report
 from unetkit.inference.segmenter import Segmenter
-from unetkit.metrics import ConfusionMatrix, summarize
+from unetkit.metrics.split import SplitMetrics
+from unetkit.metrics.summary import format_table
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation produced: the metrics, one row per image, and what the report shows."""
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    best: list[Panel] = field(default_factory=list)
+    worst: list[Panel] = field(default_factory=list)
+    ranking_metric: str = "mean_iou"
 
 
 def evaluate_source(
     segmenter: Segmenter,
     source: SampleSource,
     split: str = "test",
+    options: EvalConfig | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Metrics of ``segmenter`` on every sample of ``source``, pooled over the split.
-
-    Predictions are resized back to each mask's own size before they are compared, so the numbers
-    do not depend on the size the model was trained at.
-    """
+) -> Evaluation:
+    """Metrics of ``segmenter`` on every sample of ``source`` (see :mod:`unetkit.metrics.split`)."""
     if len(source) == 0:
         raise ValueError(f"the {split} split is empty: there is nothing to evaluate")
-    confusion = ConfusionMatrix(segmenter.task.num_classes)
+    options = options or EvalConfig()
+    started = time.perf_counter()
+    metrics = SplitMetrics(segmenter.class_names, segmenter.task.is_binary, options)
+    inference_seconds = 0.0
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
-    for images, masks in _batches(source, segmenter.batch_size):
-        for prediction, mask in zip(segmenter.predict(images), masks, strict=True):
-            confusion.update(torch.from_numpy(prediction), torch.from_numpy(mask))
+    for names, images, masks in _batches(source, segmenter.batch_size):
+        tick = time.perf_counter()
+        outputs = segmenter.predict_with_proba(images)
+        inference_seconds += time.perf_counter() - tick
+        for name, (probs, prediction), mask in zip(names, outputs, masks, strict=True):
+            metrics.add(name, probs, prediction, mask)
         bar.update(len(images))
     bar.close()
-    summary = summarize(confusion.matrix, segmenter.class_names, binary=segmenter.task.is_binary)
-    return {**summary, "num_images": len(source), "split": split}
+    result = {
+        "split": split,
+        "num_images": len(source),
+        "task": "binary" if segmenter.task.is_binary else "multiclass",
+        "class_names": segmenter.class_names,
+        **metrics.result(),
+    }
+    evaluation = Evaluation(
+        result, metrics.rows(), metrics.curves(), ranking_metric=metrics.ranking_key()
+    )
+    if options.report and options.panels > 0:
+        evaluation.best, evaluation.worst = _extreme_panels(
+            segmenter, source, evaluation, options.panels
+        )
+    total = time.perf_counter() - started
+    result["seconds"] = {
+        "total": round(total, 3),
+        "inference": round(inference_seconds, 3),
+        "metrics_and_loading": round(total - inference_seconds, 3),
+    }
+    return evaluation
+
+
+def write_evaluation(
+    evaluation: Evaluation,
+    out_dir: Path,
+    options: EvalConfig | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Path]:
+    """Write ``metrics.json``, and unless ``options.report`` is off ``per_image.csv`` and
+    ``report.html``."""
+    options = options or EvalConfig()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"metrics": out_dir / "metrics.json"}
+    written["metrics"].write_text(json.dumps(evaluation.metrics, indent=2))
+    if options.report:
+        written["per_image"] = write_per_image_csv(evaluation.rows, out_dir / "per_image.csv")
+        written["report"] = write_report(
+            evaluation.metrics,
+            out_dir / "report.html",
+            curves=evaluation.curves or None,
+            best=evaluation.best,
+            worst=evaluation.worst,
+            ranking_metric=evaluation.ranking_metric,
+            history=history,
+        )
+    return written
+
+
+def write_per_image_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One row per image; an empty cell is an undefined value."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return path
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _extreme_panels(
+    segmenter: Segmenter, source: SampleSource, evaluation: Evaluation, count: int
+) -> tuple[list[Panel], list[Panel]]:
+    """The ``count`` best and worst images by the ranking metric, predicted again for the report.
+
+    Only scores were kept during the pass, so these few images are loaded and predicted again.
+    """
+    key = evaluation.ranking_metric
+    scored = [(row[key], i) for i, row in enumerate(evaluation.rows) if row.get(key) is not None]
+    scored.sort()
+    worst = [i for _, i in scored[:count]]
+    best = [i for _, i in reversed(scored[-count:])]
+    panels = {i: _panel(segmenter, source, i, evaluation.rows[i][key]) for i in set(best + worst)}
+    return [panels[i] for i in best], [panels[i] for i in worst]
+
+
+def _panel(segmenter: Segmenter, source: SampleSource, index: int, score: float) -> Panel:
+    image, mask = source.load(index)
+    prediction = segmenter.predict(image)
+    return Panel(source.names[index], image, mask, prediction, score)
 
 
 def _batches(
     source: SampleSource, batch_size: int
-) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+) -> Iterator[tuple[list[str], list[np.ndarray], list[np.ndarray]]]:
+    all_names = source.names
+    names: list[str] = []
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     for index in range(len(source)):
         image, mask = source.load(index)
+        names.append(all_names[index])
         images.append(image)
         masks.append(mask)
         if len(images) == batch_size:
-            yield images, masks
-            images, masks = [], []
+            yield names, images, masks
+            names, images, masks = [], [], []
     if images:
-        yield images, masks
+        yield names, images, masks
+
+
+def describe(metrics: dict[str, Any]) -> str:
+    """The terminal summary: the pooled table, then one line per other section's headline."""
+    lines = [format_table(metrics["dataset"]), ""]
+    key = "foreground_iou" if metrics["task"] == "binary" else "mean_iou"
+    lines.append(f"per image: {key} {_mean_std(metrics['per_image'][key])}")
+    free = metrics.get("threshold_free")
+    if free:
+        prefix = "" if metrics["task"] == "binary" else "mean_"
+        lines.append(
+            f"threshold-free: ROC AUC {_number(free[prefix + 'roc_auc'])}, "
+            f"average precision {_number(free[prefix + 'average_precision'])}"
+        )
+    instance = metrics.get("instance")
+    if instance:
+        lines.append(
+            f"instances: mAP@[.5:.95] {_number(instance['map'])}, mAP@.5 "
+            f"{_number(instance['map_50'])}, PQ {_number(instance['pq'])}"
+        )
+    boundary = metrics.get("boundary")
+    if boundary:
+        lines.append(
+            "boundary (per image): "
+            + ", ".join(f"{m} {_mean_std(boundary[m])}" for m in ("hd95", "assd", "boundary_iou"))
+            + f", clDice {_mean_std(boundary['cldice'])}"
+        )
+    intervals = metrics.get("confidence_intervals")
+    if intervals:
+        level = round(100 * intervals["level"])
+        for name, bounds in intervals["intervals"].items():
+            text = "undefined" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+            lines.append(f"{level}% CI {name}: {text}")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['images']})"

@@ -93,6 +93,12 @@ class Segmenter:
         masks = [self._labels(p) for p in self._probabilities(batch)]
         return masks[0] if single else masks
 
+    def predict_with_proba(
+        self, images: Sequence[ImageLike]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(probabilities, mask)`` per image in one pass: what evaluation needs of each image."""
+        return [(p.cpu().numpy(), self._labels(p)) for p in self._probabilities(list(images))]
+
     def _labels(self, probs: torch.Tensor) -> np.ndarray:
         return self.task.labels_from_probabilities(probs[None])[0].to(torch.uint8).cpu().numpy()
 

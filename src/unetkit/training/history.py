@@ -11,6 +11,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# The validation metrics drawn in metrics.png; history.csv and TensorBoard keep every one.
+PLOTTED_METRICS = (
+    "val_mean_iou",
+    "val_mean_iou_no_background",
+    "val_mean_dice",
+    "val_pixel_accuracy",
+    "val_foreground_iou",
+)
+
 
 def write_history_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Rewrite the file from ``rows`` (kept in the checkpoint, so a resume never loses one)."""
@@ -23,17 +32,27 @@ def write_history_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def read_history_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``history.csv`` with numbers as floats (``epoch`` as int), blanks as None."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{key: _number(value) for key, value in row.items()} for row in rows]
+
+
+def _number(text: str) -> float | int | None:
+    if text == "":
+        return None
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
+
+
 def plot_history(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
     """Draw ``loss.png``, ``metrics.png`` and ``lr.png`` in ``plots_dir``; return their paths."""
     if not rows:
         return []
     plots_dir.mkdir(parents=True, exist_ok=True)
     epochs = [row["epoch"] for row in rows]
-    metric_keys = [
-        key
-        for key in rows[-1]
-        if key.startswith("val_") and key != "val_loss" and rows[-1][key] is not None
-    ]
+    metric_keys = [key for key in PLOTTED_METRICS if rows[-1].get(key) is not None]
     figures = {
         "loss.png": (["train_loss", "val_loss"], "loss"),
         "metrics.png": (metric_keys, "validation metric"),

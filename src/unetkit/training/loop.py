@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 from unetkit.checkpoint import Preprocessing, load_checkpoint, model_metadata, save_checkpoint
 from unetkit.config import Config
-from unetkit.evaluation.evaluate import evaluate_source
+from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
 from unetkit.inference.segmenter import Segmenter
-from unetkit.metrics import ConfusionMatrix, format_table, summarize
+from unetkit.metrics import ConfusionMatrix, summarize
 from unetkit.training.history import plot_history, write_history_csv
 from unetkit.training.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from unetkit.training.setup import RunParts, build_run, resolve_run_dir
@@ -45,7 +45,7 @@ def train(cfg: Config) -> Path:
     finally:  # plots once per run (0.4 s each time); TensorBoard shows curves while it trains
         writer.close()
         plot_history(state["history"], run_dir / "plots")
-    _final_test(parts)
+    _final_test(parts, state["history"])
     return run_dir
 
 
@@ -219,19 +219,24 @@ def _epoch_line(row: dict[str, Any], monitor: str, improved: bool) -> str:
     return "  ".join(parts)
 
 
-def _final_test(parts: RunParts) -> None:
-    """Evaluate ``best.pt`` on the test split at the masks' original resolution."""
+def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
+    """Evaluate ``best.pt`` on the test split at original resolution; write metrics and report."""
     best = parts.run_dir / "checkpoints" / "best.pt"
     segmenter = Segmenter.from_checkpoint(
         best, device=parts.device, batch_size=parts.cfg.train.batch_size
     )
-    metrics = evaluate_source(
-        segmenter, parts.splits.test, split="test", progress=parts.cfg.train.progress
+    evaluation = evaluate_source(
+        segmenter,
+        parts.splits.test,
+        split="test",
+        options=parts.cfg.eval,
+        progress=parts.cfg.train.progress,
     )
-    metrics["checkpoint"] = str(best)
-    (parts.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _log(format_table(metrics))
-    _log(f"metrics: {parts.run_dir / 'metrics.json'}")
+    evaluation.metrics["checkpoint"] = str(best)
+    written = write_evaluation(evaluation, parts.run_dir, parts.cfg.eval, history=history)
+    _log(describe(evaluation.metrics))
+    for path in written.values():
+        _log(f"wrote {path}")
 
 
 def _log(message: str) -> None:

@@ -144,13 +144,24 @@ def roc_pr_curves(
     return _png(fig)
 
 
+# The validation metrics drawn as training curves (here and in the run's plots/metrics.png);
+# history.csv and TensorBoard keep every one.
+TRAINING_METRICS = (
+    "val_mean_iou",
+    "val_mean_dice",
+    "val_pixel_accuracy",
+    "val_foreground_iou",
+    "val_foreground_dice",
+)
+
+
 def training_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
     """Losses (left) and validation metrics (right) per epoch, from the rows of ``history.csv``."""
     if not history:
         raise ValueError("the training history is empty: there is no epoch to plot")
     epochs = [_number(row.get("epoch")) for row in history]
     columns = list(dict.fromkeys(key for row in history for key in row))
-    metric_keys = [key for key in columns if key.startswith("val_") and key != "val_loss"]
+    metric_keys = [key for key in TRAINING_METRICS if key in columns]
     fig = Figure(figsize=(10, 3.8), dpi=_DPI, layout="constrained")
     loss_ax, metric_ax = fig.subplots(1, 2)
     for key in ("train_loss", "val_loss"):

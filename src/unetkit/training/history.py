@@ -6,19 +6,9 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-# The validation metrics drawn in metrics.png; history.csv and TensorBoard keep every one.
-PLOTTED_METRICS = (
-    "val_mean_iou",
-    "val_mean_iou_no_background",
-    "val_mean_dice",
-    "val_pixel_accuracy",
-    "val_foreground_iou",
-)
+from unetkit.evaluation.figures import TRAINING_METRICS
 
 
 def write_history_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -52,7 +42,7 @@ def plot_history(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
         return []
     plots_dir.mkdir(parents=True, exist_ok=True)
     epochs = [row["epoch"] for row in rows]
-    metric_keys = [key for key in PLOTTED_METRICS if rows[-1].get(key) is not None]
+    metric_keys = [key for key in TRAINING_METRICS if rows[-1].get(key) is not None]
     figures = {
         "loss.png": (["train_loss", "val_loss"], "loss"),
         "metrics.png": (metric_keys, "validation metric"),
@@ -60,7 +50,8 @@ def plot_history(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
     }
     written = []
     for filename, (keys, ylabel) in figures.items():
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.subplots()
         for key in keys:
             values = [row.get(key) for row in rows]
             ax.plot(
@@ -74,6 +65,5 @@ def plot_history(rows: list[dict[str, Any]], plots_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         fig.savefig(plots_dir / filename)
-        plt.close(fig)
         written.append(plots_dir / filename)
     return written

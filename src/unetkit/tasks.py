@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = 255
@@ -64,3 +65,29 @@ class Task:
         if self.is_binary:
             return (probs[:, 1] > self.threshold).long()
         return probs.argmax(dim=1)
+
+
+def check_class_ids(
+    labels: torch.Tensor | np.ndarray,
+    num_classes: int,
+    where: str,
+    counted: torch.Tensor | np.ndarray | None = None,
+) -> None:
+    """Raise a ValueError naming the values when ``labels`` (NumPy or torch) hold ids outside
+    ``0 .. num_classes - 1`` at the ``counted`` pixels (default: every pixel).
+
+    The one check of class ids that losses and every metric share; ``where`` says who checks
+    what, e.g. ``"loss: the target"``.
+    """
+    outside = (labels < 0) | (labels >= num_classes)
+    if counted is not None:
+        outside &= counted
+    if bool(outside.any()):
+        found = labels[outside]
+        found = found.cpu().numpy() if isinstance(found, torch.Tensor) else np.asarray(found)
+        values = np.unique(found)[:10].tolist()
+        raise ValueError(
+            f"{where} holds class ids {values} outside 0..{num_classes - 1} (the ignore value "
+            f"{IGNORE_INDEX} excepted in targets); check task.num_classes, or map such pixels "
+            f"to {IGNORE_INDEX} to leave them out"
+        )

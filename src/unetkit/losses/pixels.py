@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from unetkit.tasks import IGNORE_INDEX, Task
+from unetkit.tasks import IGNORE_INDEX, Task, check_class_ids
 
 
 def split_ignored(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,11 +56,4 @@ def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, task: Ta
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"loss: target must hold integer class ids; got dtype {target.dtype}")
     target = target.long()
-    bad = (target != IGNORE_INDEX) & ((target < 0) | (target >= task.num_classes))
-    if bool(bad.any()):
-        values = torch.unique(target[bad]).tolist()[:10]
-        raise ValueError(
-            f"loss: target holds values {values} outside 0..{task.num_classes - 1} "
-            f"(and not the ignore value {IGNORE_INDEX}); map them to a class or to "
-            f"{IGNORE_INDEX}, or set task.num_classes"
-        )
+    check_class_ids(target, task.num_classes, "loss: the target", target != IGNORE_INDEX)

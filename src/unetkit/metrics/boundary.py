@@ -19,7 +19,7 @@ import numpy as np
 
 from unetkit.metrics.surface import default_boundary_width, surface_scores
 from unetkit.metrics.topology import cl_dice
-from unetkit.tasks import IGNORE_INDEX
+from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 
 def boundary_metrics(
@@ -41,7 +41,7 @@ def boundary_metrics(
     pred, target = _label_map(pred, "prediction"), _label_map(target, "target")
     counted = _counted_pixels(pred, target, valid)
     for name, labels in (("prediction", pred), ("target", target)):
-        _check_class_ids(labels[counted], name, num_classes)
+        check_class_ids(labels, num_classes, f"boundary metrics: the {name}", counted)
     pred, target = np.where(counted, pred, 0), np.where(counted, target, 0)
     if width is None:
         width = default_boundary_width(*target.shape)
@@ -89,14 +89,3 @@ def _counted_pixels(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | No
             f"got dtype {valid.dtype}, shape {valid.shape}"
         )
     return counted & valid
-
-
-def _check_class_ids(labels: np.ndarray, name: str, num_classes: int) -> None:
-    outside = (labels < 0) | (labels >= num_classes)
-    if outside.any():
-        values = np.unique(labels[outside])[:10].tolist()
-        raise ValueError(
-            f"boundary metrics: the {name} holds class ids {values} outside 0..{num_classes - 1} "
-            f"(ignore value {IGNORE_INDEX} excepted in the target); check num_classes or map them "
-            f"to {IGNORE_INDEX}"
-        )

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.tasks import IGNORE_INDEX
+from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 
 class ConfusionMatrix:
@@ -67,7 +67,8 @@ class ConfusionMatrix:
             counted &= self._roi_mask(roi, target)
         truth = target[counted].long().to(self.matrix.device)
         predicted = pred.to(target.device)[counted].long().to(self.matrix.device)
-        self._check_range(truth, predicted)
+        check_class_ids(truth, self.num_classes, "confusion update: the target")
+        check_class_ids(predicted, self.num_classes, "confusion update: the prediction")
         index = truth * self.num_classes + predicted
         counts = torch.bincount(index, minlength=self.num_classes**2)
         self.matrix += counts.view(self.num_classes, self.num_classes)
@@ -96,17 +97,6 @@ class ConfusionMatrix:
                 f"{tuple(target.shape)}"
             )
         return roi.bool()
-
-    def _check_range(self, truth: torch.Tensor, predicted: torch.Tensor) -> None:
-        for name, labels in (("target", truth), ("prediction", predicted)):
-            bad = (labels < 0) | (labels >= self.num_classes)
-            if bool(bad.any()):
-                values = torch.unique(labels[bad]).tolist()[:10]
-                raise ValueError(
-                    f"confusion update: {name} holds class ids {values} outside "
-                    f"0..{self.num_classes - 1} (ignore value {IGNORE_INDEX} excepted); "
-                    f"check num_classes or map them to {IGNORE_INDEX}"
-                )
 
     def _check_compatible(self, other: ConfusionMatrix) -> None:
         if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.tasks import IGNORE_INDEX
+from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -224,14 +224,7 @@ class ScoreHistogram:
                 f"score histogram update: probabilities must lie in [0, 1]; got values such as "
                 f"{probs[outside][:5].tolist()}; pass softmax/sigmoid outputs, not logits"
             )
-        bad = counted & ((target < 0) | (target >= self.num_classes))
-        if bool(bad.any()):
-            values = torch.unique(target[bad]).tolist()[:10]
-            raise ValueError(
-                f"score histogram update: target holds class ids {values} outside "
-                f"0..{self.num_classes - 1} (ignore value {IGNORE_INDEX} excepted); check "
-                f"num_classes or map them to {IGNORE_INDEX}"
-            )
+        check_class_ids(target, self.num_classes, "score histogram update: the target", counted)
 
 
 def _thinned(length: int, max_points: int) -> np.ndarray:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unetkit.tasks import IGNORE_INDEX
+from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))
 """IoU thresholds 0.50, 0.55, ..., 0.95 of COCO's mAP."""
@@ -199,13 +199,7 @@ class InstanceAccumulator:
             )
         counted = valid & (target != IGNORE_INDEX)
         for name, labels in (("prediction", pred), ("target", target)):
-            bad = counted & ((labels < 0) | (labels >= self.num_classes))
-            if bad.any():
-                raise ValueError(
-                    f"instance update: the {name} holds class ids {np.unique(labels[bad])[:10]} "
-                    f"outside 0..{self.num_classes - 1}; check num_classes or map them to "
-                    f"{IGNORE_INDEX} in the target"
-                )
+            check_class_ids(labels, self.num_classes, f"instance update: the {name}", counted)
         return probs, np.where(counted, pred, 0), np.where(counted, target, 0)
 
 

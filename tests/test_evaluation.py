@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unetkit.config import EvalConfig
-from unetkit.evaluation.evaluate import write_per_image_csv
+from unetkit.evaluation.evaluate import Evaluation, write_evaluation, write_per_image_csv
 from unetkit.metrics.split import SplitMetrics
 from unetkit.metrics.summary import summarize
 from unetkit.tasks import IGNORE_INDEX
@@ -118,3 +118,21 @@ def test_history_csv_round_trip(tmp_path):
     read = read_history_csv(tmp_path / "history.csv")
     assert read == rows
     assert type(read[0]["epoch"]) is int and type(read[1]["seconds"]) is float
+
+
+def test_cldice_can_be_switched_off_and_the_report_still_renders(tmp_path):
+    options = EvalConfig(cldice=False, ci=True, ci_resamples=20, panels=0)
+    metrics = SplitMetrics(NAMES, False, options)
+    for seed in range(3):
+        target, prediction = blobs(seed), blobs(seed + 20)
+        metrics.add(f"img{seed}", one_hot_probs(prediction, 3), prediction, target)
+    result = metrics.result()
+    assert "cldice" not in result["boundary"] and "hd95" in result["boundary"]
+    assert "per_image.cldice" not in result["confidence_intervals"]["intervals"]
+    assert "per_image.hd95" in result["confidence_intervals"]["intervals"]
+    assert not any(key.startswith("cldice") for key in metrics.rows()[0])
+    evaluation = Evaluation({"split": "test", "num_images": 3, "task": "multiclass",
+                             "class_names": NAMES, **result}, metrics.rows())  # fmt: skip
+    written = write_evaluation(evaluation, tmp_path, options)
+    assert json.loads(written["metrics"].read_text())["boundary"]["hd95"]["images"] == 3
+    assert "HD95" in written["report"].read_text()

@@ -277,3 +277,13 @@ def test_stacked_headline_equals_one_matrix_at_a_time():
             value = arrays[key][i]
             assert (np.isnan(value) and expected is None) or value == pytest.approx(expected)
     assert summarize(stack[2])["mean_iou"] is None
+
+
+def test_read_only_arrays_are_counted_without_a_warning(recwarn):
+    pred = np.array(HAND_PRED, dtype=np.uint8)
+    target = np.array(HAND_TARGET, dtype=np.uint8)
+    pred.flags.writeable = target.flags.writeable = False  # as np.asarray(PIL image) gives
+    confusion = ConfusionMatrix(3)
+    confusion.update(pred, target)
+    assert confusion.matrix.tolist() == HAND_MATRIX
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

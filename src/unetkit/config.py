@@ -119,6 +119,7 @@ class EvalConfig:
     min_component_area: int = 0  # predicted components smaller than this (pixels) are dropped
     boundary: bool = True  # HD95, ASSD, boundary IoU and clDice per class and image
     boundary_width: int | None = None  # boundary IoU band in pixels; None = 2% of the diagonal
+    cldice: bool = True  # skeleton-based; costs ~ object thickness, cheap on vessels/membranes
     ci: bool = False  # bootstrap confidence intervals over images for the headline metrics
     ci_resamples: int = 1000
     ci_level: float = 0.95

@@ -187,10 +187,9 @@ def describe(metrics: dict[str, Any]) -> str:
         )
     boundary = metrics.get("boundary")
     if boundary:
+        names = [m for m in ("hd95", "assd", "boundary_iou", "cldice") if m in boundary]
         lines.append(
-            "boundary (per image): "
-            + ", ".join(f"{m} {_mean_std(boundary[m])}" for m in ("hd95", "assd", "boundary_iou"))
-            + f", clDice {_mean_std(boundary['cldice'])}"
+            "boundary (per image): " + ", ".join(f"{m} {_mean_std(boundary[m])}" for m in names)
         )
     intervals = metrics.get("confidence_intervals")
     if intervals:

@@ -16,6 +16,14 @@ import torch
 from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 
+def as_tensor(values: Any, device: torch.device | str | None = None) -> torch.Tensor:
+    """``values`` as a tensor, sharing memory where it can; read-only NumPy arrays (such as
+    ``np.asarray`` of a PIL image) are copied rather than shared, which torch would warn about."""
+    if isinstance(values, np.ndarray) and not values.flags.writeable:
+        values = values.copy()
+    return torch.as_tensor(values, device=device)
+
+
 class ConfusionMatrix:
     """Pixel counts ``matrix[true, predicted]`` over every :meth:`update` since the last reset."""
 
@@ -50,7 +58,7 @@ class ConfusionMatrix:
         Any shape, as long as ``pred``, ``target`` and the optional boolean ``roi`` agree; pixels
         whose target is 255 or whose ``roi`` is False are not counted.
         """
-        pred, target = torch.as_tensor(pred), torch.as_tensor(target)
+        pred, target = as_tensor(pred), as_tensor(target)
         if pred.shape != target.shape:
             raise ValueError(
                 f"confusion update: prediction shape {tuple(pred.shape)} differs from target shape "
@@ -90,7 +98,7 @@ class ConfusionMatrix:
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.matrix.sum())})"
 
     def _roi_mask(self, roi: Any, target: torch.Tensor) -> torch.Tensor:
-        roi = torch.as_tensor(roi, device=target.device)
+        roi = as_tensor(roi, device=target.device)
         if roi.shape != target.shape:
             raise ValueError(
                 f"confusion update: roi shape {tuple(roi.shape)} differs from target shape "

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit.metrics.confusion import as_tensor
 from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -195,10 +196,10 @@ class ScoreHistogram:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inputs as (N, C, H, W) probabilities, (N, H, W) targets and the counted-pixel mask."""
         device = self.counts.device
-        probs = torch.as_tensor(probs, device=device)
-        target = torch.as_tensor(target, device=device)
+        probs = as_tensor(probs, device=device)
+        target = as_tensor(target, device=device)
         valid = torch.ones_like(target, dtype=torch.bool) if valid is None else valid
-        valid = torch.as_tensor(valid, device=device).bool()
+        valid = as_tensor(valid, device=device).bool()
         given = ", ".join(str(tuple(tensor.shape)) for tensor in (probs, target, valid))
         if probs.ndim == 3:
             probs, target, valid = probs[None], target[None], valid[None]

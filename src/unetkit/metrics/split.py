@@ -83,7 +83,14 @@ class SplitMetrics:
         if self.options.boundary:
             width = self.options.boundary_width  # None: 2% of this image's diagonal
             self._boundary.append(
-                boundary_metrics(prediction, target, self.num_classes, valid, width=width)
+                boundary_metrics(
+                    prediction,
+                    target,
+                    self.num_classes,
+                    valid,
+                    width=width,
+                    with_cldice=self.options.cldice,
+                )
             )
 
     @property
@@ -140,6 +147,9 @@ class SplitMetrics:
         points = {self.class_names[c]: self.histogram.curve_points(c) for c in classes}
         return {name: curve for name, curve in points.items() if curve is not None}
 
+    def _boundary_metrics(self) -> tuple[str, ...]:
+        return BOUNDARY_METRICS if self.options.cldice else BOUNDARY_METRICS[:-1]
+
     def _scored_classes(self) -> range:
         return range(1, self.num_classes)
 
@@ -150,7 +160,7 @@ class SplitMetrics:
 
     def _boundary_row(self, i: int) -> dict[str, float | None]:
         row: dict[str, float | None] = {}
-        for metric in BOUNDARY_METRICS:
+        for metric in self._boundary_metrics():
             row[metric] = self._image_value(i, metric)
             for c in self._scored_classes():
                 row[f"{metric}/{self.class_names[c]}"] = self._boundary[i][metric][c]
@@ -160,12 +170,15 @@ class SplitMetrics:
         images = range(len(self._boundary))
         width = self.options.boundary_width
         section: dict[str, Any] = {"boundary_width": width if width else "2% of diagonal"}
-        for metric in BOUNDARY_METRICS:
+        for metric in self._boundary_metrics():
             section[metric] = spread([self._image_value(i, metric) for i in images])
         section["per_class"] = [
             {
                 "name": self.class_names[c],
-                **{m: spread([self._boundary[i][m][c] for i in images]) for m in BOUNDARY_METRICS},
+                **{
+                    m: spread([self._boundary[i][m][c] for i in images])
+                    for m in self._boundary_metrics()
+                },
             }
             for c in self._scored_classes()
         ]
@@ -177,7 +190,8 @@ class SplitMetrics:
         values = {key: _column(rows, key) for key in keys}
         if self._boundary:
             for metric in ("hd95", "cldice"):
-                values[metric] = _column(self._boundary_rows(), metric)
+                if metric in self._boundary_metrics():
+                    values[metric] = _column(self._boundary_rows(), metric)
         return bootstrap_intervals(
             matrices,
             self.binary,

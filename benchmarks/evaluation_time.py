@@ -4,9 +4,10 @@
         --counts 75 150 298 --scales 0.5 1 2 --scale-images 40
 
 Loads the checkpoint's test split (its run's splits.json), predicts each image once (timed), then
-times each metric family alone on the same predictions: pixel counts only, + threshold-free
-histograms, + instances, + boundary distances, + clDice. Growth is measured twice: over the first N images
-at their own size, and over --scale-images images resized by each scale factor (image and mask).
+times the metric families on the same predictions, adding one at a time: pixel counts only,
++ threshold-free histograms, + instances, + boundary distances, + clDice. Growth is measured twice:
+over the first N images at their own size, and over --scale-images images resized by each scale
+factor (image and mask).
 Prints one JSON document of seconds and seconds per image.
 """
 

@@ -26,12 +26,19 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image becomes model input: resized to ``img_size`` [H, W], then normalised."""
+    """How an image becomes model input: resized to ``img_size`` [H, W], then normalised.
+
+    ``tile_size`` is set when the model was trained on ``tile_size`` x ``tile_size`` tiles cut from
+    images at their native resolution (``data.tile_size``), each resized to ``img_size``: the model
+    then expects images scaled by ``img_size / tile_size``. None: it was trained on whole images,
+    each resized to ``img_size`` (checkpoints written before this field existed are read so too).
+    """
 
     img_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     in_channels: int
+    tile_size: int | None = None
 
 
 @dataclass
@@ -102,6 +109,7 @@ def model_metadata(
             "mean": list(preprocessing.mean),
             "std": list(preprocessing.std),
             "in_channels": preprocessing.in_channels,
+            "tile_size": preprocessing.tile_size,
         },
     }
 
@@ -121,6 +129,7 @@ def model_from_checkpoint(
         mean=tuple(prep["mean"]),
         std=tuple(prep["std"]),
         in_channels=int(prep["in_channels"]),
+        tile_size=None if prep.get("tile_size") is None else int(prep["tile_size"]),
     )
     task = Task(**checkpoint["task"])
     architecture = checkpoint["architecture"]

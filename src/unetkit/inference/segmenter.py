@@ -1,43 +1,87 @@
 """The Segmenter: from an image (NumPy array or PIL image) to a mask, by a checkpoint's recipe.
 
-It is what a deployed model carries: it resizes and normalises exactly as training did, runs the
+It is what a deployed model carries: it scales and normalises exactly as training did, runs the
 model in batches, and returns probabilities or class ids at each input's own size. Evaluation uses
 it too, so the metrics describe the very path that ``predict`` takes.
+
+How an image reaches the model (``mode``: resized whole, or scaled to the training tiles' scale
+and cut into sliding windows) is decided by :mod:`unetkit.inference.modes`.
+
+With ``tta`` each model input is also predicted flipped (:mod:`unetkit.inference.tta`); with
+``postprocess`` the labels are cleaned (:mod:`unetkit.inference.postprocess`). Probabilities are
+never post-processed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import overload
+from typing import Protocol, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from unetkit.checkpoint import LoadedModel, Preprocessing, model_from_checkpoint
 from unetkit.data.preprocess import resize_image, to_tensor
 from unetkit.devices import resolve_device
+from unetkit.inference.image_input import ImageLike, as_image_array, is_single_image
+from unetkit.inference.modes import check_mode, training_scale_size, uses_sliding
+from unetkit.inference.postprocess import PostProcessing
+from unetkit.inference.sliding_window import (
+    check_overlap,
+    checked_tile_size,
+    sliding_window_probabilities,
+)
+from unetkit.inference.tta import flip_averaged
 from unetkit.tasks import Task
 
-ImageLike = np.ndarray | Image.Image
+__all__ = ["ImageLike", "InferenceModel", "Segmenter"]
+
+
+class InferenceModel(Protocol):
+    """What the Segmenter runs: a torch module, or any wrapper (e.g. ONNX Runtime) that acts so."""
+
+    def to(self, device: torch.device) -> InferenceModel: ...
+    def eval(self) -> InferenceModel: ...
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...  # NCHW float32 -> logits
 
 
 class Segmenter:
-    """Runs a trained model on images of any size; see :meth:`from_checkpoint`."""
+    """Runs a trained model on images of any size; see :meth:`from_checkpoint`.
+
+    ``batch_size`` counts images per forward pass when resizing, tiles when sliding. ``mode``
+    is ``auto``, ``resize`` or ``sliding`` (see :mod:`unetkit.inference.modes`); ``tile_size``
+    (default ``img_size``) and ``overlap`` shape the windows; ``tta`` averages the four flips;
+    ``postprocess`` cleans the labels of :meth:`predict` and :meth:`predict_with_proba`.
+    """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: InferenceModel,
         task: Task,
         class_names: Sequence[str],
         preprocessing: Preprocessing,
         device: str | torch.device = "auto",
         batch_size: int = 8,
+        *,
+        mode: str = "auto",
+        tile_size: int | Sequence[int] | None = None,
+        overlap: float = 0.25,
+        tta: bool = False,
+        postprocess: PostProcessing | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if postprocess is not None:
+            postprocess.check_classes(task.num_classes)
+        self.mode = check_mode(mode)
+        self.tile_size = checked_tile_size(
+            preprocessing.img_size if tile_size is None else tile_size
+        )
+        self.overlap = check_overlap(overlap)
+        self.tta = tta
+        self.postprocess = postprocess
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.task = task
@@ -47,9 +91,16 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "auto", batch_size: int = 8
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        **options: object,
     ) -> Segmenter:
-        """Load ``best.pt``/``last.pt`` (or any unetkit checkpoint); no other settings needed."""
+        """Load ``best.pt``/``last.pt`` (or any unetkit checkpoint); no other settings needed.
+
+        ``options`` are the keyword options of the constructor (``mode``, ``tta``, ...).
+        """
         loaded: LoadedModel = model_from_checkpoint(path)
         return cls(
             loaded.model,
@@ -58,6 +109,7 @@ class Segmenter:
             loaded.preprocessing,
             device=device,
             batch_size=batch_size,
+            **options,  # type: ignore[arg-type]
         )
 
     @overload
@@ -72,7 +124,7 @@ class Segmenter:
 
         One image gives one array; a list (or tuple) of images gives a list, in the same order.
         """
-        single = _is_single(images)
+        single = is_single_image(images)
         batch = [images] if single else list(images)
         probs = [p.cpu().numpy() for p in self._probabilities(batch)]
         return probs[0] if single else probs
@@ -85,10 +137,10 @@ class Segmenter:
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray | list[np.ndarray]:
         """Class-id masks ``(H, W)`` uint8 at each image's own size.
 
-        They are the labels of :meth:`predict_proba`: its argmax, or for a binary task its
-        foreground probability above the task's threshold.
+        They are the labels of :meth:`predict_proba` (its argmax, or for a binary task its
+        foreground probability above the task's threshold), then ``postprocess``-ed if set.
         """
-        single = _is_single(images)
+        single = is_single_image(images)
         batch = [images] if single else list(images)
         masks = [self._labels(p) for p in self._probabilities(batch)]
         return masks[0] if single else masks
@@ -99,84 +151,59 @@ class Segmenter:
         """``(probabilities, mask)`` per image in one pass: what evaluation needs of each image."""
         return [(p.cpu().numpy(), self._labels(p)) for p in self._probabilities(list(images))]
 
+    def slides_over(self, height: int, width: int) -> bool:
+        """Whether an image of this size is predicted by sliding windows (see ``modes``)."""
+        return uses_sliding(self.mode, self.preprocessing, self.tile_size, height, width)
+
     def _labels(self, probs: torch.Tensor) -> np.ndarray:
-        return self.task.labels_from_probabilities(probs[None])[0].to(torch.uint8).cpu().numpy()
+        labels = self.task.labels_from_probabilities(probs[None])[0].to(torch.uint8).cpu().numpy()
+        return labels if self.postprocess is None else self.postprocess.apply(labels)
 
     @torch.inference_mode()
     def _probabilities(self, images: list[ImageLike]) -> list[torch.Tensor]:
-        arrays = [self._as_array(image) for image in images]
+        channels = self.preprocessing.in_channels
+        arrays = [as_image_array(image, channels) for image in images]
         results: list[torch.Tensor] = []
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start : start + self.batch_size]
-            inputs = torch.stack([self._model_input(a) for a in chunk]).to(self.device)
-            probs = self.task.probabilities(self.model(inputs))
-            for array, prob in zip(chunk, probs, strict=True):
-                size = array.shape[:2]
-                if tuple(prob.shape[-2:]) != size:
-                    prob = F.interpolate(
-                        prob[None], size=size, mode="bilinear", align_corners=False
-                    )[0]
-                results.append(prob)
+            sliding = [self.slides_over(*array.shape[:2]) for array in chunk]
+            resized = [array for array, slides in zip(chunk, sliding, strict=True) if not slides]
+            whole = iter(self._resized_probabilities(resized))
+            for array, slides in zip(chunk, sliding, strict=True):
+                results.append(self._sliding_probabilities(array) if slides else next(whole))
         return results
 
-    def _model_input(self, image: np.ndarray) -> torch.Tensor:
-        resized = resize_image(image, self.preprocessing.img_size)
-        return to_tensor(resized, self.preprocessing.mean, self.preprocessing.std)
+    def _resized_probabilities(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """Each image resized whole to ``img_size``, all in one batch."""
+        if not arrays:
+            return []
+        prep = self.preprocessing
+        inputs = [to_tensor(resize_image(a, prep.img_size), prep.mean, prep.std) for a in arrays]
+        probs = self._predict(torch.stack(inputs).to(self.device))
+        return [_resized(p, a.shape[:2]) for a, p in zip(arrays, probs, strict=True)]
 
-    def _as_array(self, image: ImageLike) -> np.ndarray:
-        """An HxWxC uint8 array with the channel count the model was trained on."""
-        if isinstance(image, (str, Path)):
-            raise TypeError(
-                f"Segmenter takes images (NumPy arrays or PIL images), not paths like {image!r}; "
-                f"read the file first (unetkit.data.folder.read_image) or use predict_files"
-            )
-        channels = self.preprocessing.in_channels
-        array = _pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
-        if array.dtype != np.uint8:
-            raise ValueError(
-                f"expected uint8 pixel values 0..255, got {array.dtype}; convert first, e.g. "
-                f"(img / img.max() * 255).astype(np.uint8)"
-            )
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.ndim != 3 or min(array.shape[:2]) < 1:
-            raise ValueError(
-                f"expected one image of shape HxW or HxWxC, got shape {array.shape}; "
-                f"pass several images as a list"
-            )
-        return np.ascontiguousarray(_match_channels(array, channels))
-
-
-_HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """Grey or RGB uint8 pixels of a PIL image, as ``unetkit.data.folder.read_image`` sees them.
-
-    High-bit-depth images keep their dtype, so they fail the uint8 check instead of being clipped.
-    """
-    if image.mode in ("L", "RGB") or image.mode in _HIGH_BIT_DEPTH_MODES:
-        return np.asarray(image)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return np.asarray(image.convert("RGB"))
-
-
-def _match_channels(array: np.ndarray, channels: int) -> np.ndarray:
-    """``array`` (HxWxC) with alpha dropped and grey/RGB converted to ``channels`` channels."""
-    if array.shape[2] in (2, 4):  # grey + alpha, RGBA
-        array = array[..., :-1]
-    if array.shape[2] == 1 and channels == 3:
-        array = np.repeat(array, 3, axis=2)
-    if array.shape[2] == 3 and channels == 1:
-        array = np.asarray(Image.fromarray(np.ascontiguousarray(array)).convert("L"))[..., None]
-    if array.shape[2] != channels:
-        raise ValueError(
-            f"the model expects {channels}-channel images (1 = grey, 3 = RGB, with an optional "
-            f"alpha channel); got {array.shape[2]} channels"
+    def _sliding_probabilities(self, array: np.ndarray) -> torch.Tensor:
+        """The image at the training scale, predicted window by window."""
+        prep = self.preprocessing
+        scaled = resize_image(array, training_scale_size(prep, *array.shape[:2]))
+        image = to_tensor(scaled, prep.mean, prep.std).to(self.device)
+        probs = sliding_window_probabilities(
+            image, self._predict, self.tile_size, self.overlap, self.batch_size
         )
-    return array
+        return _resized(probs, array.shape[:2])
+
+    def _predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities of a batch of model inputs, averaged over flips with ``tta``."""
+        if self.tta:
+            return flip_averaged(self._model_probabilities)(images)
+        return self._model_probabilities(images)
+
+    def _model_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.task.probabilities(self.model(images))
 
 
-def _is_single(images: object) -> bool:
-    return isinstance(images, (Image.Image, np.ndarray, str, Path))
+def _resized(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Probabilities ``(K, h, w)`` bilinearly resized to ``size`` (unchanged if already so)."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]

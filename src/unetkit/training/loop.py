@@ -184,7 +184,11 @@ def _end_of_epoch(parts: RunParts, state: dict[str, Any], row: dict[str, Any]) -
 def _checkpoint_payload(parts: RunParts, state: dict[str, Any]) -> dict[str, Any]:
     cfg = parts.cfg
     preprocessing = Preprocessing(
-        tuple(cfg.data.img_size), tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.in_channels
+        tuple(cfg.data.img_size),
+        tuple(cfg.data.mean),
+        tuple(cfg.data.std),
+        cfg.data.in_channels,
+        cfg.data.tile_size,
     )
     metadata = model_metadata(
         cfg.model.name, cfg.model.options, parts.task, cfg.task.class_names, preprocessing

@@ -1,41 +1,81 @@
 """Predict masks for files on disk: a file, a folder (recursively) or a glob pattern.
 
+What is written per image, next to each other: ``<name>.png`` (class ids, the input's size),
+``<name>_colour.png`` (the mask in the class palette, unless ``save_colour`` is off),
+``<name>_overlay.png`` (with ``save_overlay``) and ``<name>_probs.npz`` (with ``save_probs``: key
+``probs``, float16 ``(C, H, W)`` class probabilities, and key ``class_names``).
+
+``summary.csv`` in the output folder has one row per input, in input order: ``input`` (the path as
+given), ``status`` (``written`` or ``skipped``), ``mask`` (relative to the output folder),
+``height``, ``width``, one ``pixels/<class name>`` column per class (pixels of the written mask
+with that class id), and ``error`` (why a file was skipped). An empty cell is an undefined value:
+a skipped file has no mask, size or areas, a written one no error.
+
 Where the masks go. One input file gives ``<out>/<stem>.png``. Several inputs (a folder or a glob)
 keep their layout below the deepest folder that holds them all, so ``in/a/x.png`` and
 ``in/b/x.jpg`` become ``<out>/a/x.png`` and ``<out>/b/x.png`` rather than overwriting each other.
 Inputs that would still share an output file keep their extension in its name: ``x.png`` and
 ``x.jpg`` in one folder give ``x.png.png`` and ``x.jpg.png``. Names are compared ignoring case (as
-macOS and Windows do) and include the overlays, so an input ``x_overlay.png`` cannot overwrite the
-overlay of ``x.png`` either. Hidden files and folders (``.name``) are not searched.
+macOS and Windows do) and include every file written per image, so an input ``x_overlay.png`` or
+``x_colour.png`` cannot overwrite a file of ``x.png`` either. Should names clash even with their
+extension (an input literally named ``x.png_colour.png`` beside ``x.png`` and ``x.jpg``), the
+input's position in the list is added too: ``x.png~0.png``. Hidden files and folders (``.name``)
+are not searched.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from unetkit.data.folder import IMAGE_EXTENSIONS, read_image
-from unetkit.inference.palette import overlay
 from unetkit.inference.segmenter import Segmenter
+from unetkit.palette import colorize, overlay
 
 OVERLAY_SUFFIX = "_overlay"
+COLOUR_SUFFIX = "_colour"
+PROBS_SUFFIX = "_probs"
+SUMMARY_FILE = "summary.csv"
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
 @dataclass
 class PredictionReport:
-    """What was written, and which inputs were skipped and why."""
+    """What was written (mask paths), which inputs were skipped and why, and the summary file."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    summary: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """Which files are written per image besides the mask."""
+
+    overlay: bool = False
+    colour: bool = False
+    probs: bool = False
+
+    def endings(self) -> list[str]:
+        """How the name of each file written per image ends, after the image's stem."""
+        chosen = [
+            (True, ".png"),
+            (self.overlay, f"{OVERLAY_SUFFIX}.png"),
+            (self.colour, f"{COLOUR_SUFFIX}.png"),
+            (self.probs, f"{PROBS_SUFFIX}.npz"),
+        ]
+        return [ending for wanted, ending in chosen if wanted]
 
 
 def collect_inputs(spec: str | Path) -> list[Path]:
@@ -61,21 +101,46 @@ def collect_inputs(spec: str | Path) -> list[Path]:
     return images
 
 
-def output_paths(inputs: Sequence[Path], with_overlays: bool = False) -> list[Path]:
-    """The mask file of each input, relative to the output folder (see the module docstring)."""
-    stems = _relative_stems(inputs)
-    counts = Counter(_key(name) for stem in stems for name in _names(stem, with_overlays))
-    paths = []
-    for source, stem in zip(inputs, stems, strict=True):
-        if any(counts[_key(name)] > 1 for name in _names(stem, with_overlays)):
-            stem = stem.with_name(source.name)
-        paths.append(stem.with_name(f"{stem.name}.png"))
-    return paths
+def output_paths(
+    inputs: Sequence[Path],
+    with_overlays: bool = False,
+    with_colours: bool = False,
+    with_probs: bool = False,
+) -> list[Path]:
+    """The mask file of each input, relative to the output folder (see the module docstring).
+
+    The flags name the other files written per image, so that none of them can collide either.
+    """
+    endings = _Outputs(with_overlays, with_colours, with_probs).endings()
+    candidates = [
+        [stem, stem.with_name(source.name), stem.with_name(f"{source.name}~{index}")]
+        for index, (source, stem) in enumerate(zip(inputs, _relative_stems(inputs), strict=True))
+    ]
+    levels = [0] * len(inputs)
+    while True:
+        stems = [options[level] for options, level in zip(candidates, levels, strict=True)]
+        clashing = _clashing(stems, endings)
+        # Stems ending in "~<index>" never clash with each other, so the loop ends.
+        upgradable = [i for i in clashing if levels[i] < 2]
+        if not upgradable:
+            return [stem.with_name(f"{stem.name}.png") for stem in stems]
+        for i in upgradable:
+            levels[i] += 1
 
 
 def overlay_path(mask_path: Path) -> Path:
     """Where the overlay that goes with ``mask_path`` is written."""
     return mask_path.with_name(f"{mask_path.stem}{OVERLAY_SUFFIX}.png")
+
+
+def colour_path(mask_path: Path) -> Path:
+    """Where the palette picture of ``mask_path`` is written."""
+    return mask_path.with_name(f"{mask_path.stem}{COLOUR_SUFFIX}.png")
+
+
+def probs_path(mask_path: Path) -> Path:
+    """Where the probabilities behind ``mask_path`` are written."""
+    return mask_path.with_name(f"{mask_path.stem}{PROBS_SUFFIX}.npz")
 
 
 def predict_files(
@@ -84,57 +149,129 @@ def predict_files(
     out_dir: Path,
     save_overlay: bool = False,
     progress: bool = True,
+    *,
+    save_colour: bool = True,
+    save_probs: bool = False,
+    summary: bool = True,
 ) -> PredictionReport:
-    """Write a mask (class ids, the input's size) per input and optionally its overlay.
+    """Write a mask (class ids, the input's size) per input, the files asked for, and a summary.
 
-    Images are read and predicted ``segmenter.batch_size`` at a time. An unreadable file is
-    reported and skipped; the others are still written.
+    Images are read and predicted ``segmenter.batch_size`` at a time; with ``save_probs`` one pass
+    gives both probabilities and masks. An unreadable file is reported and skipped (and listed in
+    ``summary.csv``); the others are still written.
     """
     sources = list(inputs)
-    targets = [out_dir / p for p in output_paths(sources, save_overlay)]
+    wanted = _Outputs(save_overlay, save_colour, save_probs)
+    targets = [out_dir / p for p in output_paths(sources, save_overlay, save_colour, save_probs)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = PredictionReport()
+    report = PredictionReport(summary=out_dir / SUMMARY_FILE if summary else None)
     bar = tqdm(total=len(sources), desc="predict", unit="img", disable=not progress)
-    step = segmenter.batch_size
-    for start in range(0, len(sources), step):
-        chunk = slice(start, start + step)
-        batch = _read_batch(sources[chunk], targets[chunk], segmenter.preprocessing.in_channels)
-        report.skipped.extend(batch.skipped)
-        masks = segmenter.predict(batch.images)
-        for image, mask, target in zip(batch.images, masks, batch.targets, strict=True):
-            _write(image, mask, target, segmenter.task.num_classes, save_overlay)
-            report.written.append(target)
-        bar.update(len(sources[chunk]))
+    with _summary_writer(report.summary, segmenter.class_names) as write_row:
+        for start in range(0, len(sources), segmenter.batch_size):
+            chunk = slice(start, start + segmenter.batch_size)
+            items = _predict_chunk(segmenter, sources[chunk], targets[chunk], save_probs)
+            for item in items:
+                if item.image is None:
+                    report.skipped.append((item.source, item.error))
+                else:
+                    _write(item, segmenter, wanted)
+                    report.written.append(item.target)
+                write_row(_summary_row(item, out_dir, segmenter.class_names))
+            bar.update(len(items))
     bar.close()
     return report
 
 
 @dataclass
-class _Batch:
-    images: list[np.ndarray] = field(default_factory=list)
-    targets: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+class _Item:
+    """One input on its way through: read, predicted, written (or skipped with an error)."""
+
+    source: Path
+    target: Path
+    image: np.ndarray | None = None
+    error: str | None = None
+    mask: np.ndarray | None = None
+    probs: np.ndarray | None = None
 
 
-def _read_batch(sources: list[Path], targets: list[Path], in_channels: int) -> _Batch:
-    batch = _Batch()
-    for source, target in zip(sources, targets, strict=True):
-        try:
-            batch.images.append(read_image(source, in_channels))
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            batch.skipped.append((source, str(error)))
-            continue
-        batch.targets.append(target)
-    return batch
+def _read(source: Path, target: Path, in_channels: int) -> _Item:
+    try:
+        return _Item(source, target, image=read_image(source, in_channels))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        return _Item(source, target, error=str(error))
 
 
-def _write(
-    image: np.ndarray, mask: np.ndarray, target: Path, num_classes: int, save_overlay: bool
-) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask).save(target)
-    if save_overlay:
-        Image.fromarray(overlay(image, mask, num_classes)).save(overlay_path(target))
+def _predict_chunk(
+    segmenter: Segmenter, sources: list[Path], targets: list[Path], with_probs: bool
+) -> list[_Item]:
+    """Read the images and predict the readable ones (probabilities too when asked, same pass)."""
+    in_channels = segmenter.preprocessing.in_channels
+    items = [_read(s, t, in_channels) for s, t in zip(sources, targets, strict=True)]
+    readable = [item for item in items if item.image is not None]
+    images = [item.image for item in readable]
+    if with_probs:
+        for item, (probs, mask) in zip(readable, segmenter.predict_with_proba(images), strict=True):
+            item.probs, item.mask = probs, mask
+    else:
+        for item, mask in zip(readable, segmenter.predict(images), strict=True):
+            item.mask = mask
+    return items
+
+
+def _write(item: _Item, segmenter: Segmenter, wanted: _Outputs) -> None:
+    num_classes = segmenter.task.num_classes
+    item.target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(item.mask).save(item.target)
+    if wanted.colour:
+        Image.fromarray(colorize(item.mask, num_classes)).save(colour_path(item.target))
+    if wanted.overlay:
+        picture = overlay(item.image, item.mask, num_classes)
+        Image.fromarray(picture).save(overlay_path(item.target))
+    if wanted.probs:
+        np.savez_compressed(
+            probs_path(item.target),
+            probs=item.probs.astype(np.float16),
+            class_names=np.asarray(segmenter.class_names, dtype=str),
+        )
+
+
+def _summary_row(item: _Item, out_dir: Path, class_names: Sequence[str]) -> dict[str, Any]:
+    """The ``summary.csv`` row of one input; None where a value is undefined."""
+    row: dict[str, Any] = {"input": str(item.source), "error": item.error}
+    if item.mask is None:
+        return {**row, "status": "skipped"}
+    areas = np.bincount(item.mask.ravel(), minlength=len(class_names))[: len(class_names)]
+    return {
+        **row,
+        "status": "written",
+        "mask": item.target.relative_to(out_dir).as_posix(),
+        "height": item.mask.shape[0],
+        "width": item.mask.shape[1],
+        **{f"pixels/{name}": int(area) for name, area in zip(class_names, areas, strict=True)},
+    }
+
+
+@contextmanager
+def _summary_writer(
+    path: Path | None, class_names: Sequence[str]
+) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A function that appends a row to ``path`` (or does nothing when ``path`` is None)."""
+    if path is None:
+        yield lambda row: None
+        return
+    columns = ["input", "status", "mask", "height", "width"]
+    columns += [f"pixels/{name}" for name in class_names] + ["error"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        yield lambda row: writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def _clashing(stems: list[Path], endings: list[str]) -> set[int]:
+    """Indices of the stems whose files (stem + each ending) share a name with another's."""
+    names = [[_key(stem.with_name(stem.name + ending)) for ending in endings] for stem in stems]
+    counts = Counter(name for group in names for name in group)
+    return {i for i, group in enumerate(names) if any(counts[name] > 1 for name in group)}
 
 
 def _relative_stems(inputs: Sequence[Path]) -> list[Path]:
@@ -148,10 +285,6 @@ def _relative_stems(inputs: Sequence[Path]) -> list[Path]:
         Path(os.path.relpath(folder, root)) / p.stem
         for folder, p in zip(folders, inputs, strict=True)
     ]
-
-
-def _names(stem: Path, with_overlays: bool) -> list[Path]:
-    return [stem, stem.with_name(stem.name + OVERLAY_SUFFIX)] if with_overlays else [stem]
 
 
 def _key(name: Path) -> str:

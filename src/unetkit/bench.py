@@ -1,0 +1,388 @@
+"""How fast a model runs: inference latency and throughput, training-step throughput, and FLOPs.
+
+:func:`benchmark` returns a JSON-ready dict; every figure is measured on random inputs of the asked
+size, in fp32, on one device. Definitions:
+
+- **FLOPs** are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real pass of the
+  model, with one multiply-add counted as 2 FLOPs. Only convolutions (transposed ones included)
+  and matrix products are counted; normalisation, activations, pooling, resizing and the loss are
+  not, as they cost little next to the convolutions. Figures are per image (the batch's count
+  divided by the batch size) and in GFLOPs (1e9).
+- **Training FLOPs** are counted the same way on one forward + backward pass, so the backward is
+  counted, not assumed: for each convolution, the gradients of the input and of the weights cost
+  one forward each (about 2x the forward in all), except the first layer, whose input needs no
+  gradient. The AdamW update is element-wise and not counted. (FlopCounterMode ignores groups in
+  the weight gradient of a grouped convolution; unetkit's models have none.)
+- **Latency** is the wall-clock time of one batch (CUDA synchronised), over ``steps`` timed
+  iterations after ``warmup`` untimed ones. ``median`` and ``p90`` (NumPy's linear-interpolation
+  90th percentile) are reported; images/s = batch size / median latency; achieved GFLOP/s =
+  GFLOPs per image x images/s. PyTorch's batch already sits on the device; ONNX Runtime is fed
+  a NumPy batch, as its users feed it, so on a GPU its latency includes the copy to the device.
+- A **training step** is zero-grad, forward, the ``ce`` loss of :mod:`unetkit.losses` on random
+  labels, backward and an AdamW step, with the model in training mode. ONNX Runtime only runs
+  inference: its ``training`` entry is None (not applicable), with the reason in ``notes``.
+
+Undefined values are None (JSON null), never NaN or 0.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from unetkit.devices import resolve_device
+from unetkit.losses import build_loss
+from unetkit.models import build_model
+from unetkit.models import model_options as accepted_options
+from unetkit.tasks import Task
+
+BACKENDS = ("torch", "onnxruntime")
+FLOP_CONVENTION = (
+    "one multiply-add = 2 FLOPs; convolutions and matrix products counted by "
+    "torch.utils.flop_counter.FlopCounterMode; norms, activations, pooling, resizing not counted"
+)
+TRAINING_FLOP_CONVENTION = (
+    "forward + backward counted by FlopCounterMode on a real training pass (backward: input and "
+    "weight gradients, about 2x the forward); the AdamW update is not counted"
+)
+
+
+def benchmark(
+    model_name: str,
+    img_size: int | tuple[int, int],
+    batch_size: int,
+    backend: str = "torch",
+    channels_last: bool = False,
+    num_classes: int = 2,
+    steps: int = 10,
+    warmup: int = 2,
+    threads: int | None = None,
+    model_options: dict[str, Any] | None = None,
+    device: str | torch.device = "auto",
+    in_channels: int = 3,
+) -> dict[str, Any]:
+    """Speed and cost of ``model_name`` on ``batch_size`` random images of ``img_size``.
+
+    ``num_classes`` counts the background (2 = binary, one logit channel). ``threads`` sets the
+    CPU threads of PyTorch and of ONNX Runtime alike (default: PyTorch's current setting).
+    """
+    height, width = _check_arguments(img_size, batch_size, backend, channels_last, steps, warmup)
+    task = Task(num_classes)
+    options = dict(model_options or {})
+    torch.manual_seed(0)
+    model = build_model(model_name, in_channels, task.out_channels, **options)
+    images = torch.randn(batch_size, in_channels, height, width)
+    targets = torch.randint(0, num_classes, (batch_size, height, width))
+    result = _description(model_name, options, model, (height, width), batch_size, backend)
+    with _torch_threads(threads) as thread_count:
+        if backend == "torch":
+            measured = _measure_torch(
+                model, images, targets, task, resolve_device(device), channels_last, steps, warmup
+            )
+        else:
+            measured = _measure_onnxruntime(model, images, thread_count, device, steps, warmup)
+    return {
+        **result,
+        "threads": thread_count,
+        "channels_last": channels_last,
+        "num_classes": num_classes,
+        "steps": steps,
+        "warmup": warmup,
+        "flop_convention": FLOP_CONVENTION,
+        **measured,
+    }
+
+
+def count_flops(run: Callable[[], object]) -> int:
+    """FLOPs of whatever ``run`` computes (see the module docstring for what is counted)."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def _measure_torch(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    task: Task,
+    device: torch.device,
+    channels_last: bool,
+    steps: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Forward FLOPs, inference timing and training-step timing with eager PyTorch."""
+    model, images, targets = model.to(device).eval(), images.to(device), targets.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    forward = _forward_gflops(model, images)
+    with torch.inference_mode():
+        timing = _time_calls(lambda: model(images), steps, warmup, device)
+    return {
+        "device": _device_name(device),
+        "gflops_per_image": forward,
+        "inference": _throughput(timing, len(images), forward),
+        "training": _training(model, images, targets, task, steps, warmup),
+        "notes": [],
+    }
+
+
+def _measure_onnxruntime(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    threads: int,
+    device: str | torch.device,
+    steps: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Forward FLOPs (counted in PyTorch) and the timing of an ONNX Runtime session."""
+    ort_device = _ort_device(device)
+    model = model.eval()
+    forward = _forward_gflops(model, images)
+    timing = _time_onnxruntime(model, images, threads, ort_device, steps, warmup)
+    return {
+        "device": _device_name(ort_device),
+        "onnxruntime_version": _onnxruntime().__version__,
+        "gflops_per_image": forward,
+        "inference": _throughput(timing, len(images), forward),
+        "training": None,
+        "notes": ["training: not applicable (ONNX Runtime runs inference only)"],
+    }
+
+
+def _forward_gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return count_flops(lambda: model(images)) / len(images) / 1e9
+
+
+def _check_arguments(
+    img_size: int | tuple[int, int],
+    batch_size: int,
+    backend: str,
+    channels_last: bool,
+    steps: int,
+    warmup: int,
+) -> tuple[int, int]:
+    """``(height, width)``, after checking every argument that a person may get wrong."""
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or not all(_is_count(side, minimum=1) for side in size):
+        raise ValueError(
+            f"img_size must be a positive integer or (height, width); got {img_size!r}"
+        )
+    for name, value, minimum in (("batch_size", batch_size, 1), ("steps", steps, 1)):
+        if not _is_count(value, minimum):
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if not _is_count(warmup, minimum=0):
+        raise ValueError(f"warmup must be an integer >= 0; got {warmup!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if channels_last and backend != "torch":
+        raise ValueError(
+            f"channels_last is a PyTorch memory layout; it does not apply to backend {backend!r}. "
+            f"Drop --channels-last or use --backend torch"
+        )
+    return size[0], size[1]
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` PyTorch CPU threads (restored after); yields the count in use."""
+    if threads is not None and not _is_count(threads, minimum=1):
+        raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _description(
+    model_name: str,
+    options: dict[str, Any],
+    model: torch.nn.Module,
+    img_size: tuple[int, int],
+    batch_size: int,
+    backend: str,
+) -> dict[str, Any]:
+    """What was measured: the software, the model and the input."""
+    effective = {**accepted_options(model_name), **options}
+    return {
+        "torch_version": torch.__version__,
+        "model": model_name,
+        "model_options": {k: list(v) if isinstance(v, tuple) else v for k, v in effective.items()},
+        "params": sum(p.numel() for p in model.parameters()),
+        "img_size": list(img_size),
+        "batch_size": batch_size,
+        "backend": backend,
+    }
+
+
+def _throughput(
+    latencies: list[float], batch_size: int, gflops_per_image: float
+) -> dict[str, float]:
+    """Median and p90 seconds per batch, images/s and achieved GFLOP/s (module docstring)."""
+    median = statistics.median(latencies)
+    images_per_s = batch_size / median
+    return {
+        "latency_s_median": median,
+        "latency_s_p90": float(np.percentile(latencies, 90)),
+        "images_per_s": images_per_s,
+        "achieved_gflops_per_s": gflops_per_image * images_per_s,
+    }
+
+
+def _time_calls(
+    run: Callable[[], object], steps: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``run``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        run()
+    _synchronize(device)
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        run()
+        _synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _training(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    task: Task,
+    steps: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """FLOPs and timing of a training step (the model is left trained on random data)."""
+    criterion = build_loss("ce", task).to(images.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(images), targets).backward()
+        optimizer.step()
+
+    batch_size = images.shape[0]
+    flops = count_flops(lambda: criterion(model(images), targets).backward()) / batch_size / 1e9
+    timing = _time_calls(step, steps, warmup, images.device)
+    return {
+        "gflops_per_image": flops,
+        "flop_convention": TRAINING_FLOP_CONVENTION,
+        **_throughput(timing, batch_size, flops),
+    }
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------
+
+
+def _time_onnxruntime(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    threads: int,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+) -> list[float]:
+    """Seconds per batch of an ONNX Runtime session on the model exported to a temporary file."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        _export_onnx(model, images, path)
+        session = ort.InferenceSession(str(path), options, providers=_ort_providers(device))
+    feed = {session.get_inputs()[0].name: images.numpy()}
+    return _time_calls(lambda: session.run(None, feed), steps, warmup, torch.device("cpu"))
+
+
+def _export_onnx(model: torch.nn.Module, images: torch.Tensor, path: Path) -> None:
+    """The model as ONNX with dynamic batch, height and width (TorchScript-based exporter)."""
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
+        torch.onnx.export(
+            model,
+            (images,),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": axes, "logits": axes},
+        )
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            "backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime "
+            "(or onnxruntime-gpu for CUDA)"
+        ) from error
+    return onnxruntime
+
+
+def _ort_device(device: str | torch.device) -> torch.device:
+    """ONNX Runtime's device: ``auto`` is CUDA when its CUDA provider is installed, else CPU."""
+    has_cuda = "CUDAExecutionProvider" in _onnxruntime().get_available_providers()
+    if str(device) == "auto":
+        return torch.device("cuda" if has_cuda else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not has_cuda:
+        raise RuntimeError(
+            f"device {str(device)!r} was asked for, but this onnxruntime has no CUDA provider; "
+            f"pip install onnxruntime-gpu, or use device cpu"
+        )
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"ONNX Runtime runs on cpu or cuda here; got device {str(device)!r}")
+    return chosen
+
+
+def _ort_providers(device: torch.device) -> list[Any]:
+    if device.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0})]
+    return ["CPUExecutionProvider"]
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+def _device_name(device: torch.device) -> str:
+    """``cuda: <GPU name>`` or ``cpu: <processor>``, to tell result files apart."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {_processor_name()}"
+
+
+def _processor_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,173 @@
+"""The benchmark: FLOP counts checked by hand and against module hooks, the figures it reports, and
+the ONNX Runtime backend."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unetkit.bench import _export_onnx, benchmark, count_flops
+from unetkit.models import build_model
+
+TINY = {"base_width": 4, "depth": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_benchmark(**overrides) -> dict:
+    arguments = {"steps": 2, "warmup": 1, "model_options": TINY, "threads": 1, "device": "cpu"}
+    return benchmark("unet", 32, 2, **{**arguments, **overrides})
+
+
+# --- FLOP counting -----------------------------------------------------------------------------
+
+
+def test_flops_of_a_small_conv_net_match_the_hand_count():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # 8x10x10 outputs x 3*3*3 multiply-adds = 21600
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 2, stride=2),  # 8x10x10 inputs x 4 outputs x 2*2 = 12800
+        nn.Conv2d(4, 2, 1),  # 2x20x20 outputs x 4 inputs = 3200
+    )
+    images = torch.randn(2, 3, 10, 10)
+    forward = 2 * (21600 + 12800 + 3200)  # per image, a multiply-add is 2 FLOPs
+    # backward: the gradients of the weights and of the inputs cost one forward each, except
+    # that the first convolution needs no gradient of its input (the images)
+    backward = 2 * (21600 + 2 * 12800 + 2 * 3200)
+
+    with torch.no_grad():
+        assert count_flops(lambda: net(images)) == 2 * forward
+    assert count_flops(lambda: net(images).sum().backward()) == 2 * (forward + backward)
+
+
+def convolution_flops(model: nn.Module, images: torch.Tensor) -> tuple[int, int]:
+    """(all, first layer's) forward FLOPs, counted independently from each layer's shapes."""
+    counts: list[tuple[int, bool]] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kernel = math.prod(module.kernel_size)
+        if isinstance(module, nn.ConvTranspose2d):
+            macs = inputs[0].numel() * module.out_channels * kernel // module.groups
+        else:
+            macs = output.numel() * module.in_channels * kernel // module.groups
+        counts.append((2 * macs, not inputs[0].requires_grad))
+
+    convolutions = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(hook) for m in convolutions]
+    model(images)
+    for handle in handles:
+        handle.remove()
+    return sum(c for c, _ in counts), sum(c for c, first in counts if first)
+
+
+def test_reported_flops_match_an_independent_count_of_the_model():
+    result = tiny_benchmark()
+    torch.manual_seed(0)
+    model = build_model("unet", 3, 1, **TINY)
+    forward, first_layer = convolution_flops(model.train(), torch.randn(2, 3, 32, 32))
+
+    assert result["gflops_per_image"] * 1e9 == pytest.approx(forward / 2, rel=1e-12)
+    training = (3 * forward - first_layer) / 2
+    assert result["training"]["gflops_per_image"] * 1e9 == pytest.approx(training, rel=1e-12)
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def assert_timing(section: dict, batch_size: int, gflops_per_image: float) -> None:
+    median, p90 = section["latency_s_median"], section["latency_s_p90"]
+    assert 0 < median <= p90
+    assert section["images_per_s"] == pytest.approx(batch_size / median)
+    assert section["achieved_gflops_per_s"] == pytest.approx(gflops_per_image * batch_size / median)
+
+
+def test_torch_backend_reports_every_figure():
+    result = tiny_benchmark(threads=2)
+
+    assert torch.get_num_threads() == 1, "the thread setting is restored"
+    assert json.loads(json.dumps(result)) == result, "JSON-ready"
+    expected = {
+        "model": "unet",
+        "img_size": [32, 32],
+        "batch_size": 2,
+        "backend": "torch",
+        "threads": 2,
+        "channels_last": False,
+        "num_classes": 2,
+        "steps": 2,
+        "warmup": 1,
+        "torch_version": torch.__version__,
+        "notes": [],
+    }
+    assert {key: result[key] for key in expected} == expected
+    assert result["device"].startswith("cpu")
+    assert result["model_options"]["base_width"] == 4 and result["model_options"]["up"]
+    assert result["params"] > 0 and result["gflops_per_image"] > 0
+    assert_timing(result["inference"], 2, result["gflops_per_image"])
+    training = result["training"]
+    assert training["gflops_per_image"] > 2 * result["gflops_per_image"]
+    assert_timing(training, 2, training["gflops_per_image"])
+
+
+def test_channels_last_counts_the_same_flops():
+    plain = tiny_benchmark()
+    channels_last = tiny_benchmark(channels_last=True)
+    assert channels_last["channels_last"] is True
+    assert channels_last["gflops_per_image"] == plain["gflops_per_image"]
+    assert channels_last["training"]["gflops_per_image"] == plain["training"]["gflops_per_image"]
+
+
+def test_onnxruntime_backend_times_inference_only():
+    pytest.importorskip("onnxruntime")
+    result = tiny_benchmark(backend="onnxruntime")
+
+    assert result["backend"] == "onnxruntime" and result["onnxruntime_version"]
+    assert result["training"] is None
+    assert result["notes"] == ["training: not applicable (ONNX Runtime runs inference only)"]
+    assert result["gflops_per_image"] == tiny_benchmark()["gflops_per_image"]
+    assert_timing(result["inference"], 2, result["gflops_per_image"])
+
+
+def test_exported_model_gives_the_torch_logits_at_other_sizes(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build_model("unet", 3, 3, **TINY).eval()
+    _export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    for shape in [(2, 3, 32, 32), (1, 3, 21, 30)]:
+        images = torch.randn(shape)
+        logits = session.run(None, {"images": images.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(logits, model(images).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; use one of torch, onnxruntime"),
+        ({"backend": "onnxruntime", "channels_last": True}, "Drop --channels-last"),
+        ({"img_size": (32,)}, r"img_size must be .* got \(32,\)"),
+        ({"img_size": 0}, "img_size must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1; got 0"),
+        ({"steps": 0}, "steps must be an integer >= 1; got 0"),
+        ({"warmup": -1}, "warmup must be an integer >= 0; got -1"),
+        ({"threads": 0}, "threads must be a positive integer or None; got 0"),
+    ],
+)
+def test_bad_arguments_say_what_to_change(arguments, message):
+    settings = {"model_name": "unet", "img_size": 32, "batch_size": 2, "model_options": TINY}
+    with pytest.raises(ValueError, match=message):
+        benchmark(**{**settings, **arguments})

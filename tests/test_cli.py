@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from unetkit.checkpoint import load_checkpoint
 from unetkit.cli.main import main
@@ -144,6 +145,47 @@ def test_predict_writes_masks_at_input_size_and_skips_corrupt(trained_run, tmp_p
     assert np.asarray(Image.open(out / "sub" / "b.png")).shape == (33, 21)
     assert np.asarray(Image.open(out / "a_overlay.png")).shape == (50, 70, 3)
     assert not (out / "broken.png").exists()
+
+
+def test_predict_inference_flags_reach_the_segmenter(trained_run, tmp_path, capsys):
+    image = np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    best = str(trained_run / "checkpoints" / "best.pt")
+    common = ["predict", "--checkpoint", best, "--input", str(tmp_path / "big.png"),
+              "--no-progress"]  # fmt: skip
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    assert main([*common, "--out", str(plain), "--mode", "resize"]) == 0
+    args = ["--out", str(tuned), "--mode", "sliding", "--tile-size", "32", "40", "--overlap",
+            "0.5", "--tta", "--min-size", "30", "--save-probs"]  # fmt: skip
+    assert main([*common, *args]) == 0
+    probs = np.load(tuned / "big_probs.npz")["probs"]
+    assert probs.dtype == np.float16 and probs.shape[1:] == (90, 120)
+    mask = np.asarray(Image.open(tuned / "big.png"))
+    for c in range(1, probs.shape[0]):  # no component of a foreground class below 30 pixels
+        labels, count = ndimage.label(mask == c, structure=np.ones((3, 3)))
+        assert count == 0 or np.bincount(labels.ravel())[1:].min() >= 30
+    assert (tuned / "big_colour.png").is_file() and (tuned / "summary.csv").is_file()
+    assert "class areas" in capsys.readouterr().out
+
+
+def test_predict_explains_a_missing_model(capsys, tmp_path):
+    args = ["predict", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(args) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main([*args, "--backend", "onnxruntime"]) == 2
+    assert "--model FILE.onnx" in capsys.readouterr().err
+
+
+def test_bench_prints_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "unet", "--img-size", "32", "--batch-size", "2", "--steps", "1",
+            "--warmup", "0", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["model"] == "unet" and result["img_size"] == [32, 32]
+    assert result["inference"]["images_per_s"] > 0 and result["training"]["images_per_s"] > 0
+    assert result["gflops_per_image"] == pytest.approx(96.3 / 64, rel=0.02)  # 96.3 at 256x256
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):

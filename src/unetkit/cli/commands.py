@@ -11,6 +11,7 @@ from unetkit.checkpoint import load_checkpoint
 from unetkit.config import Config, ConfigError, available_presets, load_config
 from unetkit.data import DATASETS, DataError, build_splits
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
+from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
 from unetkit.inference.segmenter import Segmenter
 from unetkit.models import list_models
@@ -57,7 +58,9 @@ def evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.checkpoint).resolve().parent.parent
     record = _saved_split_record(run_dir, checkpoint, cfg)
     splits = build_splits(cfg, split_record=record)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size)
+    segmenter = Segmenter.from_checkpoint(
+        args.checkpoint, args.device, args.batch_size, **segmenter_options(args)
+    )
     source = getattr(splits, args.split)
     evaluation = evaluate_source(
         segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
@@ -74,16 +77,48 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size)
+    segmenter = _load_segmenter(args)
     inputs = collect_inputs(args.input)
-    report = predict_files(segmenter, inputs, Path(args.out), args.overlay, not args.no_progress)
+    report = predict_files(
+        segmenter,
+        inputs,
+        Path(args.out),
+        args.overlay,
+        not args.no_progress,
+        save_colour=not args.no_colour,
+        save_probs=args.save_probs,
+    )
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     print(
         f"wrote {len(report.written)} masks to {args.out}"
         + (f"; skipped {len(report.skipped)} unreadable files" if report.skipped else "")
     )
+    if report.summary:
+        print(f"class areas: {report.summary}")
     return 1 if report.skipped and not report.written else 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from unetkit.bench import benchmark
+
+    result = benchmark(
+        args.model,
+        _size(args.img_size),
+        args.batch_size,
+        backend=args.backend,
+        channels_last=args.channels_last,
+        num_classes=args.num_classes,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+        device=args.device,
+    )
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
 
 
 def list_things(args: argparse.Namespace) -> int:
@@ -91,6 +126,43 @@ def list_things(args: argparse.Namespace) -> int:
     print("presets:  " + ", ".join(available_presets()))
     print("datasets: " + ", ".join(sorted(DATASETS)))
     return 0
+
+
+def segmenter_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Segmenter's keyword options from the shared inference flags."""
+    options: dict[str, Any] = {"mode": args.mode, "overlap": args.overlap, "tta": args.tta}
+    if args.tile_size:
+        options["tile_size"] = (
+            tuple(args.tile_size) if len(args.tile_size) == 2 else args.tile_size[0]
+        )
+    if args.min_size or args.keep_largest or args.fill_holes:
+        options["postprocess"] = PostProcessing(
+            min_size=args.min_size, keep_largest=args.keep_largest, fill_holes=args.fill_holes
+        )
+    return options
+
+
+def _size(values: list[int]) -> int | tuple[int, int]:
+    """``--flag S`` (square) or ``--flag H W``."""
+    if len(values) not in (1, 2):
+        raise ValueError(f"a size is S or H W; got {len(values)} numbers {values}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _load_segmenter(args: argparse.Namespace) -> Segmenter:
+    """A Segmenter from ``--checkpoint`` (PyTorch) or ``--model FILE.onnx`` (ONNX Runtime)."""
+    options = segmenter_options(args)
+    if getattr(args, "backend", "torch") == "onnxruntime":
+        if not args.model:
+            raise ValueError("--backend onnxruntime needs --model FILE.onnx (see unetkit export)")
+        from unetkit.inference.onnx_backend import load_onnx_segmenter
+
+        return load_onnx_segmenter(args.model, batch_size=args.batch_size, **options)
+    if not args.checkpoint:
+        raise ValueError(
+            "give --checkpoint RUN/checkpoints/best.pt (or --backend onnxruntime --model FILE.onnx)"
+        )
+    return Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size, **options)
 
 
 def _evaluation_config(checkpoint: dict[str, Any], args: argparse.Namespace) -> Config:

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_bench(sub)
     _add_data(sub)
     info = sub.add_parser("list", help="list models, presets and datasets")
     info.set_defaults(handler=commands.list_things)
@@ -128,16 +129,67 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=commands.evaluate)
 
 
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """How the Segmenter runs: resize or sliding windows, TTA, post-processing."""
+    group = parser.add_argument_group("inference")
+    group.add_argument(
+        "--mode",
+        choices=["auto", "resize", "sliding"],
+        default="auto",
+        help="resize each image to the training size, or slide training-size windows over it; "
+        "auto slides for models trained on tiles (default auto)",
+    )
+    group.add_argument(
+        "--tile-size", type=int, nargs="+", metavar=("H", "W"), help="sliding window size"
+    )
+    group.add_argument(
+        "--overlap", type=float, default=0.25, help="sliding window overlap (default 0.25)"
+    )
+    group.add_argument("--tta", action="store_true", help="average flipped predictions")
+    group.add_argument(
+        "--min-size", type=int, default=0, help="remove predicted components below N pixels"
+    )
+    group.add_argument(
+        "--keep-largest", action="store_true", help="keep each class's largest component"
+    )
+    group.add_argument("--fill-holes", action="store_true", help="fill holes inside each class")
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write masks for new images")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", help="RUN/checkpoints/best.pt (PyTorch backend)")
     p.add_argument("--input", required=True, help="an image file, a folder (recursive) or a glob")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    p.add_argument("--no-colour", action="store_true", help="no <name>_colour.png")
+    p.add_argument(
+        "--save-probs", action="store_true", help="also write <name>_probs.npz (float16)"
+    )
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--model", help="FILE.onnx for --backend onnxruntime (see unetkit export)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
+    add_inference_flags(p)
     p.set_defaults(handler=commands.predict)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="training-step and inference speed, GFLOPs per image, GFLOP/s (JSON)"
+    )
+    p.add_argument("--model", default="unet", help="model name from the registry")
+    p.add_argument("--img-size", type=int, nargs="+", default=[256], metavar=("H", "W"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--num-classes", type=int, default=2, help="classes including background")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (medians are reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's setting)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.set_defaults(handler=commands.bench)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:

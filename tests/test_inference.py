@@ -400,3 +400,12 @@ def test_predict_files_writes_one_file_flat(tmp_path):
 def test_load_checkpoint_on_a_folder_without_checkpoints_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"is a folder; pass a checkpoint file"):
         load_checkpoint(tmp_path)
+
+
+def test_a_one_number_image_size_means_a_square():
+    from unetkit.checkpoint import Preprocessing
+
+    prep = Preprocessing([128], (0.5,), (0.5,), 1)
+    assert prep.img_size == (128, 128)
+    with pytest.raises(ValueError, match="img_size"):
+        Preprocessing([1, 2, 3], (0.5,), (0.5,), 1)

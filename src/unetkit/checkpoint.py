@@ -40,6 +40,14 @@ class Preprocessing:
     in_channels: int
     tile_size: int | None = None
 
+    def __post_init__(self) -> None:
+        size = tuple(int(side) for side in self.img_size)
+        if len(size) == 1:  # a config's img_size may be one number: a square
+            size = size * 2
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"img_size is [H, W] or one number; got {list(self.img_size)}")
+        object.__setattr__(self, "img_size", size)
+
 
 @dataclass
 class LoadedModel:

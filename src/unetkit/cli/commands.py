@@ -121,6 +121,22 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    from unetkit.serve.server import run_server
+
+    run_server(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_megapixels=args.max_megapixels,
+        **segmenter_options(args),
+    )
+    return 0
+
+
 def list_things(args: argparse.Namespace) -> int:
     print("models:   " + ", ".join(list_models()))
     print("presets:  " + ", ".join(available_presets()))

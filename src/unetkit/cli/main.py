@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_bench(sub)
+    _add_serve(sub)
     _add_data(sub)
     info = sub.add_parser("list", help="list models, presets and datasets")
     info.set_defaults(handler=commands.list_things)
@@ -190,6 +191,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(handler=commands.bench)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="an HTTP service: POST /predict, GET /health, GET /model, an upload page at /",
+        epilog="No authentication: it listens on 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit")
+    p.add_argument("--max-megapixels", type=float, default=25.0, help="image size limit")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="requests batched per model call")
+    add_inference_flags(p)
+    p.set_defaults(handler=commands.serve)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:

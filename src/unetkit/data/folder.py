@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -45,7 +46,9 @@ _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # --- reading one file ------------------------------------------------------------------------
 
 
-def read_image(path: str | Path, in_channels: int = 3, *, allow_colour: bool = True) -> np.ndarray:
+def read_image(
+    path: str | Path | BinaryIO, in_channels: int = 3, *, allow_colour: bool = True
+) -> np.ndarray:
     """The image at ``path`` as ``H x W x in_channels`` uint8.
 
     With ``in_channels == 1`` colour images are converted to luminance, unless ``allow_colour`` is

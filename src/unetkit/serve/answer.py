@@ -1,0 +1,85 @@
+"""What the service answers: mask and overlay PNGs, class areas, and the description of the model.
+
+Class areas list every class of the model, in class-id order, those absent from the mask too (0
+pixels). ``fraction`` is ``pixels / (width * height)``; an image has at least one pixel, so it is
+always defined. A value that does not apply is ``null``: the threshold of a multi-class model (its
+labels are the argmax) and the package version when unetkit runs without being installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from unetkit.inference.segmenter import Segmenter
+from unetkit.palette import class_palette
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """``picture`` (an ``H x W`` mask of class ids or an ``H x W x 3`` RGB image) as a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def class_areas(mask: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
+    """Pixels and fraction of the image per class: ``[{id, name, pixels, fraction}, ...]``."""
+    counts = np.bincount(mask.ravel(), minlength=len(class_names))
+    total = mask.size
+    return [
+        {"id": i, "name": name, "pixels": int(counts[i]), "fraction": int(counts[i]) / total}
+        for i, name in enumerate(class_names)
+    ]
+
+
+def prediction_json(
+    mask: np.ndarray, class_names: list[str], overlay: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The JSON answer of ``POST /predict?format=json`` (with the overlay when one is given)."""
+    height, width = mask.shape
+    answer: dict[str, Any] = {
+        "width": width,
+        "height": height,
+        "classes": class_areas(mask, class_names),
+        "mask_png_base64": _base64(png_bytes(mask)),
+    }
+    if overlay is not None:
+        answer["overlay_png_base64"] = _base64(png_bytes(overlay))
+    return answer
+
+
+def model_info(segmenter: Segmenter, model_name: str | None) -> dict[str, Any]:
+    """The answer of ``GET /model``: what the model predicts and what input it takes.
+
+    ``input_size`` is the checkpoint's model input ``[H, W]``; uploads may have any size.
+    """
+    task = segmenter.task
+    palette = class_palette(task.num_classes)
+    return {
+        "model": model_name,
+        "task": "binary" if task.is_binary else "multiclass",
+        "threshold": task.threshold if task.is_binary else None,
+        "classes": [
+            {"id": i, "name": name, "colour": [int(c) for c in palette[i]]}
+            for i, name in enumerate(segmenter.class_names)
+        ],
+        "input_size": list(segmenter.preprocessing.img_size),
+        "in_channels": segmenter.preprocessing.in_channels,
+        "unetkit_version": _installed_version(),
+    }
+
+
+def _installed_version() -> str | None:
+    try:
+        return version("unetkit")
+    except PackageNotFoundError:
+        return None
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,105 @@
+"""Serve a checkpoint over HTTP with uvicorn: what ``unetkit serve`` runs.
+
+The service has no authentication: it listens on 127.0.0.1 (this machine only) unless another
+``host`` is given, e.g. ``0.0.0.0`` for every network interface.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from unetkit.checkpoint import model_from_checkpoint
+from unetkit.inference.segmenter import Segmenter
+from unetkit.serve.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
+
+DEFAULT_MAX_UPLOAD_MB = DEFAULT_MAX_UPLOAD_BYTES / 2**20
+DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
+
+
+def app_from_checkpoint(
+    checkpoint: str | Path,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    device: str = "auto",
+    batch_size: int = 8,
+    **segmenter_options: Any,
+) -> FastAPI:
+    """The service of a checkpoint file; 1 MB is 2**20 bytes, a megapixel 10**6 pixels.
+
+    ``segmenter_options`` are the Segmenter's keyword options (e.g. ``tta=True``).
+    """
+    if not max_upload_mb > 0:
+        raise ValueError(f"max_upload_mb must be a positive number of MB; got {max_upload_mb}")
+    if not max_megapixels > 0:
+        raise ValueError(f"max_megapixels must be positive; got {max_megapixels}")
+    loaded = model_from_checkpoint(checkpoint)
+    segmenter = Segmenter(
+        loaded.model,
+        loaded.task,
+        loaded.class_names,
+        loaded.preprocessing,
+        device=device,
+        batch_size=batch_size,
+        **segmenter_options,
+    )
+    return create_app(
+        segmenter,
+        model_name=loaded.checkpoint["architecture"]["name"],
+        max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
+        max_pixels=max(1, int(max_megapixels * 1e6)),
+    )
+
+
+def build_server(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    device: str = "auto",
+    batch_size: int = 8,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    log_level: str = "info",
+    **segmenter_options: Any,
+) -> uvicorn.Server:
+    """A uvicorn server of the checkpoint's service, not yet started; ``port=0`` picks a free one.
+
+    Call ``.run()`` to serve until interrupted, or run it on a thread and set ``.should_exit``.
+    """
+    app = app_from_checkpoint(
+        checkpoint,
+        max_upload_mb=max_upload_mb,
+        max_megapixels=max_megapixels,
+        device=device,
+        batch_size=batch_size,
+        **segmenter_options,
+    )
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+
+
+def run_server(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    device: str = "auto",
+    batch_size: int = 8,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    **segmenter_options: Any,
+) -> None:
+    """Serve ``checkpoint`` at ``http://host:port/`` until interrupted (Ctrl-C)."""
+    server = build_server(
+        checkpoint,
+        host,
+        port,
+        max_upload_mb,
+        device,
+        batch_size,
+        max_megapixels,
+        **segmenter_options,
+    )
+    server.run()

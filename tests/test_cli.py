@@ -95,7 +95,7 @@ def test_evaluate_flags_reach_the_metrics(trained_run, tmp_path, capsys):
     best = trained_run / "checkpoints" / "best.pt"
     args = ["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress",
             "--ci", "--ci-resamples", "50", "--min-area", "7", "--no-report",
-            "eval.boundary=false"]  # fmt: skip
+            "--tta", "--min-size", "3", "eval.boundary=false"]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     intervals = metrics["confidence_intervals"]
@@ -173,7 +173,27 @@ def test_predict_explains_a_missing_model(capsys, tmp_path):
     assert main(args) == 2
     assert "--checkpoint" in capsys.readouterr().err
     assert main([*args, "--backend", "onnxruntime"]) == 2
-    assert "--model FILE.onnx" in capsys.readouterr().err
+    assert "needs --model FILE" in capsys.readouterr().err
+
+
+def test_export_then_onnxruntime_predicts_the_same_masks(trained_run, tmp_path, capsys):
+    best = str(trained_run / "checkpoints" / "best.pt")
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", best, "--out", str(onnx_file)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert max(report["max_abs_diff"].values()) < 1e-4 and onnx_file.is_file()
+    rng = np.random.default_rng(2)
+    for name, shape in (("a", (45, 61, 3)), ("b", (32, 40, 3))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    common = ["predict", "--input", str(tmp_path / "*.png"), "--no-progress", "--no-colour"]
+    assert main([*common, "--checkpoint", best, "--out", str(tmp_path / "torch")]) == 0
+    ort_out = str(tmp_path / "ort")
+    onnx_args = ["--backend", "onnxruntime", "--model", str(onnx_file), "--out", ort_out]
+    assert main([*common, *onnx_args]) == 0
+    for name in ("a", "b"):
+        torch_mask = np.asarray(Image.open(tmp_path / "torch" / f"{name}.png"))
+        onnx_mask = np.asarray(Image.open(tmp_path / "ort" / f"{name}.png"))
+        assert (torch_mask != onnx_mask).mean() < 0.001  # at most a pixel at a decision boundary
 
 
 def test_bench_prints_json(tmp_path, capsys):

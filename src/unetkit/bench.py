@@ -31,7 +31,6 @@ import platform
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unetkit.devices import resolve_device
+from unetkit.inference.export import onnx_bytes
 from unetkit.losses import build_loss
 from unetkit.models import build_model
 from unetkit.models import model_options as accepted_options
@@ -313,26 +313,10 @@ def _time_onnxruntime(
     options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
-        _export_onnx(model, images, path)
+        path.write_bytes(onnx_bytes(model, images))
         session = ort.InferenceSession(str(path), options, providers=_ort_providers(device))
     feed = {session.get_inputs()[0].name: images.numpy()}
     return _time_calls(lambda: session.run(None, feed), steps, warmup, torch.device("cpu"))
-
-
-def _export_onnx(model: torch.nn.Module, images: torch.Tensor, path: Path) -> None:
-    """The model as ONNX with dynamic batch, height and width (TorchScript-based exporter)."""
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
-        torch.onnx.export(
-            model,
-            (images,),
-            str(path),
-            dynamo=False,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": axes, "logits": axes},
-        )
 
 
 def _onnxruntime() -> Any:

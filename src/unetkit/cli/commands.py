@@ -121,6 +121,21 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from unetkit.inference.export import export_model
+
+    report = export_model(
+        args.checkpoint,
+        args.out,
+        format=args.format,
+        opset=args.opset,
+        check=not args.no_check,
+        tolerance=args.tolerance,
+    )
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     from unetkit.serve.server import run_server
 
@@ -168,12 +183,18 @@ def _size(values: list[int]) -> int | tuple[int, int]:
 def _load_segmenter(args: argparse.Namespace) -> Segmenter:
     """A Segmenter from ``--checkpoint`` (PyTorch) or ``--model FILE.onnx`` (ONNX Runtime)."""
     options = segmenter_options(args)
-    if getattr(args, "backend", "torch") == "onnxruntime":
-        if not args.model:
-            raise ValueError("--backend onnxruntime needs --model FILE.onnx (see unetkit export)")
-        from unetkit.inference.onnx_backend import load_onnx_segmenter
+    backend = getattr(args, "backend", "torch")
+    if backend in ("onnxruntime", "torchscript"):
+        from unetkit.inference import onnx_backend
 
-        return load_onnx_segmenter(args.model, batch_size=args.batch_size, **options)
+        if not args.model:
+            raise ValueError(f"--backend {backend} needs --model FILE (see unetkit export)")
+        load = (
+            onnx_backend.load_onnx_segmenter
+            if backend == "onnxruntime"
+            else onnx_backend.load_torchscript_segmenter
+        )
+        return load(args.model, batch_size=args.batch_size, device=args.device, **options)
     if not args.checkpoint:
         raise ValueError(
             "give --checkpoint RUN/checkpoints/best.pt (or --backend onnxruntime --model FILE.onnx)"

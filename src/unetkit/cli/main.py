@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_bench(sub)
+    _add_export(sub)
     _add_serve(sub)
     _add_data(sub)
     info = sub.add_parser("list", help="list models, presets and datasets")
@@ -127,6 +128,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any eval.* key, e.g. eval.boundary=false eval.instances=false",
     )
+    add_inference_flags(p)
     p.set_defaults(handler=commands.evaluate)
 
 
@@ -166,8 +168,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-probs", action="store_true", help="also write <name>_probs.npz (float16)"
     )
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--model", help="FILE.onnx for --backend onnxruntime (see unetkit export)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "torchscript"], default="torch")
+    p.add_argument("--model", help="an exported FILE.onnx / FILE.pt (see unetkit export)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")
@@ -191,6 +193,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(handler=commands.bench)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an ONNX or TorchScript file (dynamic batch, height, width) and check parity",
+        epilog="The file carries the preprocessing, task and class names, so `unetkit predict "
+        "--backend onnxruntime --model FILE` needs nothing else. The export is checked against "
+        "PyTorch on random inputs of two sizes; above the tolerance nothing is written.",
+    )
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, help="FILE.onnx or FILE.pt")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.set_defaults(handler=commands.export)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

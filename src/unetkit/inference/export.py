@@ -1,0 +1,323 @@
+"""Export a checkpoint to ONNX or TorchScript, with its recipe inside and its parity proven.
+
+The exported file is self-describing: the model's architecture, task, class names and every
+:class:`~unetkit.checkpoint.Preprocessing` field travel inside it as JSON (:data:`METADATA_KEY` in
+the ONNX ``metadata_props``, an extra file of that name in a TorchScript archive), so a runtime
+needs nothing but the file (:mod:`unetkit.inference.onnx_backend`).
+
+Batch, height and width stay dynamic. The models pad inside ``forward`` to a multiple of
+``2 ** depth`` and crop back; both formats are made by tracing, which records that padding
+arithmetic on the input's shape rather than the numbers of the example, so any size works. The one
+Python branch tracing freezes is reflect-versus-replicate padding: the files always reflect. PyTorch
+does too, except on some sides no longer than half the size multiple (16 pixels or fewer for
+``resnet34-unet``), where it repeats the edge pixels instead; the ONNX wrapper refuses those.
+
+ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``). The ``torch.export``-based
+exporter (PyTorch's default since 2.9) gives the same dynamic graphs and the same numbers when
+asked for ``Dim.DYNAMIC`` axes (named ``Dim``s fail on ``resnet34-unet``'s derived size
+constraints), but takes 25 to 60 times longer: 4 to 6 s for a U-Net of base width 4 and 19 s for
+``resnet34-unet``, against 0.1 s and 0.7 s. The parity check below would catch a difference
+either way; should the older exporter be removed, ``onnx_bytes`` is the one function to change.
+
+After writing, the file is loaded back and compared with the PyTorch model on random inputs of
+two sizes, neither of them the traced one: the training size with a batch of two, and an odd size
+that needs uneven padding. The largest absolute logit difference must stay below ``tolerance``
+(1e-4); otherwise :class:`ExportParityError` is raised and no file is left behind, since the
+export is written to a temporary file and renamed only once it passes. ``max_abs_diff`` is None
+(not 0) when the check is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetkit import __version__
+from unetkit.checkpoint import LoadedModel, model_from_checkpoint
+from unetkit.data.preprocess import image_size
+
+FORMATS = ("onnx", "torchscript")
+METADATA_KEY = "unetkit"
+METADATA_FORMAT = "unetkit-export"
+METADATA_VERSION = 1
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+DEFAULT_TOLERANCE = 1e-4
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ExportParityError(ValueError):
+    """The exported model's logits differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_model` wrote and how closely the file reproduces PyTorch.
+
+    ``max_abs_diff`` maps each checked size ``"HxW"`` to the largest absolute logit difference
+    from PyTorch; None when the check was skipped. ``opset`` is None for TorchScript.
+    """
+
+    path: Path
+    format: str
+    opset: int | None
+    max_abs_diff: dict[str, float] | None
+    tolerance: float
+    seconds: float
+    metadata: dict[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (the metadata left out: it lives in the file)."""
+        summary = asdict(self)
+        summary.pop("metadata")
+        return {**summary, "path": str(self.path)}
+
+
+def export_model(
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    format: str = "onnx",
+    opset: int | None = None,
+    check: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    check_sizes: Sequence[tuple[int, int]] | None = None,
+    weights: str = "model",
+) -> ExportReport:
+    """Export a unetkit checkpoint to ``out_path`` as ONNX or TorchScript, checked for parity.
+
+    ``opset`` (ONNX only) defaults to the exporter's. ``check_sizes`` replaces the two default
+    ``(H, W)`` parity sizes. ``weights`` picks the checkpoint's ``model`` or ``ema`` weights.
+    Raises :class:`ExportParityError` when the file is not trustworthy.
+    """
+    started = time.perf_counter()
+    _check_arguments(format, opset, tolerance)
+    loaded = model_from_checkpoint(checkpoint_path, weights=weights)
+    metadata = export_metadata(loaded)
+    out_path = Path(out_path)
+    with _temporary_sibling(out_path) as temporary:
+        example = trace_example(loaded)
+        if format == "onnx":
+            written_opset = _write_onnx(loaded.model, example, metadata, temporary, opset)
+        else:
+            written_opset = None
+            _write_torchscript(loaded.model, example, metadata, temporary)
+        differences = None
+        if check:
+            sizes = parity_sizes(loaded) if check_sizes is None else list(check_sizes)
+            differences = _parity(loaded, _exported_logits(format, temporary), sizes)
+            _require_parity(differences, tolerance, format, checkpoint_path)
+        os.replace(temporary, out_path)
+    seconds = time.perf_counter() - started
+    return ExportReport(out_path, format, written_opset, differences, tolerance, seconds, metadata)
+
+
+def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
+    """The JSON-ready description stored in an exported file: all a runtime needs besides it."""
+    architecture = loaded.checkpoint["architecture"]
+    preprocessing = {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in asdict(loaded.preprocessing).items()
+    }
+    preprocessing["img_size"] = list(image_size(loaded.preprocessing.img_size))  # [S] -> [S, S]
+    return {
+        "format": METADATA_FORMAT,
+        "format_version": METADATA_VERSION,
+        "unetkit_version": __version__,
+        "architecture": {"name": architecture["name"], "options": dict(architecture["options"])},
+        "task": {"num_classes": loaded.task.num_classes, "threshold": loaded.task.threshold},
+        "class_names": list(loaded.class_names),
+        "preprocessing": preprocessing,
+        "size_multiple": getattr(loaded.model, "size_multiple", None),
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "channels": loaded.task.out_channels},
+    }
+
+
+def parity_sizes(loaded: LoadedModel) -> list[tuple[int, int]]:
+    """The default parity sizes ``(H, W)``: the training size, then an odd size above it."""
+    height, width = image_size(loaded.preprocessing.img_size)
+    return [(height, width), (_odd_above(height, 13), _odd_above(width, 7))]
+
+
+def _check_arguments(format: str, opset: int | None, tolerance: float) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if opset is not None and format != "onnx":
+        raise ValueError(f"opset applies to ONNX only; got opset={opset} with format={format!r}")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be a positive number; got {tolerance!r}")
+
+
+def _odd_above(size: int, offset: int) -> int:
+    """An odd size ``offset`` or so above ``size``: it needs uneven padding in every model."""
+    return 2 * (size // 2) + offset
+
+
+def trace_example(loaded: LoadedModel) -> torch.Tensor:
+    """The tracing input: larger than either parity size (so never one of them), and large
+    enough that padding reflects."""
+    multiple = getattr(loaded.model, "size_multiple", 1)
+    height, width = image_size(loaded.preprocessing.img_size)
+    size = (_odd_above(max(height, multiple), 15), _odd_above(max(width, multiple), 9))
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, loaded.preprocessing.in_channels, *size, generator=generator)
+
+
+@contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Silence the warnings tracing and TorchScript always give here; see the module doc.
+
+    Tracing warns about the input check and the reflect/replicate choice it freezes, and that the
+    TorchScript tools are deprecated; none of it is actionable for the person exporting.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=r".*(legacy TorchScript|torch\.jit).*")
+        yield
+
+
+@contextmanager
+def _temporary_sibling(path: Path) -> Iterator[Path]:
+    """An unused name next to ``path`` (same file system, so renaming is atomic); whatever was
+    written there is removed afterwards unless it was renamed into place.
+
+    The writers create the file, so it gets the usual permissions rather than mkstemp's 0600.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        yield temporary
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    metadata: dict[str, Any],
+    path: Path,
+    opset: int | None,
+) -> int:
+    """Write the ONNX file with dynamic batch, height and width; return the opset used."""
+    onnx = _import_onnx()
+    proto = onnx.load_model_from_string(onnx_bytes(model, example, opset))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, default=str)
+    onnx.save_model(proto, str(path))
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int | None = None) -> bytes:
+    """The serialized ONNX graph, dynamic in batch, height and width, from PyTorch's
+    TorchScript-based exporter (see the module docstring); no metadata, no check."""
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    with quiet_tracing(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
+def _write_torchscript(
+    model: torch.nn.Module, example: torch.Tensor, metadata: dict[str, Any], path: Path
+) -> None:
+    """Write a traced TorchScript archive with the metadata as an extra file."""
+    with quiet_tracing(), torch.no_grad():
+        traced = torch.jit.trace(model, example)
+        extra = {METADATA_KEY: json.dumps(metadata, default=str)}
+        torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def _exported_logits(format: str, path: Path) -> Logits:
+    """A function running the exported file: what the parity check compares with PyTorch."""
+    if format == "onnx":
+        from unetkit.inference.onnx_backend import OnnxModel
+
+        return OnnxModel(path, device="cpu")
+    with quiet_tracing():
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def _parity(
+    loaded: LoadedModel, exported: Logits, sizes: Sequence[tuple[int, int]]
+) -> dict[str, float]:
+    """The largest absolute logit difference per size; the first size runs a batch of two."""
+    generator = torch.Generator().manual_seed(1)
+    channels = loaded.preprocessing.in_channels
+    differences: dict[str, float] = {}
+    for index, (height, width) in enumerate(sizes):
+        batch = torch.randn(2 if index == 0 else 1, channels, height, width, generator=generator)
+        with torch.no_grad():
+            expected = loaded.model(batch)
+            try:
+                actual = exported(batch)
+            except Exception as error:  # ONNX Runtime and TorchScript raise their own types
+                raise ExportParityError(
+                    f"the exported model fails on a {len(batch)}x{channels}x{height}x{width} input "
+                    f"({error}); it is not trustworthy and was not written"
+                ) from error
+        differences[f"{height}x{width}"] = _max_abs_difference(expected, actual)
+    return differences
+
+
+def _max_abs_difference(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """The largest absolute difference; infinite for a shape mismatch or non-finite values."""
+    if expected.shape != actual.shape:
+        return float("inf")
+    difference = (expected.float() - actual.float()).abs()
+    return float(difference.max()) if bool(torch.isfinite(difference).all()) else float("inf")
+
+
+def _require_parity(
+    differences: dict[str, float], tolerance: float, format: str, checkpoint: str | Path
+) -> None:
+    failed = {size: d for size, d in differences.items() if not d < tolerance}
+    if not failed:
+        return
+    details = "; ".join(_difference_text(size, d) for size, d in failed.items())
+    raise ExportParityError(
+        f"the {format} export of {checkpoint} does not reproduce the PyTorch model "
+        f"(tolerance {tolerance:g} on the largest absolute logit difference): {details}. The "
+        f"export is not trustworthy and was not written; try the other format or another "
+        f"opset, or report the model's architecture"
+    )
+
+
+def _difference_text(size: str, difference: float) -> str:
+    if difference == float("inf"):
+        return f"at {size} its logits have a wrong shape or non-finite values"
+    return f"at {size} its logits differ by up to {difference:.3g}"
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError(
+            "ONNX export needs the onnx package (and onnxruntime to check it): "
+            "pip install onnx onnxruntime"
+        ) from error
+    return onnx

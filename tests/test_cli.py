@@ -157,6 +157,9 @@ def test_predict_inference_flags_reach_the_segmenter(trained_run, tmp_path, caps
     assert main([*common, "--out", str(plain), "--mode", "resize"]) == 0
     args = ["--out", str(tuned), "--mode", "sliding", "--tile-size", "32", "40", "--overlap",
             "0.5", "--tta", "--min-size", "30", "--save-probs"]  # fmt: skip
+    bad_class = ["--out", str(tmp_path / "bad"), "--min-size", "3", "--postprocess-classes", "9"]
+    assert main([*common, *bad_class]) == 2
+    assert "9" in capsys.readouterr().err
     assert main([*common, *args]) == 0
     probs = np.load(tuned / "big_probs.npz")["probs"]
     assert probs.dtype == np.float16 and probs.shape[1:] == (90, 120)

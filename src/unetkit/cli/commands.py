@@ -167,8 +167,12 @@ def segmenter_options(args: argparse.Namespace) -> dict[str, Any]:
             tuple(args.tile_size) if len(args.tile_size) == 2 else args.tile_size[0]
         )
     if args.min_size or args.keep_largest or args.fill_holes:
+        classes = tuple(args.postprocess_classes) if args.postprocess_classes else None
         options["postprocess"] = PostProcessing(
-            min_size=args.min_size, keep_largest=args.keep_largest, fill_holes=args.fill_holes
+            min_size=args.min_size,
+            keep_largest=args.keep_largest,
+            fill_holes=args.fill_holes,
+            classes=classes,
         )
     return options
 

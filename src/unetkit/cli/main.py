@@ -156,6 +156,13 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
         "--keep-largest", action="store_true", help="keep each class's largest component"
     )
     group.add_argument("--fill-holes", action="store_true", help="fill holes inside each class")
+    group.add_argument(
+        "--postprocess-classes",
+        type=int,
+        nargs="+",
+        metavar="C",
+        help="class ids the three options above apply to (default: every foreground class)",
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -211,6 +211,17 @@ def test_bench_prints_json(tmp_path, capsys):
     assert result["gflops_per_image"] == pytest.approx(96.3 / 64, rel=0.02)  # 96.3 at 256x256
 
 
+def test_resume_auto_continues_the_run_in_out(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = [arg if arg != "2" else "1" for arg in TINY]  # one epoch first
+    assert main(["train", "--out", str(out), *tiny]) == 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert main(["train", "--resume", "auto", "--out", str(out), *TINY]) == 0  # epochs 2
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    assert main(["train", "--resume", "auto", *TINY]) == 2
+    assert "--out RUN" in capsys.readouterr().err
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     args = [*TINY, "--epochs", "3", "--seed", "5", "--augment", "light"]

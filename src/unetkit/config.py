@@ -103,10 +103,15 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str | None = None  # None: runs/<dataset>-<model>-<timestamp>
-    resume: str | None = None
+    resume: str | None = None  # a checkpoint, or "auto": the newest in train.out's checkpoints/
     monitor: str = "val_mean_iou"  # val_loss or any val_<metric> in history.csv
     grad_clip: float | None = None
     progress: bool = True
+    patience: int | None = None  # early stopping: epochs without a better monitor; None = off
+    time_budget: str | None = None  # "90s", "20m", "1.5h" or seconds; epochs is then ignored
+    ema: float | None = None  # decay of a weight moving average (e.g. 0.999); None = off
+    channels_last: bool = False  # opt-in: measured slower for U-Net training on CPU
+    compile: bool = False  # opt-in torch.compile of the training model
 
 
 @dataclass

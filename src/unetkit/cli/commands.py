@@ -16,6 +16,7 @@ from unetkit.inference.predict import collect_inputs, predict_files
 from unetkit.inference.segmenter import Segmenter
 from unetkit.models import list_models
 from unetkit.training.history import read_history_csv
+from unetkit.training.resume import resolve_resume
 
 # `evaluate` flag -> config key (the rest of `eval.*` through trailing KEY=VALUE pairs).
 EVAL_FLAGS = {
@@ -43,9 +44,11 @@ def train(args: argparse.Namespace) -> int:
         overrides["train.progress"] = False
     base = None
     if args.resume:
-        checkpoint = load_checkpoint(args.resume)
+        resume_path = resolve_resume(args.resume, args.out)
+        checkpoint = load_checkpoint(resume_path)
         base = checkpoint["config"]
-        overrides.setdefault("train.out", str(Path(args.resume).resolve().parent.parent))
+        overrides["train.resume"] = str(resume_path)
+        overrides.setdefault("train.out", str(resume_path.resolve().parent.parent))
     cfg = load_config(args.config, overrides=overrides, dotted=args.overrides, base=base)
     run_dir = run_training(cfg)
     print(f"done: {run_dir}")

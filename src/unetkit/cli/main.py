@@ -39,10 +39,30 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "seed": ("train.seed", {"type": int}),
     "device": ("train.device", {"help": "auto, cpu, cuda or cuda:N"}),
     "out": ("train.out", {"help": "run folder (default runs/<dataset>-<model>-<time>)"}),
-    "resume": ("train.resume", {"help": "checkpoint to continue from (RUN/checkpoints/last.pt)"}),
+    "resume": (
+        "train.resume",
+        {"help": "checkpoint to continue from (RUN/checkpoints/last.pt), or auto with --out"},
+    ),
     "augment": ("data.augment", {"choices": ["none", "light", "strong"]}),
     "monitor": ("train.monitor", {"help": "val_loss or val_<metric> picking best.pt"}),
     "workers": ("data.num_workers", {"type": int, "help": "data-loading worker processes"}),
+    "time_budget": (
+        "train.time_budget",
+        {"help": "train for this long (90s, 20m, 1.5h), LR schedule spread over it"},
+    ),
+    "patience": (
+        "train.patience",
+        {"type": int, "help": "stop after N epochs without a better monitor"},
+    ),
+    "ema": ("train.ema", {"type": float, "help": "keep a weight moving average, e.g. 0.999"}),
+    "compile": (
+        "train.compile",
+        {"action": "store_true", "default": None, "help": "torch.compile the model"},
+    ),
+    "channels_last": (
+        "train.channels_last",
+        {"action": "store_true", "default": None, "help": "channels-last memory format"},
+    ),
 }
 TRAIN_FLAGS = {flag: key for flag, (key, _) in CONFIG_FLAGS.items()}
 # The flags that say which data a command reads (the `data` subcommands take only these).

@@ -136,11 +136,17 @@ class LRSchedule:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    progress: Callable[[], float] | None = None,
 ) -> LRSchedule:
     """The :class:`LRSchedule` named by ``cfg.scheduler`` (see the module docstring).
 
-    ``steps_per_epoch`` counts optimiser steps (batches / accum_steps, rounded up).
+    ``steps_per_epoch`` counts optimiser steps (batches / accum_steps, rounded up). ``progress``,
+    when given, replaces the post-warm-up ``t`` by its value (e.g. the elapsed fraction of a
+    time budget, see :mod:`unetkit.training.budget`); the rate then depends on the clock.
     """
     name = cfg.scheduler.lower()
     if name not in SCHEDULERS:
@@ -162,8 +168,10 @@ def build_scheduler(
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / (total_steps - warmup_steps)
-        return decay(min(max(progress, 0.0), 1.0))
+        if progress is not None:
+            return decay(progress())
+        done = (step - warmup_steps) / (total_steps - warmup_steps)
+        return decay(min(max(done, 0.0), 1.0))
 
     return LRSchedule(optimizer, name, factor, warmup_steps, plateau)
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from unetkit.devices import resolve_device
 from unetkit.losses import build_loss
 from unetkit.models import build_model
 from unetkit.tasks import Task
+from unetkit.training.budget import TimeBudget, parse_duration
+from unetkit.training.ema import WeightEMA
 from unetkit.training.optim import LRSchedule, build_optimizer, build_scheduler
+from unetkit.training.speed import prepare_model
 
 
 @dataclass
@@ -41,6 +45,9 @@ class RunParts:
     amp_dtype: torch.dtype | None
     train_loader: DataLoader
     val_loader: DataLoader
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled where asked
+    budget: TimeBudget | None = None
+    ema: WeightEMA | None = None
 
 
 def resolve_run_dir(cfg: Config) -> Path:
@@ -79,11 +86,19 @@ def build_run(cfg: Config, run_dir: Path) -> RunParts:
         cfg.model.name, cfg.data.in_channels, task.out_channels, **cfg.model.options
     )
     model.to(device)
+    forward = prepare_model(model, cfg.train, device)
+    ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema is not None else None
     criterion = build_loss(cfg.loss.spec, task, cfg.loss.class_weights, cfg.loss.focal_gamma)
     train_loader, val_loader = build_loaders(cfg, splits, device)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     steps_per_epoch = -(-len(train_loader) // cfg.train.accum_steps)
-    schedule = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    budget = None
+    if cfg.train.time_budget is not None:
+        budget = TimeBudget(parse_duration(cfg.train.time_budget))
+    progress = budget.progress if budget is not None else None
+    schedule = build_scheduler(
+        optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs, progress=progress
+    )
     amp_dtype = resolve_amp(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return RunParts(
@@ -100,6 +115,9 @@ def build_run(cfg: Config, run_dir: Path) -> RunParts:
         amp_dtype,
         train_loader,
         val_loader,
+        forward,
+        budget,
+        ema,
     )
 
 

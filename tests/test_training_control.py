@@ -229,9 +229,10 @@ def test_time_budget_ends_training_with_the_schedule_at_its_end(tmp_path):
     assert sum(epochs) <= budget + max(epochs) + 0.5
     # A schedule over 1000 epochs would still be near 1e-3: the budget drove it to its end. When
     # steps stop mid-epoch the rate is min_lr exactly; when the epoch ended first and validation
-    # then used up the budget, the last step ran before the end of the decay (lr <= 2e-4 means
-    # past 70% of the cosine). Both happen on a loaded machine.
-    assert 1e-5 - 1e-9 <= last["schedule"]["lrs"][0] <= 2e-4
+    # then used up the budget, the last step ran before the end of the decay (lr <= 5e-4 means
+    # past half the cosine; 1000 epochs' schedule would still be at ~1e-3). Both happen on a
+    # loaded machine.
+    assert 1e-5 - 1e-9 <= last["schedule"]["lrs"][0] <= 5e-4
     assert (out / "metrics.json").is_file()
     assert time.perf_counter() - started < budget + 30  # generous: setup and test evaluation
 

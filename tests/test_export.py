@@ -40,13 +40,7 @@ IMG_SIZE = (16, 20)
 UNSEEN_SIZES = [(3, 64, 96), (1, 83, 61), (2, 5, 7)]  # (batch, H, W): none traced nor checked
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def preprocessing(in_channels: int = 3, tile_size: int | None = None) -> Preprocessing:

@@ -22,13 +22,7 @@ MODEL_OPTIONS = {"base_width": 4, "depth": 2}
 BOUNDARY = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(task: Task, in_channels: int = 3, seed: int = 0) -> torch.nn.Module:

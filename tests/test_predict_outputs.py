@@ -25,13 +25,7 @@ MODEL_OPTIONS = {"base_width": 4, "depth": 2}
 FLOAT16_STEP = 2.0**-11  # float16 rounding error of values in [0, 1] is at most half of 2**-10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def class_names(num_classes: int) -> list[str]:

@@ -11,37 +11,22 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import BROWSER, HEADLESS_FLAGS, needs_browser
 from PIL import Image
 from test_report import binary_report
 
 from unetkit.evaluation.panels import FALSE_NEGATIVE_COLOUR, FALSE_POSITIVE_COLOUR
 
-BROWSER = next(
-    (
-        found
-        for name in ("chromium", "chromium-browser", "google-chrome")
-        if (found := shutil.which(name))
-    ),
-    None,
-)
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium / google-chrome on PATH")
+pytestmark = needs_browser
 
 FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+    *HEADLESS_FLAGS,
     "--hide-scrollbars",
     "--enable-logging=stderr",
     "--v=0",

@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
@@ -23,28 +22,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser import BROWSER, HEADLESS_FLAGS, needs_browser
 from test_inference import rgb, write_checkpoint
 from test_serve import decoded_png, png_file, serving, upload
 
-BROWSER = next(
-    (
-        found
-        for name in ("chromium", "chromium-browser", "google-chrome")
-        if (found := shutil.which(name))
-    ),
-    None,
-)
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium / google-chrome on PATH")
+pytestmark = needs_browser
 
 FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+    *HEADLESS_FLAGS,
     "--remote-debugging-pipe",
 )
 TIMEOUT_S = 60

@@ -29,12 +29,7 @@ from unetkit.training.loop import _checkpoint_payload
 MODEL_OPTIONS = {"base_width": 4, "depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:

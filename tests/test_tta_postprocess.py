@@ -17,13 +17,7 @@ from unetkit.inference.tta import flip_averaged
 from unetkit.models import build_model
 from unetkit.tasks import IGNORE_INDEX, Task
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def binary_probs(foreground_logit: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from sklearn.metrics import (
 )
 
 from unetkit.metrics import ConfusionMatrix, format_table, summarize
+from unetkit.metrics.confusion import as_tensor
 from unetkit.metrics.summary import HEADLINE_METRICS, headline_arrays
 from unetkit.tasks import IGNORE_INDEX
 
@@ -287,3 +288,6 @@ def test_read_only_arrays_are_counted_without_a_warning(recwarn):
     confusion.update(pred, target)
     assert confusion.matrix.tolist() == HAND_MATRIX
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+    # torch warns once per process, so also check the mechanism itself: a copy, never a view
+    tensor = as_tensor(pred)
+    assert not np.shares_memory(tensor.numpy(), pred) and tensor.tolist() == HAND_PRED

@@ -101,7 +101,17 @@ class Segmenter:
 
         ``options`` are the keyword options of the constructor (``mode``, ``tta``, ...).
         """
-        loaded: LoadedModel = model_from_checkpoint(path)
+        return cls.from_loaded(model_from_checkpoint(path), device, batch_size, **options)
+
+    @classmethod
+    def from_loaded(
+        cls,
+        loaded: LoadedModel,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        **options: object,
+    ) -> Segmenter:
+        """The Segmenter of a model already rebuilt by ``model_from_checkpoint``."""
         return cls(
             loaded.model,
             loaded.task,

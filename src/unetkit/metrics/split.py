@@ -148,7 +148,7 @@ class SplitMetrics:
         return {name: curve for name, curve in points.items() if curve is not None}
 
     def _boundary_metrics(self) -> tuple[str, ...]:
-        return BOUNDARY_METRICS if self.options.cldice else BOUNDARY_METRICS[:-1]
+        return tuple(m for m in BOUNDARY_METRICS if m != "cldice" or self.options.cldice)
 
     def _scored_classes(self) -> range:
         return range(1, self.num_classes)
@@ -187,11 +187,12 @@ class SplitMetrics:
     def _intervals(self, matrices: np.ndarray) -> dict[str, Any]:
         keys = [key for key in _CI_KEYS if key in headline_keys(self.binary)]
         rows = per_image_rows(matrices, self.class_names, self.binary)
-        values = {key: _column(rows, key) for key in keys}
+        values = {key: _column([row[key] for row in rows]) for key in keys}
         if self._boundary:
             for metric in ("hd95", "cldice"):
                 if metric in self._boundary_metrics():
-                    values[metric] = _column(self._boundary_rows(), metric)
+                    images = range(len(self._boundary))
+                    values[metric] = _column([self._image_value(i, metric) for i in images])
         return bootstrap_intervals(
             matrices,
             self.binary,
@@ -201,12 +202,10 @@ class SplitMetrics:
             level=self.options.ci_level,
         )
 
-    def _boundary_rows(self) -> list[dict[str, float | None]]:
-        return [self._boundary_row(i) for i in range(len(self._boundary))]
 
-
-def _column(rows: list[dict[str, Any]], key: str) -> np.ndarray:
-    return np.array([np.nan if row[key] is None else row[key] for row in rows], dtype=np.float64)
+def _column(values: list[float | None]) -> np.ndarray:
+    """Values as float64, None as NaN (the bootstrap's "undefined")."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _check_options(options: EvalConfig) -> None:

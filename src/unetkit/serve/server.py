@@ -38,15 +38,7 @@ def app_from_checkpoint(
     if not max_megapixels > 0:
         raise ValueError(f"max_megapixels must be positive; got {max_megapixels}")
     loaded = model_from_checkpoint(checkpoint)
-    segmenter = Segmenter(
-        loaded.model,
-        loaded.task,
-        loaded.class_names,
-        loaded.preprocessing,
-        device=device,
-        batch_size=batch_size,
-        **segmenter_options,
-    )
+    segmenter = Segmenter.from_loaded(loaded, device, batch_size, **segmenter_options)
     return create_app(
         segmenter,
         model_name=loaded.checkpoint["architecture"]["name"],
@@ -81,25 +73,7 @@ def build_server(
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
 
 
-def run_server(
-    checkpoint: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    device: str = "auto",
-    batch_size: int = 8,
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-    **segmenter_options: Any,
-) -> None:
-    """Serve ``checkpoint`` at ``http://host:port/`` until interrupted (Ctrl-C)."""
-    server = build_server(
-        checkpoint,
-        host,
-        port,
-        max_upload_mb,
-        device,
-        batch_size,
-        max_megapixels,
-        **segmenter_options,
-    )
-    server.run()
+def run_server(checkpoint: str | Path, **options: Any) -> None:
+    """Serve ``checkpoint`` at ``http://host:port/`` until interrupted (Ctrl-C); ``options`` are
+    :func:`build_server`'s (host, port, limits, device, batch size, Segmenter options)."""
+    build_server(checkpoint, **options).run()

@@ -24,7 +24,8 @@ from unetkit.inference.sliding_window import (
 )
 from unetkit.models import build_model
 from unetkit.tasks import Task
-from unetkit.training.loop import _checkpoint_payload
+from unetkit.training.distributed import Processes
+from unetkit.training.saving import _model_payload
 
 MODEL_OPTIONS = {"base_width": 4, "depth": 2}
 
@@ -392,16 +393,14 @@ def test_training_records_the_tile_size_in_the_checkpoint():
     cfg.data.img_size, cfg.data.tile_size = [48, 48], 96
     cfg.task.class_names = ["background", "cell"]
     model = torch.nn.Conv2d(3, 1, 1)
-    state_dict_only = SimpleNamespace(state_dict=dict)
     parts = SimpleNamespace(
         cfg=cfg,
         task=Task(2),
         model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        schedule=state_dict_only,
-        scaler=state_dict_only,
+        processes=Processes(),
     )
-    payload = _checkpoint_payload(parts, {"epoch": 1, "best": None, "history": []})
+    state = {"epoch": 1, "best": None, "history": [], "steps_by_rank": [3]}
+    payload = _model_payload(parts, state)
     assert payload["preprocessing"]["tile_size"] == 96
     assert payload["preprocessing"]["img_size"] == [48, 48]
 

@@ -92,7 +92,7 @@ def test_patience_stops_when_the_monitor_stalls(tmp_path, monkeypatch):
 
     scripted = iter([1.0, 0.9, 0.95, 0.9, 0.91, 0.5, 0.4])  # best at 2; 3, 4, 5 are no better
     monkeypatch.setattr(
-        loop, "_validate", lambda parts, model: {"val_loss": next(scripted), "val_mean_iou": 0.5}
+        loop, "validate", lambda parts, model: {"val_loss": next(scripted), "val_mean_iou": 0.5}
     )
     out = tmp_path / "run"
     args = [*TINY, "--epochs", "7", "--patience", "3", "--monitor", "val_loss"]
@@ -166,8 +166,9 @@ def test_first_signal_requests_a_stop_and_the_second_aborts():
 INTERRUPTED_RUN = """
 import os, signal, sys
 import unetkit.training.loop as loop
+import unetkit.training.steps as steps
 from unetkit.cli.main import main
-end_of_epoch, optimizer_step, events = loop._end_of_epoch, loop._optimizer_step, []
+end_of_epoch, optimizer_step, events = loop._end_of_epoch, steps.optimizer_step, []
 def note_epoch(parts, state, row):
     end_of_epoch(parts, state, row)
     events.append(row["epoch"])
@@ -176,7 +177,7 @@ def step_then_signal(parts):
     if events == [1]:
         events.append("signalled")
         os.kill(os.getpid(), signal.SIGTERM)
-loop._end_of_epoch, loop._optimizer_step = note_epoch, step_then_signal
+loop._end_of_epoch, steps.optimizer_step = note_epoch, step_then_signal
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -112,6 +112,7 @@ class TrainConfig:
     ema: float | None = None  # decay of a weight moving average (e.g. 0.999); None = off
     channels_last: bool = False  # opt-in: measured slower for U-Net training on CPU
     compile: bool = False  # opt-in torch.compile of the training model
+    sync_bn: bool = False  # SyncBatchNorm across processes (several CUDA processes only)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,11 @@ USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeErr
 
 def train(args: argparse.Namespace) -> int:
     from unetkit.cli.main import TRAIN_FLAGS
+    from unetkit.training.launch import launch, without_nproc
     from unetkit.training.loop import train as run_training
 
+    if args.nproc is not None and args.nproc != 1:
+        return launch(args.nproc, without_nproc(args.argv))
     overrides = {
         key: getattr(args, flag)
         for flag, key in TRAIN_FLAGS.items()
@@ -51,7 +55,8 @@ def train(args: argparse.Namespace) -> int:
         overrides.setdefault("train.out", str(resume_path.resolve().parent.parent))
     cfg = load_config(args.config, overrides=overrides, dotted=args.overrides, base=base)
     run_dir = run_training(cfg)
-    print(f"done: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # torchrun's other processes say nothing
+        print(f"done: {run_dir}")
     return 0
 
 

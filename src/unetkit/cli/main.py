@@ -63,6 +63,14 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "train.channels_last",
         {"action": "store_true", "default": None, "help": "channels-last memory format"},
     ),
+    "sync_bn": (
+        "train.sync_bn",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "SyncBatchNorm across processes (several GPUs)",
+        },
+    ),
 }
 TRAIN_FLAGS = {flag: key for flag, (key, _) in CONFIG_FLAGS.items()}
 # The flags that say which data a command reads (the `data` subcommands take only these).
@@ -109,6 +117,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     add_config_flags(p, CONFIG_FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="train in N processes on this machine (DDP through torchrun; one per GPU)",
+    )
     p.set_defaults(handler=commands.train)
 
 
@@ -313,7 +326,9 @@ def _add_data_show(group: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what `train --nproc` hands on to the processes it starts
     try:
         return args.handler(args) or 0
     except commands.USER_ERRORS as error:

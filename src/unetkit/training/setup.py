@@ -7,22 +7,29 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from unetkit.config import Config
 from unetkit.data import DataError, build_datasets, build_splits, check_splits, format_problems
 from unetkit.data.preprocess import resolve_mean_std
 from unetkit.data.registry import DatasetSplits
-from unetkit.devices import resolve_device
 from unetkit.losses import build_loss
 from unetkit.models import build_model
 from unetkit.tasks import Task
 from unetkit.training.budget import TimeBudget, parse_duration
+from unetkit.training.distributed import (
+    Processes,
+    ShardSampler,
+    data_parallel,
+    start_processes,
+    synchronise_batchnorm,
+)
 from unetkit.training.ema import WeightEMA
 from unetkit.training.optim import LRSchedule, build_optimizer, build_scheduler
 from unetkit.training.speed import prepare_model
@@ -48,6 +55,13 @@ class RunParts:
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled where asked
     budget: TimeBudget | None = None
     ema: WeightEMA | None = None
+    processes: Processes = field(default_factory=Processes)
+    replica: DistributedDataParallel | None = None  # the model's DDP wrapper, several processes
+    train_forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # replica (or forward)
+
+    def __post_init__(self) -> None:
+        if self.train_forward is None:
+            self.train_forward = self.forward
 
 
 def resolve_run_dir(cfg: Config) -> Path:
@@ -58,38 +72,73 @@ def resolve_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"
 
 
-def load_and_check_data(cfg: Config, run_dir: Path) -> tuple[Config, DatasetSplits]:
+def load_and_check_data(
+    cfg: Config, run_dir: Path, progress: bool = True
+) -> tuple[Config, DatasetSplits]:
     """Build the splits (reusing a saved ``splits.json``), check them, and fill in the classes."""
     record_path = run_dir / "splits.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     splits = build_splits(cfg, split_record=record)
     num_classes = len(splits.class_names)
-    problems = check_splits(splits, num_classes, progress=cfg.train.progress)
+    problems = check_splits(splits, num_classes, progress=progress and cfg.train.progress)
     if any(problem.is_error for problem in problems):
         raise DataError(format_problems(problems))
     if problems:
         warnings.warn(format_problems(problems), stacklevel=2)
+    return complete_config(cfg, splits), splits
+
+
+def complete_config(cfg: Config, splits: DatasetSplits) -> Config:
+    """``cfg`` with the class names the data has and the normalisation it resolves to."""
     task_cfg = dataclasses.replace(
-        cfg.task, num_classes=num_classes, class_names=list(splits.class_names)
+        cfg.task, num_classes=len(splits.class_names), class_names=list(splits.class_names)
     )
     mean, std = resolve_mean_std(cfg.data.mean, cfg.data.std, cfg.data.in_channels)
     data_cfg = dataclasses.replace(cfg.data, mean=list(mean), std=list(std))
-    return dataclasses.replace(cfg, task=task_cfg, data=data_cfg), splits
+    return dataclasses.replace(cfg, task=task_cfg, data=data_cfg)
 
 
-def build_run(cfg: Config, run_dir: Path) -> RunParts:
+def agree_on_data(cfg: Config, run_dir: Path, processes: Processes) -> tuple[Config, DatasetSplits]:
+    """Rank 0 checks the data and fixes the split; the other processes take that split.
+
+    A data problem raises in every process, so none is left waiting for the others.
+    """
+    if not processes.enabled:
+        return load_and_check_data(cfg, run_dir)
+    outcome: tuple[bool, Any] = (False, None)
+    if processes.is_main:
+        try:
+            cfg, splits = load_and_check_data(cfg, run_dir)
+            outcome = (True, splits.split_record)
+        except Exception as error:
+            processes.share((False, f"{type(error).__name__}: {error}"))
+            raise
+    ok, payload = processes.share(outcome)
+    if processes.is_main:
+        return cfg, splits
+    if not ok:
+        raise DataError(f"rank 0 could not prepare the data:\n{payload}")
+    splits = build_splits(cfg, split_record=payload)
+    return complete_config(cfg, splits), splits
+
+
+def build_run(cfg: Config, run_dir: Path, processes: Processes | None = None) -> RunParts:
     """Check the data, then build model, loss, optimiser, schedule and loaders from ``cfg``."""
-    device = resolve_device(cfg.train.device)
-    cfg, splits = load_and_check_data(cfg, run_dir)
+    processes = processes or start_processes(cfg.train.device)
+    device = processes.device
+    cfg, splits = agree_on_data(cfg, run_dir, processes)
     task = Task(cfg.task.num_classes, cfg.task.threshold)
     model = build_model(
         cfg.model.name, cfg.data.in_channels, task.out_channels, **cfg.model.options
     )
+    if cfg.train.sync_bn:
+        model = synchronise_batchnorm(model, processes)
     model.to(device)
     forward = prepare_model(model, cfg.train, device)
+    replica = data_parallel(model, processes) if processes.enabled else None
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema is not None else None
     criterion = build_loss(cfg.loss.spec, task, cfg.loss.class_weights, cfg.loss.focal_gamma)
-    train_loader, val_loader = build_loaders(cfg, splits, device)
+    train_loader, val_loader = build_loaders(cfg, splits, processes)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     steps_per_epoch = -(-len(train_loader) // cfg.train.accum_steps)
     budget = None
@@ -101,6 +150,9 @@ def build_run(cfg: Config, run_dir: Path) -> RunParts:
     )
     amp_dtype = resolve_amp(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    train_forward = forward
+    if replica is not None:
+        train_forward = torch.compile(replica) if cfg.train.compile else replica
     return RunParts(
         cfg,
         run_dir,
@@ -118,29 +170,47 @@ def build_run(cfg: Config, run_dir: Path) -> RunParts:
         forward,
         budget,
         ema,
+        processes,
+        replica,
+        train_forward,
     )
 
 
 def build_loaders(
-    cfg: Config, splits: DatasetSplits, device: torch.device
+    cfg: Config, splits: DatasetSplits, processes: Processes | None = None
 ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training batches (order seeded per epoch by the loop); validation batches."""
+    """Shuffled training batches (order seeded per epoch by the loop); validation batches.
+
+    With several processes each trains on its own shard of every epoch and validates on every
+    ``world_size``-th validation image.
+    """
+    processes = processes or Processes()
     datasets = build_datasets(splits, cfg)
     common: dict[str, Any] = {
         "batch_size": cfg.train.batch_size,
         "num_workers": cfg.data.num_workers,
-        "pin_memory": device.type == "cuda",
+        "pin_memory": processes.device.type == "cuda",
         "persistent_workers": cfg.data.num_workers > 0,
     }
-    train_set = datasets["train"]
+    train_set, val_set = datasets["train"], datasets["val"]
+    train_order: dict[str, Any] = {"shuffle": True}
+    val_order: dict[str, Any] = {"shuffle": False}
+    shard_length = len(train_set)
+    if processes.enabled:
+        sampler = DistributedSampler(
+            train_set, processes.world_size, processes.rank, shuffle=True, seed=cfg.train.seed
+        )
+        train_order = {"sampler": sampler}
+        val_order = {"sampler": ShardSampler(len(val_set), processes.rank, processes.world_size)}
+        shard_length = len(sampler)
     train_loader = DataLoader(
         train_set,
-        shuffle=True,
-        drop_last=len(train_set) > cfg.train.batch_size,
+        drop_last=shard_length > cfg.train.batch_size,
         generator=torch.Generator(),
+        **train_order,
         **common,
     )
-    return train_loader, DataLoader(datasets["val"], shuffle=False, **common)
+    return train_loader, DataLoader(val_set, **val_order, **common)
 
 
 def resolve_amp(cfg: Config, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,76 @@
+"""The checkpoints an epoch leaves: ``last.pt`` always, ``best.pt`` when it improved, ``ema.pt``.
+
+``last.pt`` holds everything a resume needs (optimiser, schedule, scaler, every process's random
+generators, EMA, patience and budget counters); ``best.pt`` the same for the best epoch;
+``ema.pt`` the averaged weights alone, as a checkpoint that evaluate and predict read like any
+other. Every file is written to a temporary name and renamed, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unetkit.checkpoint import Preprocessing, model_metadata, save_checkpoint
+from unetkit.training.setup import RunParts
+
+TRAINING_STATE = ("optimizer", "schedule", "scaler", "rng", "rng_by_rank", "ema")
+
+
+def save_epoch_checkpoints(
+    parts: RunParts, state: dict[str, Any], improved: bool, rng_by_rank: list[dict[str, Any]]
+) -> None:
+    """Write this epoch's checkpoints (called by rank 0 only)."""
+    checkpoints = parts.run_dir / "checkpoints"
+    payload = {
+        **_model_payload(parts, state),
+        **_training_state(parts, state, rng_by_rank),
+    }
+    save_checkpoint(payload, checkpoints / "last.pt")
+    if improved:
+        save_checkpoint(payload, checkpoints / "best.pt")
+    if parts.ema is not None:
+        ema_only = {k: v for k, v in payload.items() if k not in TRAINING_STATE}
+        save_checkpoint({**ema_only, "model": parts.ema.state_dict()}, checkpoints / "ema.pt")
+
+
+def _model_payload(parts: RunParts, state: dict[str, Any]) -> dict[str, Any]:
+    """The weights and what inference needs to use them, plus the run's record so far."""
+    cfg = parts.cfg
+    preprocessing = Preprocessing(
+        tuple(cfg.data.img_size),
+        tuple(cfg.data.mean),
+        tuple(cfg.data.std),
+        cfg.data.in_channels,
+        cfg.data.tile_size,
+    )
+    metadata = model_metadata(
+        cfg.model.name, cfg.model.options, parts.task, cfg.task.class_names, preprocessing
+    )
+    return {
+        **metadata,
+        "model": parts.model.state_dict(),
+        "config": cfg.to_dict(),
+        "epoch": state["epoch"],
+        "best": state["best"],
+        "history": list(state["history"]),
+        "processes": {
+            "world_size": parts.processes.world_size,
+            "optimizer_steps_by_rank": list(state["steps_by_rank"]),
+        },
+    }
+
+
+def _training_state(
+    parts: RunParts, state: dict[str, Any], rng_by_rank: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What resuming needs beyond the weights."""
+    return {
+        "optimizer": parts.optimizer.state_dict(),
+        "schedule": parts.schedule.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": rng_by_rank[0],
+        "rng_by_rank": rng_by_rank,
+        "ema": None if parts.ema is None else parts.ema.state_dict(),
+        "stale_epochs": state["stale"],
+        "budget_spent": None if parts.budget is None else parts.budget.elapsed,
+    }

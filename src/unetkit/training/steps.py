@@ -1,0 +1,143 @@
+"""What runs between two checkpoints: one epoch of training steps, one validation pass.
+
+Both work unchanged in one process or several: per-step decisions are voted on
+(:meth:`Processes.any`) and sums are summed over processes before anything is divided.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from unetkit.metrics import ConfusionMatrix, summarize
+from unetkit.training.setup import RunParts
+from unetkit.training.signals import GracefulStop
+from unetkit.training.speed import memory_format
+
+
+@dataclass
+class EpochTraining:
+    """What one epoch of steps did."""
+
+    loss: float  # mean training loss over the images of every process
+    steps: int  # optimiser steps this process took
+
+
+def autocast(parts: RunParts) -> AbstractContextManager:
+    """Mixed precision where the run asked for it and the device has it, else nothing."""
+    if parts.amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(parts.device.type, dtype=parts.amp_dtype)
+
+
+def seed_epoch_order(loader: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:
+    """Fix the epoch's batch order from the seed alone, so a resumed run sees the same batches.
+
+    Every process shuffles with the same seed (so their shards do not overlap); the data
+    workers' seeds differ per process, so their augmentations do.
+    """
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 100_003 + epoch + 7_919 * rank)
+
+
+def train_one_epoch(parts: RunParts, epoch: int, stop: GracefulStop) -> EpochTraining | None:
+    """One pass over the training split, or until the time budget ends; None when a signal
+    arrived in any process (after all of them finished the step it interrupted)."""
+    cfg, processes = parts.cfg, parts.processes
+    parts.model.train()
+    seed_epoch_order(parts.train_loader, cfg.train.seed, epoch, processes.rank)
+    accum, batches = cfg.train.accum_steps, len(parts.train_loader)
+    total, count, steps = 0.0, 0, 0
+    bar = tqdm(
+        parts.train_loader,
+        desc=f"epoch {epoch}/{cfg.train.epochs}",
+        leave=False,
+        disable=not (cfg.train.progress and processes.is_main),
+        unit="batch",
+    )
+    for step, (images, masks) in enumerate(bar):
+        stepped = (step + 1) % accum == 0 or step + 1 == batches
+        loss = _accumulate_gradients(parts, images, masks, synchronise=stepped)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {epoch}, step {step}; "
+                f"lower the learning rate (now {parts.optimizer.param_groups[0]['lr']:.3g})"
+            )
+        if stepped:
+            optimizer_step(parts)
+            steps += 1
+        total += loss.item() * len(images)
+        count += len(images)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        budget_over = stepped and parts.budget is not None and parts.budget.exhausted()
+        signalled, budget_over = processes.any(stop.requested is not None, budget_over)
+        if signalled:
+            bar.close()
+            return None
+        if budget_over:
+            break
+    total, count = processes.sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
+    return EpochTraining(total / max(count, 1), steps)
+
+
+def _accumulate_gradients(
+    parts: RunParts, images: torch.Tensor, masks: torch.Tensor, synchronise: bool
+) -> torch.Tensor:
+    """Forward and backward one batch; gradients are averaged over processes only when
+    ``synchronise`` (the last batch before an optimiser step): ``no_sync`` skips the rest."""
+    layout = memory_format(parts.cfg.train)
+    images = images.to(parts.device, non_blocking=True, memory_format=layout)
+    masks = masks.to(parts.device, non_blocking=True)
+    skip_sync = parts.replica is not None and not synchronise
+    with parts.replica.no_sync() if skip_sync else nullcontext():
+        with autocast(parts):
+            loss = parts.criterion(parts.train_forward(images), masks)
+        parts.scaler.scale(loss / parts.cfg.train.accum_steps).backward()
+    return loss.detach()
+
+
+def optimizer_step(parts: RunParts) -> None:
+    """Clip (if asked), step, update the schedule and the weight average."""
+    if parts.cfg.train.grad_clip:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.cfg.train.grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.schedule.step_batch()
+    if parts.ema is not None:
+        parts.ema.update(parts.model)
+
+
+@torch.inference_mode()
+def validate(parts: RunParts, model: Any) -> dict[str, Any]:
+    """``model``'s validation loss and metrics at the training size, as ``val_<name>`` keys.
+
+    Counts and loss sums are added up over processes first, so the metrics are those of the
+    whole validation split, exactly.
+    """
+    parts.model.eval()
+    layout = memory_format(parts.cfg.train)
+    confusion = ConfusionMatrix(parts.task.num_classes)
+    total, count = 0.0, 0
+    for images, masks in parts.val_loader:
+        images = images.to(parts.device, memory_format=layout)
+        masks = masks.to(parts.device)
+        with autocast(parts):
+            logits = model(images)
+            loss = parts.criterion(logits, masks)
+        total += loss.item() * len(images)
+        count += len(images)
+        confusion.update(parts.task.labels(logits), masks)
+    total, count = parts.processes.sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
+    parts.processes.sum(confusion.state)
+    summary = summarize(confusion.matrix, parts.cfg.task.class_names, binary=parts.task.is_binary)
+    row = {"val_loss": total / max(count, 1)}
+    row.update({f"val_{k}": v for k, v in summary.items() if not isinstance(v, (list, dict))})
+    return row

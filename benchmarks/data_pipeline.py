@@ -4,7 +4,10 @@
         --data-root ../shared/data/oxford_pet_subset --img-size 256 --workers 0 2 --model-epoch
 
 Each setting is timed over the whole training split; the cache is measured cold (first run, it
-decodes and writes) and warm (later runs). Medians of --repeats passes, all in one process.
+decodes and writes) and warm (later runs). With --model-epoch, for every worker count: training
+epochs through the loader alternate with the same steps on batches held in memory, and the
+pipeline cost is the median over repeats of (epoch / model-only) - 1. Medians of --repeats
+passes, all in one process.
 """
 
 from __future__ import annotations
@@ -34,20 +37,28 @@ def loader_images_per_second(cfg, workers: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def epoch_images_per_second(cfg, run_dir) -> tuple[float, float]:
-    """A training epoch's images/s, and the model-only images/s on batches already in memory."""
+def epoch_seconds(cfg, run_dir, repeats: int) -> tuple[list[float], list[float], int]:
+    """Seconds of training epochs through the loader, and of the same steps on batches already in
+    memory (model only), alternating, ``repeats`` of each; and the images per epoch.
+
+    The first loader epoch (worker start-up, cold cache) is a warm-up and not counted; the loader
+    is the training run's own (persistent workers when there are workers).
+    """
     parts = build_run(cfg, run_dir)
     parts.model.train()
-    started, batches = time.perf_counter(), []
-    for images, masks in parts.train_loader:
-        _step(parts, images, masks)
-        batches.append((images, masks))
-    epoch = sum(len(b[0]) for b in batches) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for images, masks in batches:
-        _step(parts, images, masks)
-    pure = sum(len(b[0]) for b in batches) / (time.perf_counter() - started)
-    return epoch, pure
+    batches = [(images, masks) for images, masks in parts.train_loader]  # warm-up epoch
+    count = sum(len(images) for images, _ in batches)
+    with_loader, model_only = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for images, masks in parts.train_loader:
+            _step(parts, images, masks)
+        with_loader.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for images, masks in batches:
+            _step(parts, images, masks)
+        model_only.append(time.perf_counter() - started)
+    return with_loader, model_only, count
 
 
 def _step(parts, images, masks) -> None:
@@ -92,13 +103,17 @@ def main() -> None:
                     runs = runs[1:] or runs
                 results[label] = round(statistics.median(runs), 1)
                 print(label, [round(r, 1) for r in runs], flush=True)
-                if args.model_epoch and workers == args.workers[0]:
+                if args.model_epoch:
                     with tempfile.TemporaryDirectory() as run_dir:
-                        epoch, pure = epoch_images_per_second(cfg, Path(run_dir))
+                        loaded, pure, count = epoch_seconds(cfg, Path(run_dir), args.repeats)
                     key = f"epoch cache={'on' if cache else 'off'} workers={workers}"
-                    results[key] = round(epoch, 2)
-                    results[key + " model-only"] = round(pure, 2)
-                    print(key, round(epoch, 2), "model-only", round(pure, 2), flush=True)
+                    cost = statistics.median(a / b - 1 for a, b in zip(loaded, pure, strict=True))
+                    results[key] = {
+                        "images/s": round(count / statistics.median(loaded), 2),
+                        "model-only images/s": round(count / statistics.median(pure), 2),
+                        "pipeline cost": f"{cost:.1%}",
+                    }
+                    print(key, results[key], flush=True)
     print(json.dumps(results, indent=1))
 
 

@@ -116,6 +116,39 @@ def test_mask_encoding_maps_binary_ignore_and_values():
         MaskEncoding().decode(np.array([[0, 1000]]))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        MaskEncoding(),
+        MaskEncoding(binary_255=True),
+        MaskEncoding(ignore_index=3),
+        MaskEncoding(value_map={0: 2, 40000: 1, 5: 0}, ignore_index=9),
+    ],
+)
+def test_mask_decoding_equals_the_value_by_value_rule(dtype, encoding):
+    # the lookup-table path (values < 2**16) and the general path (negatives, huge values) must
+    # both give decode_value of every pixel
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize))
+    values = [0, 1, 3, 5, 9, 255] + ([40000] if np.iinfo(dtype).max >= 40000 else [])
+    raw = rng.choice(values, size=(13, 17)).astype(dtype)
+    expected = np.vectorize(encoding.decode_value)(raw)
+    if ((expected < 0) | (expected > 255)).any():
+        with pytest.raises(DataError, match="cannot be class ids"):
+            encoding.decode(raw)
+        return
+    decoded = encoding.decode(raw)
+    assert decoded.dtype == np.uint8 and decoded.shape == raw.shape
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_mask_decoding_beyond_the_lookup_range_and_below_zero():
+    encoding = MaskEncoding(value_map={-4: 1, 2**20: 2})
+    raw = np.array([[-4, 2**20, 0], [0, -4, 2**20]], dtype=np.int64)
+    assert encoding.decode(raw).tolist() == [[1, 2, 0], [0, 1, 2]]
+    assert MaskEncoding().decode(np.zeros((0, 4), dtype=np.uint8)).shape == (0, 4)
+
+
 # --- pairing and the folder dataset -----------------------------------------------------------
 
 

@@ -37,8 +37,6 @@ def train(args: argparse.Namespace) -> int:
     from unetkit.training.launch import launch, without_nproc
     from unetkit.training.loop import train as run_training
 
-    if args.nproc is not None and args.nproc != 1:
-        return launch(args.nproc, without_nproc(args.argv))
     overrides = {
         key: getattr(args, flag)
         for flag, key in TRAIN_FLAGS.items()
@@ -54,6 +52,8 @@ def train(args: argparse.Namespace) -> int:
         overrides["train.resume"] = str(resume_path)
         overrides.setdefault("train.out", str(resume_path.resolve().parent.parent))
     cfg = load_config(args.config, overrides=overrides, dotted=args.overrides, base=base)
+    if args.nproc is not None and args.nproc != 1:  # the config is valid: start the processes
+        return launch(args.nproc, without_nproc(args.argv))
     run_dir = run_training(cfg)
     if os.environ.get("RANK", "0") == "0":  # torchrun's other processes say nothing
         print(f"done: {run_dir}")

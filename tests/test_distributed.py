@@ -100,6 +100,15 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
     for name in ("pixel_accuracy", "mean_iou", "mean_dice", "fw_iou"):
         assert row[f"val_{name}"] == pytest.approx(metrics["dataset"][name], abs=1e-12), name
 
+    # the 2-process run continues in one process (rank 0's generators, steps counted afresh)
+    assert (
+        main(["train", "--resume", "auto", "--out", str(out), "--epochs", "3", "--device", "cpu"])
+        == 0
+    )
+    resumed = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2, 3]
+    assert resumed["processes"] == {"world_size": 1, "optimizer_steps_by_rank": [5]}
+
 
 # Rank 1 alone receives SIGTERM in the first step of epoch 2; both processes must stop there.
 SIGNAL_ONE_RANK = """

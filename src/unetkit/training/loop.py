@@ -163,6 +163,9 @@ def _start_state(parts: RunParts) -> dict[str, Any]:
         best=checkpoint["best"],
         stale=checkpoint.get("stale_epochs", 0),
     )
+    steps = (checkpoint.get("processes") or {}).get("optimizer_steps_by_rank") or []
+    if len(steps) == processes.world_size:  # else counted afresh from this start
+        state["steps_by_rank"] = list(steps)
     _log(parts, f"resumed from {path} after epoch {state['epoch']}")
     return state
 

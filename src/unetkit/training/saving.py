@@ -53,7 +53,7 @@ def _model_payload(parts: RunParts, state: dict[str, Any]) -> dict[str, Any]:
         "epoch": state["epoch"],
         "best": state["best"],
         "history": list(state["history"]),
-        "processes": {
+        "processes": {  # steps counted since the run started with this many processes
             "world_size": parts.processes.world_size,
             "optimizer_steps_by_rank": list(state["steps_by_rank"]),
         },

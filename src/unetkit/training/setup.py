@@ -72,15 +72,13 @@ def resolve_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"
 
 
-def load_and_check_data(
-    cfg: Config, run_dir: Path, progress: bool = True
-) -> tuple[Config, DatasetSplits]:
+def load_and_check_data(cfg: Config, run_dir: Path) -> tuple[Config, DatasetSplits]:
     """Build the splits (reusing a saved ``splits.json``), check them, and fill in the classes."""
     record_path = run_dir / "splits.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     splits = build_splits(cfg, split_record=record)
     num_classes = len(splits.class_names)
-    problems = check_splits(splits, num_classes, progress=progress and cfg.train.progress)
+    problems = check_splits(splits, num_classes, progress=cfg.train.progress)
     if any(problem.is_error for problem in problems):
         raise DataError(format_problems(problems))
     if problems:

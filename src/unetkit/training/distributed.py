@@ -57,7 +57,8 @@ class Processes:
             return tensor
         travelling = tensor.to(self.device)
         dist.all_reduce(travelling, op=dist.ReduceOp.SUM)
-        tensor.copy_(travelling)
+        if travelling is not tensor:
+            tensor.copy_(travelling)
         return tensor
 
     def any(self, *flags: bool) -> tuple[bool, ...]:

@@ -7,7 +7,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class RunParts:
 
     cfg: Config
     run_dir: Path
-    device: torch.device
+    processes: Processes  # this process's rank, the process count and its device
     task: Task
     splits: DatasetSplits
     model: torch.nn.Module
@@ -53,15 +53,14 @@ class RunParts:
     train_loader: DataLoader
     val_loader: DataLoader
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled where asked
+    train_forward: Callable[[torch.Tensor], torch.Tensor]  # forward, or the (compiled) replica
+    replica: DistributedDataParallel | None = None  # the model's DDP wrapper, several processes
     budget: TimeBudget | None = None
     ema: WeightEMA | None = None
-    processes: Processes = field(default_factory=Processes)
-    replica: DistributedDataParallel | None = None  # the model's DDP wrapper, several processes
-    train_forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # replica (or forward)
 
-    def __post_init__(self) -> None:
-        if self.train_forward is None:
-            self.train_forward = self.forward
+    @property
+    def device(self) -> torch.device:
+        return self.processes.device
 
 
 def resolve_run_dir(cfg: Config) -> Path:
@@ -152,37 +151,35 @@ def build_run(cfg: Config, run_dir: Path, processes: Processes | None = None) ->
     if replica is not None:
         train_forward = torch.compile(replica) if cfg.train.compile else replica
     return RunParts(
-        cfg,
-        run_dir,
-        device,
-        task,
-        splits,
-        model,
-        criterion.to(device),
-        optimizer,
-        schedule,
-        scaler,
-        amp_dtype,
-        train_loader,
-        val_loader,
-        forward,
-        budget,
-        ema,
-        processes,
-        replica,
-        train_forward,
+        cfg=cfg,
+        run_dir=run_dir,
+        processes=processes,
+        task=task,
+        splits=splits,
+        model=model,
+        criterion=criterion.to(device),
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=scaler,
+        amp_dtype=amp_dtype,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        forward=forward,
+        train_forward=train_forward,
+        replica=replica,
+        budget=budget,
+        ema=ema,
     )
 
 
 def build_loaders(
-    cfg: Config, splits: DatasetSplits, processes: Processes | None = None
+    cfg: Config, splits: DatasetSplits, processes: Processes
 ) -> tuple[DataLoader, DataLoader]:
     """Shuffled training batches (order seeded per epoch by the loop); validation batches.
 
     With several processes each trains on its own shard of every epoch and validates on every
     ``world_size``-th validation image.
     """
-    processes = processes or Processes()
     datasets = build_datasets(splits, cfg)
     common: dict[str, Any] = {
         "batch_size": cfg.train.batch_size,

@@ -24,7 +24,7 @@ from unetkit.data.sources import SampleSource
 from unetkit.evaluation.panels import Panel
 from unetkit.evaluation.report import write_report
 from unetkit.inference.segmenter import Segmenter
-from unetkit.metrics.split import SplitMetrics
+from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics, ranking_key
 from unetkit.metrics.summary import format_table
 
 
@@ -170,7 +170,7 @@ def _batches(
 def describe(metrics: dict[str, Any]) -> str:
     """The terminal summary: the pooled table, then one line per other section's headline."""
     lines = [format_table(metrics["dataset"]), ""]
-    key = "foreground_iou" if metrics["task"] == "binary" else "mean_iou"
+    key = ranking_key(metrics["task"] == "binary")
     lines.append(f"per image: {key} {_mean_std(metrics['per_image'][key])}")
     free = metrics.get("threshold_free")
     if free:
@@ -187,7 +187,7 @@ def describe(metrics: dict[str, Any]) -> str:
         )
     boundary = metrics.get("boundary")
     if boundary:
-        names = [m for m in ("hd95", "assd", "boundary_iou", "cldice") if m in boundary]
+        names = [m for m in BOUNDARY_METRICS if m in boundary]
         lines.append(
             "boundary (per image): " + ", ".join(f"{m} {_mean_std(boundary[m])}" for m in names)
         )

@@ -44,6 +44,7 @@ from unetkit.evaluation.report_html import (
     stat,
     swatch_name,
 )
+from unetkit.metrics.split import BOUNDARY_METRICS
 
 __all__ = ["write_report"]
 
@@ -54,7 +55,6 @@ _POOLED_SECTIONS = {
     ),
     "instance": ("Instances (connected components)", ("map", "map_50", "map_75", "pq", "sq", "rq")),
 }
-_BOUNDARY_KEYS = ("hd95", "assd", "boundary_iou", "cldice")
 _CLASS_COLUMNS = (
     # (section, key, header, tooltip); section "dataset"/"per_image" are always there
     ("dataset", "iou", "IoU", "pooled intersection over union"),
@@ -399,7 +399,7 @@ def _headline_rows(metrics: Mapping[str, Any]) -> str:
                 metric_row(metrics, key, metrics[section][key], None, section) for key in present
             ]
     boundary = metrics.get("boundary", {})
-    present = [key for key in _BOUNDARY_KEYS if key in boundary]
+    present = [key for key in BOUNDARY_METRICS if key in boundary]
     if present:
         rows.append(group_row("Boundary (per image; mean over foreground classes)"))
         rows += [metric_row(metrics, key, None, boundary[key], None) for key in present]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.metrics.summary import headline_arrays
+from unetkit.metrics.summary import divide, headline_arrays
 
 _CHUNK = 100  # resamples pooled at once: bounds memory to CHUNK x images weights
 
@@ -68,10 +68,7 @@ def bootstrap_intervals(
 
 def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     defined = ~np.isnan(values)
-    total = weights @ np.where(defined, values, 0.0)
-    count = weights @ defined.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+    return divide(weights @ np.where(defined, values, 0.0), weights @ defined.astype(np.float64))
 
 
 def _interval(values: np.ndarray, level: float) -> list[float] | None:

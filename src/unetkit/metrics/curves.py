@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from unetkit.metrics.confusion import as_tensor
+from unetkit.metrics.per_image import mean_defined
 from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -170,7 +171,7 @@ class ScoreHistogram:
             if binary:
                 summary[key] = rows[1][key]
             else:
-                summary[f"mean_{key}"] = _mean_defined(row[key] for row in rows[1:])
+                summary[f"mean_{key}"] = mean_defined(row[key] for row in rows[1:])
         summary["per_class"] = rows
         return summary
 
@@ -231,8 +232,3 @@ class ScoreHistogram:
 def _thinned(length: int, max_points: int) -> np.ndarray:
     """At most ``max_points`` indices spread evenly over ``0 .. length - 1``, both ends kept."""
     return np.unique(np.linspace(0, length - 1, min(length, max_points)).round().astype(int))
-
-
-def _mean_defined(values: Any) -> float | None:
-    defined = [value for value in values if value is not None]
-    return sum(defined) / len(defined) if defined else None

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from unetkit.metrics.per_image import mean_defined
 from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))
@@ -105,7 +106,7 @@ class InstanceAccumulator:
             self.true_positives[c] += true_pos
             self.true_positive_iou[c] += matched_iou
             image_pq.append(matched_iou / _panoptic_denominator(num_gt, num_pred))
-        return {"pq": _mean_defined(image_pq)}
+        return {"pq": mean_defined(image_pq)}
 
     def average_precisions(self, c: int) -> np.ndarray | None:
         """Class ``c``'s AP at each IoU threshold; ``None`` without a ground-truth instance."""
@@ -135,9 +136,9 @@ class InstanceAccumulator:
         rows = [self._class_row(c, names[c]) for c in range(1, self.num_classes)]
         summary: dict[str, Any] = {"min_area": self.min_area, "connectivity": CONNECTIVITY}
         for key in ("ap", "ap_50", "ap_75"):
-            summary[f"m{key}"] = _mean_defined(row[key] for row in rows)
+            summary[f"m{key}"] = mean_defined(row[key] for row in rows)
         for key in ("pq", "sq", "rq"):
-            summary[key] = _mean_defined(row[key] for row in rows)
+            summary[key] = mean_defined(row[key] for row in rows)
         summary["per_class"] = rows
         return summary
 
@@ -231,8 +232,3 @@ def _panoptic_denominator(num_gt: int, num_pred: int) -> float:
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
-
-
-def _mean_defined(values: Any) -> float | None:
-    defined = [value for value in values if value is not None]
-    return sum(defined) / len(defined) if defined else None

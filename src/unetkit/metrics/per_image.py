@@ -17,7 +17,7 @@ Rules for undefined values, the same as for pooled metrics:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,20 @@ import numpy as np
 from unetkit.metrics.summary import CLASS_METRICS, class_arrays, headline_arrays, to_optional
 
 
+def as_float_array(values: np.ndarray | Sequence[float | None]) -> np.ndarray:
+    """Values as float64, ``None`` as NaN (the array form of "undefined")."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def mean_defined(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not ``None``; ``None`` when none is."""
+    defined = [value for value in values if value is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
 def spread(values: np.ndarray | Sequence[float | None]) -> dict[str, Any]:
     """``{"mean", "std", "images"}`` of the defined (non-None, non-NaN) ``values``."""
-    array = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    array = as_float_array(values)
     defined = array[~np.isnan(array)]
     if defined.size == 0:
         return {"mean": None, "std": None, "images": 0}

@@ -28,12 +28,22 @@ from unetkit.metrics.boundary import boundary_metrics
 from unetkit.metrics.confusion import ConfusionMatrix
 from unetkit.metrics.curves import ScoreHistogram
 from unetkit.metrics.instances import InstanceAccumulator
-from unetkit.metrics.per_image import per_image_rows, per_image_section, spread
-from unetkit.metrics.summary import headline_keys, summarize
-from unetkit.tasks import IGNORE_INDEX
+from unetkit.metrics.per_image import (
+    as_float_array,
+    mean_defined,
+    per_image_rows,
+    per_image_section,
+    spread,
+)
+from unetkit.metrics.summary import headline_arrays, headline_keys, summarize
 
 BOUNDARY_METRICS = ("hd95", "assd", "boundary_iou", "cldice")
 _CI_KEYS = ("pixel_accuracy", "mean_iou", "mean_dice", "foreground_iou", "foreground_dice")
+
+
+def ranking_key(binary: bool) -> str:
+    """The per-image headline metric: foreground IoU for binary tasks, else mean IoU."""
+    return "foreground_iou" if binary else "mean_iou"
 
 
 class SplitMetrics:
@@ -70,7 +80,6 @@ class SplitMetrics:
                 f"{name}: probabilities of shape {probs.shape} do not fit a "
                 f"{self.num_classes}-class mask of shape {target.shape}"
             )
-        valid = target != IGNORE_INDEX
         confusion = ConfusionMatrix(self.num_classes)
         confusion.update(prediction, target)
         self._matrices.append(confusion.matrix.numpy())
@@ -79,7 +88,7 @@ class SplitMetrics:
         if self.histogram is not None:
             self.histogram.update(probs, target)
         if self.instances is not None:
-            self._panoptic.append(self.instances.update(probs, prediction, target, valid)["pq"])
+            self._panoptic.append(self.instances.update(probs, prediction, target)["pq"])
         if self.options.boundary:
             width = self.options.boundary_width  # None: 2% of this image's diagonal
             self._boundary.append(
@@ -87,7 +96,6 @@ class SplitMetrics:
                     prediction,
                     target,
                     self.num_classes,
-                    valid,
                     width=width,
                     with_cldice=self.options.cldice,
                 )
@@ -137,7 +145,7 @@ class SplitMetrics:
 
     def ranking_key(self) -> str:
         """The per-image value that ranks images best to worst in the report."""
-        return "foreground_iou" if self.binary else "mean_iou"
+        return ranking_key(self.binary)
 
     def curves(self) -> dict[str, dict[str, list[float]]]:
         """ROC and PR curve points per class, for plotting (binary: the foreground only)."""
@@ -154,9 +162,7 @@ class SplitMetrics:
         return range(1, self.num_classes)
 
     def _image_value(self, i: int, metric: str) -> float | None:
-        values = [self._boundary[i][metric][c] for c in self._scored_classes()]
-        defined = [v for v in values if v is not None]
-        return float(np.mean(defined)) if defined else None
+        return mean_defined([self._boundary[i][metric][c] for c in self._scored_classes()])
 
     def _boundary_row(self, i: int) -> dict[str, float | None]:
         row: dict[str, float | None] = {}
@@ -186,13 +192,13 @@ class SplitMetrics:
 
     def _intervals(self, matrices: np.ndarray) -> dict[str, Any]:
         keys = [key for key in _CI_KEYS if key in headline_keys(self.binary)]
-        rows = per_image_rows(matrices, self.class_names, self.binary)
-        values = {key: _column([row[key] for row in rows]) for key in keys}
+        headline = headline_arrays(matrices, self.binary)
+        values = {key: headline[key] for key in keys}
         if self._boundary:
             for metric in ("hd95", "cldice"):
                 if metric in self._boundary_metrics():
                     images = range(len(self._boundary))
-                    values[metric] = _column([self._image_value(i, metric) for i in images])
+                    values[metric] = as_float_array([self._image_value(i, metric) for i in images])
         return bootstrap_intervals(
             matrices,
             self.binary,
@@ -201,11 +207,6 @@ class SplitMetrics:
             resamples=self.options.ci_resamples,
             level=self.options.ci_level,
         )
-
-
-def _column(values: list[float | None]) -> np.ndarray:
-    """Values as float64, None as NaN (the bootstrap's "undefined")."""
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _check_options(options: EvalConfig) -> None:

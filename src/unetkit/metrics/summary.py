@@ -67,11 +67,11 @@ def class_arrays(counts: np.ndarray) -> dict[str, np.ndarray]:
     negatives = total - support
     true_negative = negatives - predicted + tp
     return {
-        "iou": _divide(tp, support + predicted - tp),
-        "dice": _divide(2 * tp, support + predicted),
-        "precision": _divide(tp, predicted),
-        "recall": _divide(tp, support),
-        "specificity": _divide(true_negative, negatives),
+        "iou": divide(tp, support + predicted - tp),
+        "dice": divide(2 * tp, support + predicted),
+        "precision": divide(tp, predicted),
+        "recall": divide(tp, support),
+        "specificity": divide(true_negative, negatives),
         "support": support,
         "predicted": predicted,
     }
@@ -86,12 +86,12 @@ def headline_arrays(counts: np.ndarray, binary: bool = False) -> dict[str, np.nd
     result: dict[str, np.ndarray] = {}
     for suffix, classes in (("", slice(None)), ("_no_background", slice(1, None))):
         weights = support[..., classes]
-        result["pixel_accuracy" + suffix] = _divide(tp[..., classes].sum(-1), weights.sum(-1))
+        result["pixel_accuracy" + suffix] = divide(tp[..., classes].sum(-1), weights.sum(-1))
         result["mean_pixel_accuracy" + suffix] = _nanmean(per_class["recall"][..., classes])
         result["mean_iou" + suffix] = _nanmean(per_class["iou"][..., classes])
         result["mean_dice" + suffix] = _nanmean(per_class["dice"][..., classes])
         weighted = np.nan_to_num(per_class["iou"][..., classes]) * weights
-        result["fw_iou" + suffix] = _divide(weighted.sum(-1), weights.sum(-1))
+        result["fw_iou" + suffix] = divide(weighted.sum(-1), weights.sum(-1))
     if binary:
         for key in CLASS_METRICS:
             result[f"foreground_{key}"] = per_class[key][..., 1]
@@ -186,7 +186,8 @@ def to_optional(value: float | np.floating) -> float | None:
     return None if np.isnan(value) else value
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` where the denominator is positive, NaN (undefined) elsewhere."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(
             denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan
@@ -196,7 +197,7 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def _nanmean(values: np.ndarray) -> np.ndarray:
     defined = ~np.isnan(values)
     count = defined.sum(-1)
-    return _divide(np.where(defined, values, 0.0).sum(-1), count)
+    return divide(np.where(defined, values, 0.0).sum(-1), count)
 
 
 def _cell(value: float | None) -> str:

@@ -160,6 +160,9 @@ def test_predict_inference_flags_reach_the_segmenter(trained_run, tmp_path, caps
     bad_class = ["--out", str(tmp_path / "bad"), "--min-size", "3", "--postprocess-classes", "9"]
     assert main([*common, *bad_class]) == 2
     assert "9" in capsys.readouterr().err
+    three_numbers = ["--out", str(tmp_path / "bad"), "--tile-size", "32", "40", "48"]
+    assert main([*common, *three_numbers]) == 2
+    assert "a size is S or H W; got 3 numbers" in capsys.readouterr().err
     assert main([*common, *args]) == 0
     probs = np.load(tuned / "big_probs.npz")["probs"]
     assert probs.dtype == np.float16 and probs.shape[1:] == (90, 120)

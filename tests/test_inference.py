@@ -397,9 +397,8 @@ def test_load_checkpoint_on_a_folder_without_checkpoints_says_what_to_pass(tmp_p
 
 
 def test_a_one_number_image_size_means_a_square():
-    from unetkit.checkpoint import Preprocessing
-
     prep = Preprocessing([128], (0.5,), (0.5,), 1)
     assert prep.img_size == (128, 128)
+    assert Preprocessing(96, (0.5,), (0.5,), 1).img_size == (96, 96)
     with pytest.raises(ValueError, match="img_size"):
         Preprocessing([1, 2, 3], (0.5,), (0.5,), 1)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from unetkit.devices import resolve_device
 from unetkit.inference.export import onnx_bytes
+from unetkit.inference.onnx_backend import onnx_device, onnxruntime_module, ort_providers
 from unetkit.losses import build_loss
 from unetkit.models import build_model
 from unetkit.models import model_options as accepted_options
@@ -147,13 +147,13 @@ def _measure_onnxruntime(
     warmup: int,
 ) -> dict[str, Any]:
     """Forward FLOPs (counted in PyTorch) and the timing of an ONNX Runtime session."""
-    ort_device = _ort_device(device)
+    ort_device = torch.device(onnx_device(device))
     model = model.eval()
     forward = _forward_gflops(model, images)
     timing = _time_onnxruntime(model, images, threads, ort_device, steps, warmup)
     return {
         "device": _device_name(ort_device),
-        "onnxruntime_version": _onnxruntime().__version__,
+        "onnxruntime_version": onnxruntime_module().__version__,
         "gflops_per_image": forward,
         "inference": _throughput(timing, len(images), forward),
         "training": None,
@@ -307,49 +307,14 @@ def _time_onnxruntime(
     steps: int,
     warmup: int,
 ) -> list[float]:
-    """Seconds per batch of an ONNX Runtime session on the model exported to a temporary file."""
-    ort = _onnxruntime()
+    """Seconds per batch of an ONNX Runtime session on the model exported in memory."""
+    ort = onnxruntime_module()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
-        path.write_bytes(onnx_bytes(model, images))
-        session = ort.InferenceSession(str(path), options, providers=_ort_providers(device))
+    providers = ort_providers(device)
+    session = ort.InferenceSession(onnx_bytes(model, images), options, providers=providers)
     feed = {session.get_inputs()[0].name: images.numpy()}
     return _time_calls(lambda: session.run(None, feed), steps, warmup, torch.device("cpu"))
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(
-            "backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime "
-            "(or onnxruntime-gpu for CUDA)"
-        ) from error
-    return onnxruntime
-
-
-def _ort_device(device: str | torch.device) -> torch.device:
-    """ONNX Runtime's device: ``auto`` is CUDA when its CUDA provider is installed, else CPU."""
-    has_cuda = "CUDAExecutionProvider" in _onnxruntime().get_available_providers()
-    if str(device) == "auto":
-        return torch.device("cuda" if has_cuda else "cpu")
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and not has_cuda:
-        raise RuntimeError(
-            f"device {str(device)!r} was asked for, but this onnxruntime has no CUDA provider; "
-            f"pip install onnxruntime-gpu, or use device cpu"
-        )
-    if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"ONNX Runtime runs on cpu or cuda here; got device {str(device)!r}")
-    return chosen
-
-
-def _ort_providers(device: torch.device) -> list[Any]:
-    if device.type == "cuda":
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0})]
-    return ["CPUExecutionProvider"]
 
 
 # --- devices -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unetkit.data.preprocess import image_size
 from unetkit.models import build_model
 from unetkit.tasks import Task
 
@@ -40,13 +41,8 @@ class Preprocessing:
     in_channels: int
     tile_size: int | None = None
 
-    def __post_init__(self) -> None:
-        size = tuple(int(side) for side in self.img_size)
-        if len(size) == 1:  # a config's img_size may be one number: a square
-            size = size * 2
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"img_size is [H, W] or one number; got {list(self.img_size)}")
-        object.__setattr__(self, "img_size", size)
+    def __post_init__(self) -> None:  # a config's img_size may be one number: a square
+        object.__setattr__(self, "img_size", image_size(self.img_size))
 
 
 @dataclass
@@ -122,6 +118,19 @@ def model_metadata(
     }
 
 
+def preprocessing_from_dict(prep: dict[str, Any]) -> Preprocessing:
+    """:class:`Preprocessing` from its stored form (checkpoint or exported metadata); files
+    written before ``tile_size`` existed read as None."""
+    tile_size = prep.get("tile_size")
+    return Preprocessing(
+        img_size=tuple(prep["img_size"]),
+        mean=tuple(prep["mean"]),
+        std=tuple(prep["std"]),
+        in_channels=int(prep["in_channels"]),
+        tile_size=None if tile_size is None else int(tile_size),
+    )
+
+
 def model_from_checkpoint(
     checkpoint: dict[str, Any] | str | Path, weights: str = "model"
 ) -> LoadedModel:
@@ -131,14 +140,7 @@ def model_from_checkpoint(
     """
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(checkpoint)
-    prep = checkpoint["preprocessing"]
-    preprocessing = Preprocessing(
-        img_size=tuple(prep["img_size"]),
-        mean=tuple(prep["mean"]),
-        std=tuple(prep["std"]),
-        in_channels=int(prep["in_channels"]),
-        tile_size=None if prep.get("tile_size") is None else int(prep["tile_size"]),
-    )
+    preprocessing = preprocessing_from_dict(checkpoint["preprocessing"])
     task = Task(**checkpoint["task"])
     architecture = checkpoint["architecture"]
     options = {k: v for k, v in architecture["options"].items() if k != "pretrained"}

@@ -171,9 +171,7 @@ def segmenter_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Segmenter's keyword options from the shared inference flags."""
     options: dict[str, Any] = {"mode": args.mode, "overlap": args.overlap, "tta": args.tta}
     if args.tile_size:
-        options["tile_size"] = (
-            tuple(args.tile_size) if len(args.tile_size) == 2 else args.tile_size[0]
-        )
+        options["tile_size"] = _size(args.tile_size)
     if args.min_size or args.keep_largest or args.fill_holes:
         classes = tuple(args.postprocess_classes) if args.postprocess_classes else None
         options["postprocess"] = PostProcessing(
@@ -195,7 +193,7 @@ def _size(values: list[int]) -> int | tuple[int, int]:
 def _load_segmenter(args: argparse.Namespace) -> Segmenter:
     """A Segmenter from ``--checkpoint`` (PyTorch) or ``--model FILE.onnx`` (ONNX Runtime)."""
     options = segmenter_options(args)
-    backend = getattr(args, "backend", "torch")
+    backend = args.backend
     if backend in ("onnxruntime", "torchscript"):
         from unetkit.inference import onnx_backend
 

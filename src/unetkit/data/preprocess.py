@@ -79,7 +79,7 @@ def image_size(value: int | Sequence[int]) -> tuple[int, int]:
     if len(sizes) == 1:
         sizes = sizes * 2
     if len(sizes) != 2 or min(sizes) < 1:
-        raise DataError(f"image size must be [H, W] (or one number); got {value}")
+        raise DataError(f"img_size must be [H, W] (or one number); got {value}")
     return int(sizes[0]), int(sizes[1])
 
 

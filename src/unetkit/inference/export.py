@@ -44,8 +44,7 @@ from typing import Any
 import torch
 
 from unetkit import __version__
-from unetkit.checkpoint import LoadedModel, model_from_checkpoint
-from unetkit.data.preprocess import image_size
+from unetkit.checkpoint import LoadedModel, model_from_checkpoint, model_metadata
 
 FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "unetkit"
@@ -92,18 +91,15 @@ def export_model(
     opset: int | None = None,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
-    check_sizes: Sequence[tuple[int, int]] | None = None,
-    weights: str = "model",
 ) -> ExportReport:
     """Export a unetkit checkpoint to ``out_path`` as ONNX or TorchScript, checked for parity.
 
-    ``opset`` (ONNX only) defaults to the exporter's. ``check_sizes`` replaces the two default
-    ``(H, W)`` parity sizes. ``weights`` picks the checkpoint's ``model`` or ``ema`` weights.
-    Raises :class:`ExportParityError` when the file is not trustworthy.
+    ``opset`` (ONNX only) defaults to the exporter's; parity is checked at
+    :func:`parity_sizes`. Raises :class:`ExportParityError` when the file is not trustworthy.
     """
     started = time.perf_counter()
     _check_arguments(format, opset, tolerance)
-    loaded = model_from_checkpoint(checkpoint_path, weights=weights)
+    loaded = model_from_checkpoint(checkpoint_path)
     metadata = export_metadata(loaded)
     out_path = Path(out_path)
     with _temporary_sibling(out_path) as temporary:
@@ -115,7 +111,7 @@ def export_model(
             _write_torchscript(loaded.model, example, metadata, temporary)
         differences = None
         if check:
-            sizes = parity_sizes(loaded) if check_sizes is None else list(check_sizes)
+            sizes = parity_sizes(loaded)
             differences = _parity(loaded, _exported_logits(format, temporary), sizes)
             _require_parity(differences, tolerance, format, checkpoint_path)
         os.replace(temporary, out_path)
@@ -126,19 +122,18 @@ def export_model(
 def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
     """The JSON-ready description stored in an exported file: all a runtime needs besides it."""
     architecture = loaded.checkpoint["architecture"]
-    preprocessing = {
-        name: list(value) if isinstance(value, tuple) else value
-        for name, value in asdict(loaded.preprocessing).items()
-    }
-    preprocessing["img_size"] = list(image_size(loaded.preprocessing.img_size))  # [S] -> [S, S]
+    description = model_metadata(
+        architecture["name"],
+        architecture["options"],
+        loaded.task,
+        loaded.class_names,
+        loaded.preprocessing,
+    )
     return {
         "format": METADATA_FORMAT,
         "format_version": METADATA_VERSION,
         "unetkit_version": __version__,
-        "architecture": {"name": architecture["name"], "options": dict(architecture["options"])},
-        "task": {"num_classes": loaded.task.num_classes, "threshold": loaded.task.threshold},
-        "class_names": list(loaded.class_names),
-        "preprocessing": preprocessing,
+        **description,
         "size_multiple": getattr(loaded.model, "size_multiple", None),
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "channels": loaded.task.out_channels},
@@ -147,7 +142,7 @@ def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
 
 def parity_sizes(loaded: LoadedModel) -> list[tuple[int, int]]:
     """The default parity sizes ``(H, W)``: the training size, then an odd size above it."""
-    height, width = image_size(loaded.preprocessing.img_size)
+    height, width = loaded.preprocessing.img_size
     return [(height, width), (_odd_above(height, 13), _odd_above(width, 7))]
 
 
@@ -169,7 +164,7 @@ def trace_example(loaded: LoadedModel) -> torch.Tensor:
     """The tracing input: larger than either parity size (so never one of them), and large
     enough that padding reflects."""
     multiple = getattr(loaded.model, "size_multiple", 1)
-    height, width = image_size(loaded.preprocessing.img_size)
+    height, width = loaded.preprocessing.img_size
     size = (_odd_above(max(height, multiple), 15), _odd_above(max(width, multiple), 9))
     generator = torch.Generator().manual_seed(0)
     return torch.randn(1, loaded.preprocessing.in_channels, *size, generator=generator)

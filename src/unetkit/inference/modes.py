@@ -44,7 +44,7 @@ def uses_sliding(
 ) -> bool:
     """Whether a ``height x width`` image goes through sliding ``window``s under ``mode``."""
     if mode != "auto":
-        return check_mode(mode) == "sliding"
+        return mode == "sliding"  # checked when the Segmenter was built
     if preprocessing.tile_size is None:
         return False
     scaled = training_scale_size(preprocessing, height, width)

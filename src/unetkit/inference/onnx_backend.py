@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unetkit.checkpoint import Preprocessing
+from unetkit.checkpoint import Preprocessing, preprocessing_from_dict
 from unetkit.inference.export import (
     METADATA_FORMAT,
     METADATA_KEY,
@@ -45,7 +44,7 @@ class OnnxModel:
     def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
         self.path = Path(path)
         self.device = torch.device(device)
-        self.session = _session(self.path, _providers(self.device))
+        self.session = _session(self.path, ort_providers(self.device))
         self.metadata = _metadata_of(self.path, self.session)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
@@ -56,8 +55,8 @@ class OnnxModel:
     def to(self, device: str | torch.device) -> OnnxModel:
         """Run on ``device`` from now on (a new session when the provider changes)."""
         device = torch.device(device)
-        if _providers(device) != _providers(self.device):
-            self.session = _session(self.path, _providers(device))
+        if ort_providers(device) != ort_providers(self.device):
+            self.session = _session(self.path, ort_providers(device))
         self.device = device
         return self
 
@@ -111,7 +110,7 @@ def load_onnx_segmenter(
 
     ``options`` are the Segmenter's keyword options (``mode``, ``tta``, ``postprocess``, ...).
     """
-    device = _onnx_device(device)
+    device = onnx_device(device)
     model = OnnxModel(path, device=device)
     metadata = _require_metadata(model.path, model.metadata)
     task, class_names, preprocessing = segmenter_recipe(metadata)
@@ -134,29 +133,25 @@ def load_torchscript_segmenter(
 
 def segmenter_recipe(metadata: dict[str, Any]) -> tuple[Task, list[str], Preprocessing]:
     """The task, class names and preprocessing described by an exported file's metadata."""
-    known = {f.name for f in fields(Preprocessing)}
-    preprocessing = {
-        name: tuple(value) if isinstance(value, list) else value
-        for name, value in metadata["preprocessing"].items()
-        if name in known
-    }
     task = Task(**metadata["task"])
-    return task, list(metadata["class_names"]), Preprocessing(**preprocessing)
+    preprocessing = preprocessing_from_dict(metadata["preprocessing"])
+    return task, list(metadata["class_names"]), preprocessing
 
 
-def _onnx_device(device: str | torch.device) -> str | torch.device:
+def onnx_device(device: str | torch.device) -> str | torch.device:
     """``auto`` made concrete: CUDA only if both PyTorch and ONNX Runtime can use it."""
     if device != "auto":
         return device
-    cuda = torch.cuda.is_available() and CUDA_PROVIDER in _onnxruntime().get_available_providers()
+    available = onnxruntime_module().get_available_providers()
+    cuda = torch.cuda.is_available() and CUDA_PROVIDER in available
     return "cuda" if cuda else "cpu"
 
 
-def _providers(device: torch.device) -> list[Any]:
+def ort_providers(device: torch.device) -> list[Any]:
     """ONNX Runtime providers for ``device``, or an error naming the package that is missing."""
     if device.type == "cpu":
         return [CPU_PROVIDER]
-    available = _onnxruntime().get_available_providers()
+    available = onnxruntime_module().get_available_providers()
     if device.type == "cuda" and CUDA_PROVIDER in available:
         return [(CUDA_PROVIDER, {"device_id": device.index or 0}), CPU_PROVIDER]
     raise ValueError(
@@ -167,7 +162,7 @@ def _providers(device: torch.device) -> list[Any]:
 
 def _session(path: Path, providers: list[Any]) -> Any:
     """An ONNX Runtime session on ``path``, with errors that say what the file is not."""
-    ort = _onnxruntime()
+    ort = onnxruntime_module()
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model {path} does not exist")
     try:
@@ -240,7 +235,8 @@ def _torchscript_metadata(path: Path, text: str | None) -> dict[str, Any]:
     return _require_metadata(path, None if text is None else _decoded(path, text))
 
 
-def _onnxruntime() -> Any:
+def onnxruntime_module() -> Any:
+    """The onnxruntime package, or an ImportError saying how to install it."""
     try:
         import onnxruntime
     except ImportError as error:

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from torch import nn
@@ -126,7 +127,6 @@ def test_channels_last_counts_the_same_flops():
 
 
 def test_onnxruntime_backend_times_inference_only():
-    pytest.importorskip("onnxruntime")
     result = tiny_benchmark(backend="onnxruntime")
 
     assert result["backend"] == "onnxruntime" and result["onnxruntime_version"]
@@ -137,7 +137,6 @@ def test_onnxruntime_backend_times_inference_only():
 
 
 def test_exported_model_gives_the_torch_logits_at_other_sizes(tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = build_model("unet", 3, 3, **TINY).eval()
     (tmp_path / "model.onnx").write_bytes(onnx_bytes(model, torch.randn(2, 3, 32, 32)))

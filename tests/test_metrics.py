@@ -280,14 +280,14 @@ def test_stacked_headline_equals_one_matrix_at_a_time():
     assert summarize(stack[2])["mean_iou"] is None
 
 
-def test_read_only_arrays_are_counted_without_a_warning(recwarn):
+def test_read_only_arrays_are_counted_from_a_copy():
     pred = np.array(HAND_PRED, dtype=np.uint8)
     target = np.array(HAND_TARGET, dtype=np.uint8)
     pred.flags.writeable = target.flags.writeable = False  # as np.asarray(PIL image) gives
     confusion = ConfusionMatrix(3)
     confusion.update(pred, target)
     assert confusion.matrix.tolist() == HAND_MATRIX
-    assert not [w for w in recwarn if "not writable" in str(w.message)]
-    # torch warns once per process, so also check the mechanism itself: a copy, never a view
+    # torch's "not writable" warning comes once per process, so a warning check here could pass
+    # vacuously; what prevents it is the copy: as_tensor never views a read-only array
     tensor = as_tensor(pred)
     assert not np.shares_memory(tensor.numpy(), pred) and tensor.tolist() == HAND_PRED

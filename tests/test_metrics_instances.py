@@ -28,16 +28,22 @@ def test_coco_thresholds():
     assert COCO_IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
-def test_one_object_found_one_missed_and_a_false_positive_ranked_below():
-    # Class 1: ground truth A (rows 0-1, cols 0-1) and B (rows 5-6, cols 5-6); the prediction
-    # finds A exactly (score 0.9), misses B, and adds C (rows 8-9, cols 0-1, no ground truth) at
-    # score 0.8. Ranked: A (TP), C (FP) -> precision 1 up to recall 1/2 = the 51 recall points
-    # 0, 0.01, .., 0.50 -> AP = 51/101 at every threshold. PQ: TP 1 (IoU 1), FP 1, FN 1.
+def found_missed_invented(invented_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class 1: ground truth A (rows 0-1, cols 0-1) and B (rows 5-6, cols 5-6); the prediction
+    finds A exactly (score 0.9), misses B, and adds C (rows 8-9, cols 0-1, no ground truth) at
+    ``invented_score``. Returns probabilities, prediction and target."""
     target = np.zeros((10, 10), int)
     target[0:2, 0:2] = target[5:7, 5:7] = 1
     pred = np.zeros((10, 10), int)
     pred[0:2, 0:2] = pred[8:10, 0:2] = 1
-    probs = probs_with([(np.s_[0:2, 0:2], 0.9), (np.s_[8:10, 0:2], 0.8)])
+    probs = probs_with([(np.s_[0:2, 0:2], 0.9), (np.s_[8:10, 0:2], invented_score)])
+    return probs, pred, target
+
+
+def test_one_object_found_one_missed_and_a_false_positive_ranked_below():
+    # C scores 0.8. Ranked: A (TP), C (FP) -> precision 1 up to recall 1/2 = the 51 recall points
+    # 0, 0.01, .., 0.50 -> AP = 51/101 at every threshold. PQ: TP 1 (IoU 1), FP 1, FN 1.
+    probs, pred, target = found_missed_invented(0.8)
     accumulator = InstanceAccumulator(3)
     image = accumulator.update(probs, pred, target)
     assert image == {"pq": pytest.approx(1 / (1 + 1 / 2 + 1 / 2))}
@@ -57,11 +63,7 @@ def test_one_object_found_one_missed_and_a_false_positive_ranked_below():
 
 def test_false_positive_ranked_first_halves_precision():
     # As above but C scores 0.95 > A's 0.9: ranked C (FP), A (TP): precision 1/2 at recall 1/2.
-    target = np.zeros((10, 10), int)
-    target[0:2, 0:2] = target[5:7, 5:7] = 1
-    pred = np.zeros((10, 10), int)
-    pred[0:2, 0:2] = pred[8:10, 0:2] = 1
-    probs = probs_with([(np.s_[0:2, 0:2], 0.9), (np.s_[8:10, 0:2], 0.95)])
+    probs, pred, target = found_missed_invented(0.95)
     accumulator = InstanceAccumulator(3)
     accumulator.update(probs, pred, target)
     np.testing.assert_allclose(accumulator.average_precisions(1), np.full(10, 0.5 * 51 / 101))

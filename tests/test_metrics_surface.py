@@ -288,12 +288,17 @@ def test_boundary_iou_matches_brute_force_bands_on_random_blobs():
         assert boundary_iou(pred, truth, width=width) == pytest.approx(expected, abs=1e-12)
 
 
-def test_surface_scores_is_the_single_metrics_together():
+def test_surface_scores_gives_all_three_at_its_percentile_and_width():
     pred, truth = random_pairs(2, seed=3)[0]
     scores = surface_scores(pred, truth, width=2, percentile=90)
-    assert scores.hausdorff == hausdorff_distance(pred, truth, percentile=90)
-    assert scores.assd == average_symmetric_surface_distance(pred, truth)
-    assert scores.boundary_iou == boundary_iou(pred, truth, width=2)
+    forward, back = reference_distances(pred, truth)
+    hd90 = max(np.percentile(forward, 90), np.percentile(back, 90))
+    assd = (forward.sum() + back.sum()) / (forward.size + back.size)
+    pred_band, truth_band = reference_band(pred, 2), reference_band(truth, 2)
+    band_iou = (pred_band & truth_band).sum() / (pred_band | truth_band).sum()
+    assert scores.hausdorff == pytest.approx(hd90, abs=1e-9)
+    assert scores.assd == pytest.approx(assd, abs=1e-9)
+    assert scores.boundary_iou == pytest.approx(band_iou, abs=1e-12)
 
 
 # ---- clDice -----------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-import torch
 import uvicorn
 from PIL import Image
 from test_inference import assert_same_labels, rgb, write_checkpoint
@@ -44,13 +43,7 @@ TIMEOUT_S = 30
 CLASS_NAMES = ["background", "class1", "class2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and do not stall when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a server on a free port, and HTTP by hand ------------------------------------------------

@@ -41,11 +41,11 @@ def parse_duration(value: str | float | int) -> float:
 
 
 class TimeBudget:
-    """Wall-clock accounting for one run (resumable through ``already_spent``)."""
+    """Wall-clock accounting for one run (a resumed run continues it with :meth:`continue_from`)."""
 
-    def __init__(self, seconds: float, already_spent: float = 0.0) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._started = time.perf_counter() - already_spent
+        self._started = time.perf_counter()
         self.validation_reserve = 0.0
 
     def continue_from(self, spent: float) -> None:

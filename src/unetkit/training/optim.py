@@ -19,7 +19,9 @@ at ``lr * factor(k)``, where ``lr`` is each parameter group's initial rate:
     is complete are not counted.
 
 The per-step factor is a ``LambdaLR`` whose value depends on the step count only, so resuming
-from :meth:`LRSchedule.state_dict` reproduces the rate exactly.
+from :meth:`LRSchedule.state_dict` reproduces the rate exactly; with a time budget
+(``progress`` given to :func:`build_scheduler`) the decay follows the elapsed fraction of the
+budget instead, and a resumed run continues from the budget time its checkpoint recorded.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from PIL import Image
 
 from unetkit.checkpoint import load_checkpoint
 from unetkit.config import EvalConfig, config_from_dict
-from unetkit.data import build_splits
+from unetkit.data import build_splits, load_split_record
 from unetkit.inference.segmenter import Segmenter
 from unetkit.metrics.split import SplitMetrics
 
@@ -39,7 +39,7 @@ FAMILIES = {
 def load_test_samples(checkpoint_path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     checkpoint = load_checkpoint(checkpoint_path)
     cfg = config_from_dict(checkpoint["config"])
-    record = json.loads((checkpoint_path.resolve().parent.parent / "splits.json").read_text())
+    record = load_split_record(checkpoint_path.resolve().parent.parent / "splits.json")
     test = build_splits(cfg, split_record=record).test
     return [(test.names[i], *test.load(i)) for i in range(len(test))]
 
@@ -60,8 +60,7 @@ def time_families(segmenter: Segmenter, samples: list) -> dict[str, float]:
         chunk = samples[start : start + segmenter.batch_size]
         outputs += segmenter.predict_with_proba([image for _, image, _ in chunk])
     seconds = {"inference": time.perf_counter() - started}
-    enabled = {"threshold_free": False, "instances": False, "boundary": False, "report": False}
-    enabled["cldice"] = False
+    enabled = {"threshold_free": False, "instances": False, "boundary": False, "cldice": False}
     for label, switch in FAMILIES.items():
         enabled.update(switch)
         metrics = SplitMetrics(
@@ -75,8 +74,15 @@ def time_families(segmenter: Segmenter, samples: list) -> dict[str, float]:
     return seconds
 
 
-def per_image(seconds: dict[str, float], count: int) -> dict[str, float]:
-    return {key: round(value / count, 4) for key, value in seconds.items()}
+def measure(segmenter: Segmenter, samples: list, label: str) -> dict[str, dict[str, float]]:
+    """Seconds per family on ``samples``, in total and per image; printed as one JSON line."""
+    seconds = time_families(segmenter, samples)
+    result = {
+        "seconds": seconds,
+        "per_image": {key: round(value / len(samples), 4) for key, value in seconds.items()},
+    }
+    print(json.dumps({label: result}), flush=True)
+    return result
 
 
 def main() -> None:
@@ -101,20 +107,10 @@ def main() -> None:
     }
     for count in args.counts:
         chosen = samples[:count]
-        seconds = time_families(segmenter, chosen)
-        report["by_count"][len(chosen)] = {
-            "seconds": seconds,
-            "per_image": per_image(seconds, len(chosen)),
-        }
-        print(json.dumps({len(chosen): report["by_count"][len(chosen)]}), flush=True)
+        report["by_count"][len(chosen)] = measure(segmenter, chosen, label=str(len(chosen)))
     for scale in args.scales:
         chosen = [(n, *rescale(i, m, scale)) for n, i, m in samples[: args.scale_images]]
-        seconds = time_families(segmenter, chosen)
-        report["by_scale"][scale] = {
-            "seconds": seconds,
-            "per_image": per_image(seconds, len(chosen)),
-        }
-        print(json.dumps({f"x{scale}": report["by_scale"][scale]}), flush=True)
+        report["by_scale"][scale] = measure(segmenter, chosen, label=f"x{scale}")
     print(json.dumps(report, indent=1))
 
 

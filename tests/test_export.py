@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import checkpoint_payload, rgb, tiny_model
 
-from unetkit.checkpoint import Preprocessing, model_from_checkpoint, model_metadata, save_checkpoint
+from unetkit.checkpoint import Preprocessing, model_from_checkpoint, save_checkpoint
 from unetkit.inference import export as export_module
 from unetkit.inference.export import (
     ExportParityError,
@@ -30,7 +31,6 @@ from unetkit.inference.onnx_backend import (
     segmenter_recipe,
 )
 from unetkit.inference.segmenter import Segmenter
-from unetkit.models import build_model
 from unetkit.models.padding import pad_to_multiple
 from unetkit.tasks import Task
 
@@ -59,14 +59,10 @@ def write_checkpoint(
     options = dict(UNET_OPTIONS if options is None else options)
     prep = preprocessing() if prep is None else prep
     task = Task(num_classes)
-    torch.manual_seed(num_classes)
-    model = build_model(model_name, prep.in_channels, task.out_channels, **options)
-    _settle_batch_norm(model, prep.in_channels)
-    with torch.no_grad():
-        model.head.weight.mul_(8.0)
+    model = tiny_model(task, prep.in_channels, num_classes, model_name, options)
+    _settle_batch_norm(model, prep.in_channels)  # the head comes after every BatchNorm
     names = ["background", *(f"class{i}" for i in range(1, num_classes))]
-    metadata = model_metadata(model_name, options, task, names, prep)
-    save_checkpoint({**metadata, "model": model.state_dict(), "epoch": 1}, path)
+    save_checkpoint(checkpoint_payload(model, task, names, prep, model_name, options), path)
     return path
 
 
@@ -98,10 +94,6 @@ def exports(checkpoints, tmp_path_factory) -> dict[tuple[int, str], object]:
         for n, path in checkpoints.items()
         for fmt in ("onnx", "torchscript")
     }
-
-
-def rgb(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def raw_onnx_logits(path: Path, images: torch.Tensor) -> np.ndarray:

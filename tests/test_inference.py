@@ -7,36 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import checkpoint_payload, preprocessing, rgb, save_rgb, tiny_model
 from PIL import Image
 
-from unetkit.checkpoint import Preprocessing, load_checkpoint, model_metadata, save_checkpoint
+from unetkit.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
 from unetkit.data.folder import read_image
-from unetkit.data.preprocess import default_mean_std
 from unetkit.inference.palette import class_palette, colorize, overlay
 from unetkit.inference.predict import collect_inputs, output_paths, predict_files
 from unetkit.inference.segmenter import Segmenter
-from unetkit.models import build_model
 from unetkit.tasks import IGNORE_INDEX, Task
 
-MODEL_OPTIONS = {"base_width": 4, "depth": 2}
 BOUNDARY = 1e-5
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_model(task: Task, in_channels: int = 3, seed: int = 0) -> torch.nn.Module:
-    """A random tiny U-Net whose head is scaled up so it predicts a mix of classes."""
-    torch.manual_seed(seed)
-    model = build_model("unet", in_channels, task.out_channels, **MODEL_OPTIONS)
-    with torch.no_grad():
-        model.head.weight.mul_(8.0)
-    return model
-
-
-def preprocessing(in_channels: int = 3, img_size: tuple[int, int] = (16, 20)) -> Preprocessing:
-    mean, std = default_mean_std(in_channels)
-    return Preprocessing(img_size, tuple(mean), tuple(std), in_channels)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -55,10 +39,6 @@ def segmenter(
         device="cpu",
         batch_size=batch_size,
     )
-
-
-def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def labels_of(probs: np.ndarray, task: Task) -> np.ndarray:
@@ -215,14 +195,10 @@ def test_high_bit_depth_pil_image_is_not_silently_clipped():
 def write_checkpoint(path: Path, num_classes: int, in_channels: int = 3) -> Segmenter:
     """A checkpoint laid out as training writes it; returns the Segmenter it was made from."""
     original = segmenter(num_classes, in_channels, seed=5)
-    metadata = model_metadata(
-        "unet",
-        MODEL_OPTIONS,
-        original.task,
-        original.class_names,
-        original.preprocessing,
+    payload = checkpoint_payload(
+        original.model, original.task, original.class_names, original.preprocessing
     )
-    save_checkpoint({**metadata, "model": original.model.state_dict(), "epoch": 1}, path)
+    save_checkpoint(payload, path)
     return original
 
 
@@ -303,12 +279,6 @@ def test_overlay_tints_classes_and_leaves_background_alone(channels):
 
 
 # --- files on disk -----------------------------------------------------------------------------
-
-
-def save_rgb(path: Path, height: int, width: int, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb(height, width, seed)).save(path)
-    return path
 
 
 def test_collect_inputs_from_a_file_a_folder_and_a_glob(tmp_path):

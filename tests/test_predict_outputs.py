@@ -9,19 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from model_helpers import checkpoint_payload, preprocessing, save_rgb, tiny_model
 from PIL import Image
 
-from unetkit.checkpoint import Preprocessing, model_metadata, save_checkpoint
+from unetkit.checkpoint import save_checkpoint
 from unetkit.data.folder import read_image
-from unetkit.data.preprocess import default_mean_std
 from unetkit.inference.predict import output_paths, predict_files
 from unetkit.inference.segmenter import Segmenter
-from unetkit.models import build_model
 from unetkit.palette import class_palette
 from unetkit.tasks import Task
 
-MODEL_OPTIONS = {"base_width": 4, "depth": 2}
 FLOAT16_STEP = 2.0**-11  # float16 rounding error of values in [0, 1] is at most half of 2**-10
 
 
@@ -35,23 +32,11 @@ def class_names(num_classes: int) -> list[str]:
 def checkpoint_segmenter(tmp_path: Path, num_classes: int, batch_size: int = 2) -> Segmenter:
     """A Segmenter loaded from a tiny checkpoint saved as training saves it."""
     task = Task(num_classes)
-    torch.manual_seed(0)
-    model = build_model("unet", 3, task.out_channels, **MODEL_OPTIONS)
-    with torch.no_grad():
-        model.head.weight.mul_(8.0)  # so the random model predicts a mix of classes
-    mean, std = default_mean_std(3)
-    preprocessing = Preprocessing((16, 16), tuple(mean), tuple(std), 3)
-    metadata = model_metadata("unet", MODEL_OPTIONS, task, class_names(num_classes), preprocessing)
+    prep = preprocessing(img_size=(16, 16))
+    payload = checkpoint_payload(tiny_model(task), task, class_names(num_classes), prep)
     path = tmp_path / "run" / "checkpoints" / "best.pt"
-    save_checkpoint({**metadata, "model": model.state_dict(), "epoch": 1}, path)
+    save_checkpoint(payload, path)
     return Segmenter.from_checkpoint(path, device="cpu", batch_size=batch_size)
-
-
-def save_rgb(path: Path, height: int, width: int, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:

@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 import tifffile
 import uvicorn
+from model_helpers import rgb
 from PIL import Image
-from test_inference import assert_same_labels, rgb, write_checkpoint
+from test_inference import assert_same_labels, write_checkpoint
 
 from unetkit.data.folder import read_image
 from unetkit.inference.segmenter import Segmenter

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 from browser import BROWSER, HEADLESS_FLAGS, needs_browser
-from test_inference import rgb, write_checkpoint
+from model_helpers import rgb
+from test_inference import write_checkpoint
 from test_serve import decoded_png, png_file, serving, upload
 
 pytestmark = needs_browser

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import checkpoint_payload, preprocessing, rgb, tiny_model
 from scipy.signal import windows
 
-from unetkit.checkpoint import Preprocessing, model_from_checkpoint, model_metadata, save_checkpoint
+from unetkit.checkpoint import Preprocessing, model_from_checkpoint, save_checkpoint
 from unetkit.config import Config
 from unetkit.data.preprocess import default_mean_std, resize_image, to_tensor
 from unetkit.inference.segmenter import Segmenter
@@ -22,19 +23,11 @@ from unetkit.inference.sliding_window import (
     tile_grid,
     window_origins,
 )
-from unetkit.models import build_model
 from unetkit.tasks import Task
 from unetkit.training.distributed import Processes
 from unetkit.training.saving import _model_payload
 
-MODEL_OPTIONS = {"base_width": 4, "depth": 2}
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 # --- models as functions of a tile batch --------------------------------------------------------
@@ -303,16 +296,11 @@ class PixelwiseModel:
 
 
 def prep(tile_size: int | None = None) -> Preprocessing:
-    mean, std = default_mean_std(3)
-    return Preprocessing((16, 16), tuple(mean), tuple(std), 3, tile_size)
+    return preprocessing(img_size=(16, 16), tile_size=tile_size)
 
 
 def tiny_unet(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model("unet", 3, 3, **MODEL_OPTIONS)
-    with torch.no_grad():
-        model.head.weight.mul_(8.0)
-    return model
+    return tiny_model(Task(3), seed=seed)
 
 
 def unet_segmenter(trained_tile: int | None = None, **options) -> Segmenter:
@@ -358,11 +346,10 @@ def test_sliding_with_a_unet_is_independent_of_the_tile_batch():
 
 
 def write_checkpoint(path, preprocessing: Preprocessing, drop_tile_size: bool = False) -> None:
-    model = tiny_unet(seed=4)
-    metadata = model_metadata("unet", MODEL_OPTIONS, Task(3), ["bg", "a", "b"], preprocessing)
+    payload = checkpoint_payload(tiny_unet(seed=4), Task(3), ["bg", "a", "b"], preprocessing)
     if drop_tile_size:  # as written before the field existed
-        del metadata["preprocessing"]["tile_size"]
-    save_checkpoint({**metadata, "model": model.state_dict(), "epoch": 1}, path)
+        del payload["preprocessing"]["tile_size"]
+    save_checkpoint(payload, path)
 
 
 def test_a_tile_trained_checkpoint_slides_over_large_images(tmp_path):

@@ -281,9 +281,8 @@ def test_binary_folder_run_with_accumulation(tmp_path):
     _write_binary_folder(data)
     args = ["train", "--dataset", "folder", "--data-root", str(data), "--out", str(out),
             "--loss", "bce:0.5,dice:0.5", "--accum-steps", "2", "--monitor", "val_foreground_iou",
-            "--amp", *TINY]  # fmt: skip
-    with pytest.warns(UserWarning, match="amp"):
-        assert main(args) == 0
+            "--precision", "fp32", *TINY]  # fmt: skip
+    assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [c["name"] for c in metrics["dataset"]["per_class"]] == ["background", "foreground"]
     assert 0.0 <= metrics["dataset"]["foreground_iou"] <= 1.0

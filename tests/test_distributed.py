@@ -18,7 +18,20 @@ from unetkit.training.launch import launch, without_nproc
 # 30 synthetic images split 21 / 3 / 6: an odd validation split, so the two processes validate on
 # 2 and 1 images (no padding repeats); 21 training images = 11 per process (one repeat), 5 batches
 # of 2, accumulated in pairs: optimiser steps after batches 2, 4 and 5 = 3 per epoch.
-TINY = ["--img-size", "32", "40", "--batch-size", "2", "--no-progress", "--seed", "3"]
+# fp32 and contiguous: runs compared exactly, so no probe may choose differently between them
+TINY = [
+    "--img-size",
+    "32",
+    "40",
+    "--batch-size",
+    "2",
+    "--no-progress",
+    "--seed",
+    "3",
+    "--precision",
+    "fp32",
+    "--no-channels-last",
+]
 TINY_KEYS = [
     "data.synthetic_count=30",
     "model.options.base_width=4",
@@ -92,7 +105,17 @@ def test_two_gloo_processes_train_and_validate_like_one_process_evaluation(tmp_p
 
     evaluated = tmp_path / "evaluated"
     args = ["--checkpoint", str(out / "checkpoints" / "last.pt"), "--split", "val"]
-    flags = ["--out", str(evaluated), "--no-progress", "--no-report", "--device", "cpu"]
+    flags = [
+        "--out",
+        str(evaluated),
+        "--no-progress",
+        "--no-report",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--no-channels-last",
+    ]
     assert main(["evaluate", *args, *flags, *TINY_KEYS[3:]]) == 0
     metrics = json.loads((evaluated / "metrics.json").read_text())
     assert metrics["num_images"] == 3

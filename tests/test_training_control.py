@@ -26,7 +26,20 @@ from unetkit.training.signals import GracefulStop
 from unetkit.training.speed import prepare_model
 from unetkit.training.stopping import patience_exhausted, stale_epochs
 
-TINY = ["--img-size", "32", "40", "--batch-size", "4", "--no-progress", "--seed", "5"]
+# fp32 and contiguous: runs compared bit for bit, so no probe may choose differently between them
+TINY = [
+    "--img-size",
+    "32",
+    "40",
+    "--batch-size",
+    "4",
+    "--no-progress",
+    "--seed",
+    "5",
+    "--precision",
+    "fp32",
+    "--no-channels-last",
+]
 # config keys go last: argparse takes trailing KEY=VALUE pairs only after every flag
 TINY_KEYS = ["data.synthetic_count=16", "model.options.base_width=4", "model.options.depth=2"]
 

@@ -1,7 +1,9 @@
 """How fast a model runs: inference latency and throughput, training-step throughput, and FLOPs.
 
 :func:`benchmark` returns a JSON-ready dict; every figure is measured on random inputs of the asked
-size, in fp32, on one device. Definitions:
+size, on one device, in the precision and memory format asked (``auto``: the fastest safe option,
+measured as training and inference choose it, see :mod:`unetkit.precision`); which path ran is in
+each section's ``execution``. Definitions:
 
 - **FLOPs** are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real pass of the
   model, with one multiply-add counted as 2 FLOPs. Only convolutions (transposed ones included)
@@ -18,6 +20,9 @@ size, in fp32, on one device. Definitions:
   90th percentile) are reported; images/s = batch size / median latency; achieved GFLOP/s =
   GFLOPs per image x images/s. PyTorch's batch already sits on the device; ONNX Runtime is fed
   a NumPy batch, as its users feed it, so on a GPU its latency includes the copy to the device.
+- **GEMM throughput** is the machine's own ceiling at the training step's precision: the median
+  GFLOP/s of a square matrix product (4096 x 4096 on a CPU, 8192 on a GPU; 2 n^3 FLOPs);
+  ``fraction_of_gemm`` = achieved training GFLOP/s / that.
 - A **training step** is zero-grad, forward, the ``ce`` loss of :mod:`unetkit.losses` on random
   labels, backward and an AdamW step, with the model in training mode. ONNX Runtime only runs
   inference: its ``training`` entry is None (not applicable), with the reason in ``notes``.
@@ -45,6 +50,8 @@ from unetkit.inference.onnx_backend import onnx_device, onnxruntime_module, ort_
 from unetkit.losses import build_loss
 from unetkit.models import build_model
 from unetkit.models import model_options as accepted_options
+from unetkit.precision import check_layout, check_precision, choose_execution, detect_capabilities
+from unetkit.precision_probe import inference_timer, training_step_timer
 from unetkit.tasks import Task
 
 BACKENDS = ("torch", "onnxruntime")
@@ -63,7 +70,7 @@ def benchmark(
     img_size: int | tuple[int, int],
     batch_size: int,
     backend: str = "torch",
-    channels_last: bool = False,
+    channels_last: bool | str = False,
     num_classes: int = 2,
     steps: int = 10,
     warmup: int = 2,
@@ -71,6 +78,7 @@ def benchmark(
     model_options: dict[str, Any] | None = None,
     device: str | torch.device = "auto",
     in_channels: int = 3,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Speed and cost of ``model_name`` on ``batch_size`` random images of ``img_size``.
 
@@ -78,6 +86,11 @@ def benchmark(
     CPU threads of PyTorch and of ONNX Runtime alike (default: PyTorch's current setting).
     """
     height, width = _check_arguments(img_size, batch_size, backend, channels_last, steps, warmup)
+    if check_precision(precision) not in ("auto", "fp32") and backend != "torch":
+        raise ValueError(
+            f"precision {precision} applies to the torch backend; {backend} runs the exported "
+            f"fp32 graph. Drop --precision or use --backend torch"
+        )
     task = Task(num_classes)
     options = dict(model_options or {})
     torch.manual_seed(0)
@@ -87,14 +100,16 @@ def benchmark(
     result = _description(model_name, options, model, (height, width), batch_size, backend)
     with _torch_threads(threads) as thread_count:
         if backend == "torch":
+            execution = (precision, channels_last)
             measured = _measure_torch(
-                model, images, targets, task, resolve_device(device), channels_last, steps, warmup
+                model, images, targets, task, resolve_device(device), execution, steps, warmup
             )
         else:
             measured = _measure_onnxruntime(model, images, thread_count, device, steps, warmup)
     return {
         **result,
         "threads": thread_count,
+        "precision": precision,
         "channels_last": channels_last,
         "num_classes": num_classes,
         "steps": steps,
@@ -117,23 +132,33 @@ def _measure_torch(
     targets: torch.Tensor,
     task: Task,
     device: torch.device,
-    channels_last: bool,
+    asked: tuple[str, bool | str],
     steps: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """Forward FLOPs, inference timing and training-step timing with eager PyTorch."""
+    """Forward FLOPs, inference timing and training-step timing with eager PyTorch, each in the
+    execution ``asked`` (precision, channels-last) resolves to for it."""
     model, images, targets = model.to(device).eval(), images.to(device), targets.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
     forward = _forward_gflops(model, images)
-    with torch.inference_mode():
-        timing = _time_calls(lambda: model(images), steps, warmup, device)
+    capabilities = detect_capabilities(device)
+    shape = tuple(images.shape)
+    choice = choose_execution(*asked, capabilities, inference_timer(model, shape, device))
+    execution = choice.execution
+    execution.prepare(model)
+    batch = images.contiguous(memory_format=execution.memory_format)
+
+    @torch.inference_mode()
+    def infer() -> torch.Tensor:
+        with execution.autocast(device.type):
+            return model(batch)
+
+    timing = _time_calls(infer, steps, warmup, device)
+    inference = {**_throughput(timing, len(images), forward), "execution": choice.to_dict()}
     return {
         "device": _device_name(device),
         "gflops_per_image": forward,
-        "inference": _throughput(timing, len(images), forward),
-        "training": _training(model, images, targets, task, steps, warmup),
+        "inference": inference,
+        "training": _training(model, images, targets, task, asked, steps, warmup),
         "notes": [],
     }
 
@@ -170,7 +195,7 @@ def _check_arguments(
     img_size: int | tuple[int, int],
     batch_size: int,
     backend: str,
-    channels_last: bool,
+    channels_last: bool | str,
     steps: int,
     warmup: int,
 ) -> tuple[int, int]:
@@ -187,7 +212,7 @@ def _check_arguments(
         raise ValueError(f"warmup must be an integer >= 0; got {warmup!r}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if channels_last and backend != "torch":
+    if check_layout(channels_last) is True and backend != "torch":
         raise ValueError(
             f"channels_last is a PyTorch memory layout; it does not apply to backend {backend!r}. "
             f"Drop --channels-last or use --backend torch"
@@ -273,27 +298,53 @@ def _training(
     images: torch.Tensor,
     targets: torch.Tensor,
     task: Task,
+    asked: tuple[str, bool | str],
     steps: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """FLOPs and timing of a training step (the model is left trained on random data)."""
-    criterion = build_loss("ce", task).to(images.device)
+    """FLOPs and timing of a training step, in the execution ``asked`` resolves to for
+    training, against the machine's GEMM throughput at that precision (the model is left
+    trained on random data)."""
+    device = images.device
+    criterion = build_loss("ce", task).to(device)
+    model.to(memory_format=torch.contiguous_format).train()
+    batch_size = images.shape[0]
+    flops = count_flops(lambda: criterion(model(images), targets).backward()) / batch_size / 1e9
+    timer = training_step_timer(model, criterion, tuple(images.shape), task.out_channels, device)
+    choice = choose_execution(*asked, detect_capabilities(device), timer)
+    execution = choice.execution
+    execution.prepare(model)
+    batch = images.contiguous(memory_format=execution.memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        criterion(model(images), targets).backward()
+        with execution.autocast(device.type):
+            logits = model(batch)
+        criterion(logits.float(), targets).backward()
         optimizer.step()
 
-    batch_size = images.shape[0]
-    flops = count_flops(lambda: criterion(model(images), targets).backward()) / batch_size / 1e9
-    timing = _time_calls(step, steps, warmup, images.device)
+    timing = _time_calls(step, steps, warmup, device)
+    measured = _throughput(timing, batch_size, flops)
+    gemm = gemm_gflops_per_s(execution.dtype, device)
     return {
         "gflops_per_image": flops,
         "flop_convention": TRAINING_FLOP_CONVENTION,
-        **_throughput(timing, batch_size, flops),
+        **measured,
+        "execution": choice.to_dict(),
+        "gemm_gflops_per_s": gemm,
+        "fraction_of_gemm": measured["achieved_gflops_per_s"] / gemm,
     }
+
+
+def gemm_gflops_per_s(dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
+    """The median GFLOP/s of a square matrix product in ``dtype``: the machine's ceiling."""
+    size = 8192 if device.type == "cuda" else 4096
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    timing = _time_calls(lambda: a @ b, repeats, 1, device)
+    return 2 * size**3 / statistics.median(timing) / 1e9
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------

@@ -97,8 +97,9 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 8
     accum_steps: int = 1
-    amp: bool = False  # CUDA only; ignored with a warning on CPU
-    amp_dtype: str = "fp16"  # fp16 (with a gradient scaler) | bf16
+    # auto | fp32 | bf16 | fp16: auto measures a few steps and keeps the fastest safe option
+    # (see unetkit.precision); the run's config.yaml then holds what was chosen.
+    precision: str = "auto"
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -110,7 +111,8 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without a better monitor; None = off
     time_budget: str | None = None  # "90s", "20m", "1.5h" or seconds; epochs is then ignored
     ema: float | None = None  # decay of a weight moving average (e.g. 0.999); None = off
-    channels_last: bool = False  # opt-in: measured slower for U-Net training on CPU
+    channels_last: bool | str = "auto"  # auto | true | false, decided with precision
+    execution: dict[str, Any] | None = None  # filled by the run: what auto chose and measured
     compile: bool = False  # opt-in torch.compile of the training model
     sync_bn: bool = False  # SyncBatchNorm across processes (several CUDA processes only)
 
@@ -188,7 +190,7 @@ def load_config(
     """
     tree: dict[str, Any] = Config().to_dict()
     if base:
-        _merge(tree, base, where="saved config")
+        _merge(tree, upgrade_legacy_keys(base), where="saved config")
     if config_file:
         source = resolve_config_path(config_file)
         loaded = yaml.safe_load(source.read_text()) or {}
@@ -196,7 +198,7 @@ def load_config(
             raise ConfigError(
                 f"{source}: expected a mapping of sections, got {type(loaded).__name__}"
             )
-        _merge(tree, loaded, where=str(source))
+        _merge(tree, upgrade_legacy_keys(loaded), where=str(source))
     for key, value in (overrides or {}).items():
         if key == "model.name" and value != tree["model"]["name"]:
             tree["model"]["options"] = {}  # options belong to the model they were written for
@@ -211,7 +213,19 @@ def load_config(
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """Build and type-check a :class:`Config` from a nested mapping (e.g. a saved config.yaml)."""
-    return _build(Config, tree, "config")
+    return _build(Config, upgrade_legacy_keys(tree), "config")
+
+
+def upgrade_legacy_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with keys of earlier releases renamed: ``train.amp`` / ``train.amp_dtype``
+    became ``train.precision`` (a config saved with amp on reads as its amp dtype, else fp32)."""
+    train = tree.get("train")
+    if not isinstance(train, dict) or not {"amp", "amp_dtype"} & set(train):
+        return tree
+    train = dict(train)
+    amp, amp_dtype = train.pop("amp", False), train.pop("amp_dtype", "fp16")
+    train.setdefault("precision", amp_dtype if amp else "fp32")
+    return {**tree, "train": train}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
@@ -272,7 +286,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        return _coerce(value, options[0], where)
+        exact = [a for a in options if type(value) is a]  # e.g. bool | str keeps a bool
+        return _coerce(value, (exact or options)[0], where)
     if origin is list:
         items = value if isinstance(value, (list, tuple)) else [value]
         return [_coerce(v, args[0], where) for v in items]

@@ -115,7 +115,8 @@ def bench(args: argparse.Namespace) -> int:
         _size(args.img_size),
         args.batch_size,
         backend=args.backend,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last if args.backend == "torch" else False,
+        precision=args.precision,
         num_classes=args.num_classes,
         steps=args.steps,
         warmup=args.warmup,
@@ -169,7 +170,13 @@ def list_things(args: argparse.Namespace) -> int:
 
 def segmenter_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Segmenter's keyword options from the shared inference flags."""
-    options: dict[str, Any] = {"mode": args.mode, "overlap": args.overlap, "tta": args.tta}
+    options: dict[str, Any] = {
+        "mode": args.mode,
+        "overlap": args.overlap,
+        "tta": args.tta,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+    }
     if args.tile_size:
         options["tile_size"] = _size(args.tile_size)
     if args.min_size or args.keep_largest or args.fill_holes:

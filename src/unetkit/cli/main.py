@@ -32,9 +32,12 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "optimizer": ("optim.optimizer", {"choices": ["adam", "adamw", "sgd"]}),
     "scheduler": ("optim.scheduler", {"choices": ["cosine", "plateau", "poly", "none"]}),
     "accum_steps": ("train.accum_steps", {"type": int, "help": "gradient accumulation steps"}),
-    "amp": (
-        "train.amp",
-        {"action": "store_true", "default": None, "help": "mixed precision (CUDA)"},
+    "precision": (
+        "train.precision",
+        {
+            "choices": ["auto", "fp32", "bf16", "fp16"],
+            "help": "auto (default) times a few steps and keeps the fastest safe option",
+        },
     ),
     "seed": ("train.seed", {"type": int}),
     "device": ("train.device", {"help": "auto, cpu, cuda or cuda:N"}),
@@ -61,7 +64,10 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "channels_last": (
         "train.channels_last",
-        {"action": "store_true", "default": None, "help": "channels-last memory format"},
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "channels-last memory format, or not; default: measured (auto)",
+        },
     ),
     "sync_bn": (
         "train.sync_bn",
@@ -183,6 +189,18 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--tta", action="store_true", help="average flipped predictions")
     group.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default) times a few batches and keeps the fastest safe option",
+    )
+    group.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default="auto",
+        help="channels-last memory format, or not; default: measured (auto)",
+    )
+    group.add_argument(
         "--min-size", type=int, default=0, help="remove predicted components below N pixels"
     )
     group.add_argument(
@@ -225,7 +243,18 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, nargs="+", default=[256], metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (default): the fastest safe option, measured as train and predict choose it",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default="auto",
+        help="channels-last memory format, or not; default: measured (auto)",
+    )
     p.add_argument("--num-classes", type=int, default=2, help="classes including background")
     p.add_argument("--steps", type=int, default=10, help="timed steps (medians are reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")

@@ -7,6 +7,11 @@ it too, so the metrics describe the very path that ``predict`` takes.
 How an image reaches the model (``mode``: resized whole, or scaled to the training tiles' scale
 and cut into sliding windows) is decided by :mod:`unetkit.inference.modes`.
 
+``precision`` and ``channels_last`` say how the model runs (see :mod:`unetkit.precision`):
+``"auto"`` times a few batches of the model at its input size in each safe option and keeps the
+fastest; the choice is in :attr:`Segmenter.execution_choice`. Models that are not torch modules
+(ONNX Runtime, say) run as they are, in fp32.
+
 With ``tta`` each model input is also predicted flipped (:mod:`unetkit.inference.tta`); with
 ``postprocess`` the labels are cleaned (:mod:`unetkit.inference.postprocess`). Probabilities are
 never post-processed.
@@ -34,6 +39,8 @@ from unetkit.inference.sliding_window import (
     sliding_window_probabilities,
 )
 from unetkit.inference.tta import flip_averaged
+from unetkit.precision import ExecutionChoice, choose_execution, detect_capabilities
+from unetkit.precision_probe import inference_timer
 from unetkit.tasks import Task
 
 __all__ = ["ImageLike", "InferenceModel", "Segmenter"]
@@ -70,6 +77,8 @@ class Segmenter:
         overlap: float = 0.25,
         tta: bool = False,
         postprocess: PostProcessing | None = None,
+        precision: str = "fp32",
+        channels_last: bool | str = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
@@ -88,6 +97,10 @@ class Segmenter:
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.execution_choice = self._choose_execution(precision, channels_last)
+        self.execution = self.execution_choice.execution
+        if isinstance(self.model, torch.nn.Module):
+            self.execution.prepare(self.model)
 
     @classmethod
     def from_checkpoint(
@@ -209,7 +222,22 @@ class Segmenter:
         return self._model_probabilities(images)
 
     def _model_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return self.task.probabilities(self.model(images))
+        images = images.contiguous(memory_format=self.execution.memory_format)
+        with self.execution.autocast(self.device.type):
+            logits = self.model(images)
+        return self.task.probabilities(logits.float())
+
+    def _choose_execution(self, precision: str, channels_last: bool | str) -> ExecutionChoice:
+        """The asked execution; ``auto`` parts timed on a batch of model inputs."""
+        capabilities = detect_capabilities(self.device)
+        runs_as_is = not isinstance(self.model, torch.nn.Module) or isinstance(
+            self.model, torch.jit.ScriptModule
+        )
+        if runs_as_is:  # ONNX Runtime, TorchScript: the exported graph decides
+            precision, channels_last = "fp32", False
+        shape = (self.batch_size, self.preprocessing.in_channels, *self.tile_size)
+        timer = inference_timer(self.model, shape, self.device)  # type: ignore[arg-type]
+        return choose_execution(precision, channels_last, capabilities, timer)
 
 
 def _resized(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

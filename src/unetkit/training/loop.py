@@ -26,6 +26,7 @@ from unetkit.checkpoint import load_checkpoint
 from unetkit.config import Config
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
 from unetkit.inference.segmenter import Segmenter
+from unetkit.precision import describe_execution
 from unetkit.training.distributed import start_processes, stop_processes
 from unetkit.training.history import plot_history, write_history_csv
 from unetkit.training.reproducibility import capture_rng_state, restore_rng_state, seed_everything
@@ -87,6 +88,8 @@ def _start_line(parts: RunParts) -> str:
         f"run folder: {parts.run_dir}  device: {parts.device}  "
         f"train/val/test: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} images"
     )
+    if cfg.train.execution:
+        line += "\n" + describe_execution(cfg.train.execution)
     if processes.enabled:
         per_step = cfg.train.batch_size * processes.world_size * cfg.train.accum_steps
         line += (
@@ -280,7 +283,11 @@ def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
     """Evaluate ``best.pt`` on the test split at original resolution; write metrics and report."""
     best = parts.run_dir / "checkpoints" / "best.pt"
     segmenter = Segmenter.from_checkpoint(
-        best, device=parts.device, batch_size=parts.cfg.train.batch_size
+        best,
+        device=parts.device,
+        batch_size=parts.cfg.train.batch_size,
+        precision="auto",
+        channels_last="auto",
     )
     evaluation = evaluate_source(
         segmenter,

@@ -17,10 +17,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from unetkit.config import Config
 from unetkit.data import DataError, build_datasets, build_splits, check_splits, format_problems
-from unetkit.data.preprocess import resolve_mean_std
+from unetkit.data.preprocess import image_size, resolve_mean_std
 from unetkit.data.registry import DatasetSplits
 from unetkit.losses import build_loss
 from unetkit.models import build_model
+from unetkit.precision import Execution, ExecutionChoice, choose_execution, detect_capabilities
+from unetkit.precision_probe import training_step_timer
 from unetkit.tasks import Task
 from unetkit.training.budget import TimeBudget, parse_duration
 from unetkit.training.distributed import (
@@ -49,7 +51,7 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
+    execution: Execution  # precision and memory format of every step (chosen by auto)
     train_loader: DataLoader
     val_loader: DataLoader
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled where asked
@@ -123,6 +125,9 @@ def build_run(cfg: Config, run_dir: Path, processes: Processes | None = None) ->
     """Check the data, then build model, loss, optimiser, schedule and loaders from ``cfg``."""
     processes = processes or start_processes(cfg.train.device)
     device = processes.device
+    budget = None  # started first: the data check and the precision probe count too
+    if cfg.train.time_budget is not None:
+        budget = TimeBudget(parse_duration(cfg.train.time_budget))
     cfg, splits = agree_on_data(cfg, run_dir, processes)
     task = Task(cfg.task.num_classes, cfg.task.threshold)
     model = build_model(
@@ -131,22 +136,21 @@ def build_run(cfg: Config, run_dir: Path, processes: Processes | None = None) ->
     if cfg.train.sync_bn:
         model = synchronise_batchnorm(model, processes)
     model.to(device)
+    criterion = build_loss(cfg.loss.spec, task, cfg.loss.class_weights, cfg.loss.focal_gamma)
+    criterion = criterion.to(device)
+    choice = choose_training_execution(cfg, model, criterion, task, processes)
+    cfg = record_execution(cfg, choice)
     forward = prepare_model(model, cfg.train, device)
     replica = data_parallel(model, processes) if processes.enabled else None
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema is not None else None
-    criterion = build_loss(cfg.loss.spec, task, cfg.loss.class_weights, cfg.loss.focal_gamma)
     train_loader, val_loader = build_loaders(cfg, splits, processes)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     steps_per_epoch = -(-len(train_loader) // cfg.train.accum_steps)
-    budget = None
-    if cfg.train.time_budget is not None:
-        budget = TimeBudget(parse_duration(cfg.train.time_budget))
     progress = budget.progress if budget is not None else None
     schedule = build_scheduler(
         optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs, progress=progress
     )
-    amp_dtype = resolve_amp(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=choice.execution.precision == "fp16")
     train_forward = forward
     if replica is not None:
         train_forward = torch.compile(replica) if cfg.train.compile else replica
@@ -157,11 +161,11 @@ def build_run(cfg: Config, run_dir: Path, processes: Processes | None = None) ->
         task=task,
         splits=splits,
         model=model,
-        criterion=criterion.to(device),
+        criterion=criterion,
         optimizer=optimizer,
         schedule=schedule,
         scaler=scaler,
-        amp_dtype=amp_dtype,
+        execution=choice.execution,
         train_loader=train_loader,
         val_loader=val_loader,
         forward=forward,
@@ -208,17 +212,40 @@ def build_loaders(
     return train_loader, DataLoader(val_set, **val_order, **common)
 
 
-def resolve_amp(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None. AMP is a CUDA feature here: on a CPU it would slow training."""
-    if not cfg.train.amp:
-        return None
-    if device.type != "cuda":
-        warnings.warn(
-            "--amp is ignored on the CPU (no fast half-precision units); training in fp32",
-            stacklevel=2,
-        )
-        return None
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-    if cfg.train.amp_dtype not in dtypes:
-        raise ValueError(f"train.amp_dtype must be fp16 or bf16; got {cfg.train.amp_dtype!r}")
-    return dtypes[cfg.train.amp_dtype]
+def choose_training_execution(
+    cfg: Config,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    task: Task,
+    processes: Processes,
+) -> ExecutionChoice:
+    """``train.precision`` and ``train.channels_last``, ``auto`` ones measured on a few
+    training steps of this model and batch shape (see :mod:`unetkit.precision`).
+
+    A config that already holds a choice (a resumed run, or ``--config runs/X/config.yaml``) is
+    taken as it is. With several processes every one probes, then all take rank 0's choice.
+    """
+    height, width = image_size(cfg.data.img_size)
+    shape = (cfg.train.batch_size, cfg.data.in_channels, height, width)
+    timer = training_step_timer(model, criterion, shape, task.out_channels, processes.device)
+    capabilities = detect_capabilities(processes.device)
+    choice = choose_execution(cfg.train.precision, cfg.train.channels_last, capabilities, timer)
+    return processes.share(choice) if processes.enabled else choice
+
+
+def record_execution(cfg: Config, choice: ExecutionChoice) -> Config:
+    """``cfg`` with the chosen precision and layout in place of ``auto``, and the probe's record
+    (what was asked, measured and why) in ``train.execution``: config.yaml, the checkpoints and
+    the log all show it."""
+    execution = choice.execution
+    record = dict(cfg.train.execution or {})
+    if not record or choice.seconds:
+        asked = {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
+        record = {"asked": asked, **choice.to_dict()}
+    train_cfg = dataclasses.replace(
+        cfg.train,
+        precision=execution.precision,
+        channels_last=execution.channels_last,
+        execution=record,
+    )
+    return dataclasses.replace(cfg, train=train_cfg)

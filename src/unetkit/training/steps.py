@@ -29,10 +29,8 @@ class EpochTraining:
 
 
 def autocast(parts: RunParts) -> AbstractContextManager:
-    """Mixed precision where the run asked for it and the device has it, else nothing."""
-    if parts.amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(parts.device.type, dtype=parts.amp_dtype)
+    """The run's precision (nothing for fp32); see :mod:`unetkit.precision`."""
+    return parts.execution.autocast(parts.device.type)
 
 
 def seed_epoch_order(loader: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:
@@ -97,7 +95,8 @@ def _accumulate_gradients(
     skip_sync = parts.replica is not None and not synchronise
     with parts.replica.no_sync() if skip_sync else nullcontext():
         with autocast(parts):
-            loss = parts.criterion(parts.train_forward(images), masks)
+            logits = parts.train_forward(images)
+        loss = parts.criterion(logits.float(), masks)  # the loss in fp32 whatever the precision
         parts.scaler.scale(loss / parts.cfg.train.accum_steps).backward()
     return loss.detach()
 
@@ -130,8 +129,8 @@ def validate(parts: RunParts, model: Any) -> dict[str, Any]:
         images = images.to(parts.device, memory_format=layout)
         masks = masks.to(parts.device)
         with autocast(parts):
-            logits = model(images)
-            loss = parts.criterion(logits, masks)
+            logits = model(images).float()
+        loss = parts.criterion(logits, masks)
         total += loss.item() * len(images)
         count += len(images)
         confusion.update(parts.task.labels(logits), masks)

@@ -1,0 +1,106 @@
+"""Timers for :func:`unetkit.precision.choose_execution`: a few steps of the real model.
+
+Each timer runs on a deep copy of the model (the run's weights, optimiser and random generators
+are untouched, so a probed run trains exactly as an unprobed one would from the same seed) and on
+random inputs of the run's batch shape, drawn from a private generator. It returns the median
+seconds per step after one untimed warm-up step (the first call of a memory format or dtype pays
+for oneDNN / cuDNN kernel selection), or ``inf`` when the step produced a non-finite value.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from unetkit.precision import Execution
+
+Timer = Callable[[Execution], float]
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(step: Callable[[], torch.Tensor], steps: int, device: torch.device) -> float:
+    """Median wall time of ``step`` over ``steps`` calls after a warm-up; inf if non-finite."""
+    if not bool(torch.isfinite(step()).all()):
+        return math.inf
+    times = []
+    for _ in range(steps):
+        _synchronise(device)
+        started = time.perf_counter()
+        value = step()
+        _synchronise(device)
+        times.append(time.perf_counter() - started)
+        if not bool(torch.isfinite(value).all()):
+            return math.inf
+    return statistics.median(times)
+
+
+def _random_batch(
+    shape: tuple[int, int, int, int], out_channels: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(shape, generator=generator)
+    classes = max(out_channels, 2)
+    masks = torch.randint(0, classes, (shape[0], *shape[2:]), generator=generator)
+    return images.to(device), masks.to(device)
+
+
+def training_step_timer(
+    model: nn.Module,
+    criterion: nn.Module,
+    batch_shape: tuple[int, int, int, int],
+    out_channels: int,
+    device: torch.device,
+    steps: int = 3,
+) -> Timer:
+    """Seconds per forward + backward of ``model`` (a copy) on a ``batch_shape`` batch; the
+    loss is computed in fp32 as in training."""
+    images, masks = _random_batch(batch_shape, out_channels, device)
+
+    def measure(execution: Execution) -> float:
+        probe = execution.prepare(copy.deepcopy(model).to(device)).train()
+        batch = images.contiguous(memory_format=execution.memory_format)
+
+        def step() -> torch.Tensor:
+            with execution.autocast(device.type):
+                logits = probe(batch)
+            loss = criterion(logits.float(), masks)
+            loss.backward()
+            probe.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        return _median_seconds(step, steps, device)
+
+    return measure
+
+
+def inference_timer(
+    model: nn.Module,
+    batch_shape: tuple[int, int, int, int],
+    device: torch.device,
+    steps: int = 3,
+) -> Timer:
+    """Seconds per forward pass of ``model`` (a copy, in eval mode) on a ``batch_shape`` batch."""
+    images, _ = _random_batch(batch_shape, 2, device)
+
+    def measure(execution: Execution) -> float:
+        probe = execution.prepare(copy.deepcopy(model).to(device)).eval()
+        batch = images.contiguous(memory_format=execution.memory_format)
+
+        @torch.inference_mode()
+        def step() -> torch.Tensor:
+            with execution.autocast(device.type):
+                return probe(batch).float()
+
+        return _median_seconds(step, steps, device)
+
+    return measure

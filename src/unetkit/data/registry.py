@@ -3,6 +3,11 @@
 ``DATASETS`` is a plain dict from ``data.dataset`` to a builder ``Config -> DatasetContents``;
 adding a dataset is adding an entry. :func:`build_splits` picks the split (a saved record, list
 files, the dataset's official lists, or seeded ratios, in that order) and applies it.
+
+``data.tile_size`` works for every dataset: when the builder did not tile the samples itself
+(CCAgT and DRIVE do, their own way), :func:`build_splits` draws the split over the whole-image
+names exactly as without tiles, then replaces train and val by the tiles of their images; test
+stays whole images (see :mod:`unetkit.data.tiles`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from unetkit.data.splits import (
     split_from_name_lists,
     validate_split_record,
 )
+from unetkit.data.tiles import TiledSource, expand_split, tile_every_image
 
 DatasetBuilder = Callable[[Config], DatasetContents]
 
@@ -75,10 +81,13 @@ def build_contents(cfg: Config) -> DatasetContents:
 
 
 def build_splits(cfg: Config, split_record: SplitRecord | None = None) -> DatasetSplits:
-    """Train/val/test sources for ``cfg``; pass a saved ``split_record`` to reuse a split."""
+    """Train/val/test sources for ``cfg``; pass a saved ``split_record`` to reuse a split.
+
+    With ``data.tile_size`` train and val hold tiles and test whole images (module docstring).
+    """
     contents = build_contents(cfg)
-    record = choose_split_record(cfg.data, contents, split_record)
-    sources = apply_split_record(contents.source, record)
+    source, record = _source_and_record(cfg.data, contents, split_record)
+    sources = apply_split_record(source, record)
     return DatasetSplits(
         sources["train"],
         sources["val"],
@@ -87,6 +96,24 @@ def build_splits(cfg: Config, split_record: SplitRecord | None = None) -> Datase
         record,
         list(contents.problems),
     )
+
+
+def _source_and_record(
+    data: DataConfig, contents: DatasetContents, split_record: SplitRecord | None
+) -> tuple[SampleSource, SplitRecord]:
+    """The source to split and the split; with ``data.tile_size``, tiles for train and val.
+
+    The split is chosen on whole-image names first, so the same images land in the same split
+    with and without tiles. A saved ``split_record`` (of a tiled run: tile names in train/val)
+    applies to the tiled source as it is. A builder that returns a :class:`TiledSource` has
+    tiled its samples already, and its split is used unchanged.
+    """
+    if data.tile_size is None or isinstance(contents.source, TiledSource):
+        return contents.source, choose_split_record(data, contents, split_record)
+    tiled = tile_every_image(contents.source, data.tile_size)
+    if split_record is not None:
+        return tiled, validate_split_record(split_record)
+    return tiled, expand_split(tiled, choose_split_record(data, contents))
 
 
 def choose_split_record(

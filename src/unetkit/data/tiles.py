@@ -9,7 +9,9 @@ dataset can train on tiles and still be evaluated on whole images at their origi
 
 Splits must be grouped by image: tiles of one image look alike, and a split that puts some in
 train and others in test measures memory, not generalisation. Split the image names first, then
-expand them with :meth:`TiledSource.tile_names`.
+expand them with :meth:`TiledSource.tile_names`. :func:`tile_every_image` and
+:func:`expand_split` do this for any dataset (``data.tile_size``, applied by
+:func:`unetkit.data.registry.build_splits`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from unetkit.data.sources import DataError, SampleSource, UnreadableFileError
+from unetkit.data.splits import SplitRecord
 
 TILE_MARK = "@"
 
@@ -176,3 +179,35 @@ class TiledSource(SampleSource):
     def __getstate__(self) -> dict:
         """Pickled (to DataLoader workers) without the decoded image it happens to hold."""
         return {**self.__dict__, "_last": None}
+
+
+def sample_size(source: SampleSource, index: int) -> tuple[int, int]:
+    """``(height, width)`` of sample ``index``: from the header of its first file (the image, by
+    convention), so no image is decoded; a generated sample (no files) is loaded to learn it."""
+    files = source.files(index)
+    if files:
+        return header_size(files[0])
+    image, _ = source.load(index)
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def tile_every_image(source: SampleSource, tile_size: int) -> TiledSource:
+    """Every image of ``source``, whole under its own name and as its grid of ``tile_size`` tiles.
+
+    Holding both lets one split record name tiles for train/val and whole images for test.
+    """
+    sizes = [sample_size(source, index) for index in range(len(source))]
+    return TiledSource.covering(source, tile_size, sizes, include_whole=True)
+
+
+def expand_split(tiled: TiledSource, image_split: SplitRecord) -> SplitRecord:
+    """``image_split`` (whole-image names) with train and val replaced by their images' tiles.
+
+    Test keeps the whole images, so evaluation scores each pixel once at native resolution; the
+    split stays grouped by image, since it was drawn over image names.
+    """
+    return {
+        "train": tiled.tile_names(image_split["train"]),
+        "val": tiled.tile_names(image_split["val"]),
+        "test": list(image_split["test"]),
+    }

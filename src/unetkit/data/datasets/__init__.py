@@ -7,5 +7,6 @@
 from unetkit.data.datasets import camvid as camvid
 from unetkit.data.datasets import ccagt as ccagt
 from unetkit.data.datasets import drive as drive
+from unetkit.data.datasets import dsb2018 as dsb2018
 from unetkit.data.datasets import isbi2012 as isbi2012
 from unetkit.data.datasets import oxford_pet as oxford_pet

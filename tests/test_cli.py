@@ -192,7 +192,8 @@ def test_export_then_onnxruntime_predicts_the_same_masks(trained_run, tmp_path, 
     for name, shape in (("a", (45, 61, 3)), ("b", (32, 40, 3))):
         Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / f"{name}.png")
     common = ["predict", "--input", str(tmp_path / "*.png"), "--no-progress", "--no-colour"]
-    assert main([*common, "--checkpoint", best, "--out", str(tmp_path / "torch")]) == 0
+    exact = ["--precision", "fp32", "--no-channels-last"]  # the export runs fp32: compare like
+    assert main([*common, *exact, "--checkpoint", best, "--out", str(tmp_path / "torch")]) == 0
     ort_out = str(tmp_path / "ort")
     onnx_args = ["--backend", "onnxruntime", "--model", str(onnx_file), "--out", ort_out]
     assert main([*common, *onnx_args]) == 0

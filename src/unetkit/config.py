@@ -52,6 +52,7 @@ class DataConfig:
     colour_map: str | None = None  # folder: file mapping RGB mask colours to class ids
     cache: bool = False  # keep decoded, resized samples on disk and reuse them across runs
     cache_dir: str | None = None  # default: $UNETKIT_CACHE_DIR or ~/.cache/unetkit
+    train_repeats: int = 1  # passes over the training split per epoch (small splits)
     synthetic_count: int = 200  # synthetic only: images in the whole dataset
     synthetic_seed: int = 0
 
@@ -110,6 +111,7 @@ class TrainConfig:
     progress: bool = True
     patience: int | None = None  # early stopping: epochs without a better monitor; None = off
     time_budget: str | None = None  # "90s", "20m", "1.5h" or seconds; epochs is then ignored
+    final_reserve: float = 0.0  # seconds of the budget kept for the final test evaluation
     ema: float | None = None  # decay of a weight moving average (e.g. 0.999); None = off
     channels_last: bool | str = "auto"  # auto | true | false, decided with precision
     execution: dict[str, Any] | None = None  # filled by the run: what auto chose and measured
@@ -121,6 +123,7 @@ class TrainConfig:
 class EvalConfig:
     """What evaluation measures beyond pixel counts, and what it writes (see unetkit.metrics)."""
 
+    tta: bool = False  # the final test evaluation averages four flips
     threshold_free: bool = True  # ROC AUC and average precision from binned probabilities
     histogram_bins: int = 1000  # probability bins of the ROC / PR histograms
     instances: bool = True  # connected-component mAP@[.5:.95] and panoptic quality

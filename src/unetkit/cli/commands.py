@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeErr
 
 def train(args: argparse.Namespace) -> int:
     from unetkit.cli.main import TRAIN_FLAGS
+    from unetkit.cli.plan_commands import planned_config, should_plan
     from unetkit.training.launch import launch, without_nproc
     from unetkit.training.loop import train as run_training
 
@@ -52,9 +54,12 @@ def train(args: argparse.Namespace) -> int:
         overrides["train.resume"] = str(resume_path)
         overrides.setdefault("train.out", str(resume_path.resolve().parent.parent))
     cfg = load_config(args.config, overrides=overrides, dotted=args.overrides, base=base)
+    started = time.perf_counter()  # a time budget counts the planning too
+    if should_plan(args, cfg):
+        cfg = planned_config(args, cfg, overrides, base)
     if args.nproc is not None and args.nproc != 1:  # the config is valid: start the processes
         return launch(args.nproc, without_nproc(args.argv))
-    run_dir = run_training(cfg)
+    run_dir = run_training(cfg, started=started)
     if os.environ.get("RANK", "0") == "0":  # torchrun's other processes say nothing
         print(f"done: {run_dir}")
     return 0

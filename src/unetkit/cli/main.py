@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from unetkit.cli import commands, data_commands
+from unetkit.cli import commands, data_commands, plan_commands
 
 # Command-line flag -> (config key, argparse options). Every other key is reachable as a trailing
 # `section.key=value`. Subcommands pick the flags they take with `add_config_flags`.
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_plan(sub)
     _add_bench(sub)
     _add_export(sub)
     _add_serve(sub)
@@ -123,6 +124,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     add_config_flags(p, CONFIG_FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--plan",
+        choices=plan_commands.PLAN_CHOICES,
+        default="auto",
+        help="auto (default): a real dataset's run follows `unetkit plan` for every setting not "
+        "given; on: the synthetic demo too; off: the defaults",
+    )
     p.add_argument(
         "--nproc",
         type=int,
@@ -233,6 +241,21 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     add_inference_flags(p)
     p.set_defaults(handler=commands.predict)
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="fingerprint a dataset, measure this machine, write the training config they call for",
+        epilog="With --time-budget the plan also picks model, input size, precision, "
+        "augmentation, validation share and TTA from measured step times; without it only the "
+        "data-driven choices (resize or tiles, scale). Train with --config FILE.",
+    )
+    flags = (*DATASET_FLAGS, "time_budget", "batch_size", "device", "precision", "channels_last")
+    add_config_flags(p, flags)
+    p.add_argument("--out", help="the config YAML to write (default plan-<dataset>.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=plan_commands.plan)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -11,6 +11,9 @@ How the budget drives the run:
   validated and checkpointed as usual, so validation sits inside the budget, up to the error of
   predicting its length from the previous one. The first epoch has no such estimate, so a run
   may overshoot by one validation.
+* ``final_reserve`` seconds (``train.final_reserve``, set by the planner from a measured
+  estimate) are kept at the end for the test evaluation, so the whole run fits the budget. The
+  clock may start before training does (``started``): planning and the data check count.
 * Elapsed time is stored in checkpoints: a resumed run continues the same budget. Because the
   schedule reads a clock, a budgeted run is not bit-for-bit repeatable (an epoch-count run is).
 """
@@ -43,9 +46,12 @@ def parse_duration(value: str | float | int) -> float:
 class TimeBudget:
     """Wall-clock accounting for one run (a resumed run continues it with :meth:`continue_from`)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(
+        self, seconds: float, final_reserve: float = 0.0, started: float | None = None
+    ) -> None:
         self.seconds = seconds
-        self._started = time.perf_counter()
+        self.final_reserve = final_reserve
+        self._started = time.perf_counter() if started is None else started
         self.validation_reserve = 0.0
 
     def continue_from(self, spent: float) -> None:
@@ -59,8 +65,13 @@ class TimeBudget:
 
     def progress(self) -> float:
         """The fraction of the training time used, in [0, 1] (see the module docstring)."""
-        training_seconds = max(self.seconds - self.validation_reserve, 1e-9)
+        training_seconds = max(self.seconds - self.validation_reserve - self.final_reserve, 1e-9)
         return min(max(self.elapsed / training_seconds, 0.0), 1.0)
+
+    @property
+    def remaining(self) -> float:
+        """Seconds of the whole budget left (negative once over)."""
+        return self.seconds - self.elapsed
 
     def exhausted(self) -> bool:
         """Whether training steps should stop now."""

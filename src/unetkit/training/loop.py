@@ -38,15 +38,18 @@ from unetkit.training.steps import train_one_epoch, validate
 from unetkit.training.stopping import patience_exhausted, stale_epochs
 
 
-def train(cfg: Config) -> Path:
-    """Train as ``cfg`` says, write everything into the run folder, and return that folder."""
+def train(cfg: Config, started: float | None = None) -> Path:
+    """Train as ``cfg`` says, write everything into the run folder, and return that folder.
+
+    ``started``: when the time budget's clock started (``time.perf_counter()``), if before this
+    call, e.g. when the run was planned first."""
     processes = start_processes(cfg.train.device)
     try:
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         run_dir = Path(processes.share(str(resolve_run_dir(cfg))))
         if processes.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        parts = build_run(cfg, run_dir, processes)
+        parts = build_run(cfg, run_dir, processes, started)
         if processes.rank > 0:  # same weights (DDP copies rank 0's), different augmentations
             seed_everything(cfg.train.seed + processes.rank, cfg.train.deterministic)
         return _train(parts)
@@ -288,6 +291,7 @@ def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
         batch_size=parts.cfg.train.batch_size,
         precision="auto",
         channels_last="auto",
+        tta=parts.cfg.eval.tta,
     )
     evaluation = evaluate_source(
         segmenter,

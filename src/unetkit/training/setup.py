@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from unetkit.config import Config
 from unetkit.data import DataError, build_datasets, build_splits, check_splits, format_problems
@@ -121,13 +121,19 @@ def agree_on_data(cfg: Config, run_dir: Path, processes: Processes) -> tuple[Con
     return complete_config(cfg, splits), splits
 
 
-def build_run(cfg: Config, run_dir: Path, processes: Processes | None = None) -> RunParts:
-    """Check the data, then build model, loss, optimiser, schedule and loaders from ``cfg``."""
+def build_run(
+    cfg: Config, run_dir: Path, processes: Processes | None = None, started: float | None = None
+) -> RunParts:
+    """Check the data, then build model, loss, optimiser, schedule and loaders from ``cfg``.
+
+    ``started`` (a ``time.perf_counter()`` value) is when the time budget's clock started, if
+    earlier than now (planning counts)."""
     processes = processes or start_processes(cfg.train.device)
     device = processes.device
     budget = None  # started first: the data check and the precision probe count too
     if cfg.train.time_budget is not None:
-        budget = TimeBudget(parse_duration(cfg.train.time_budget))
+        seconds = parse_duration(cfg.train.time_budget)
+        budget = TimeBudget(seconds, cfg.train.final_reserve, started)
     cfg, splits = agree_on_data(cfg, run_dir, processes)
     task = Task(cfg.task.num_classes, cfg.task.threshold)
     model = build_model(
@@ -192,6 +198,8 @@ def build_loaders(
         "persistent_workers": cfg.data.num_workers > 0,
     }
     train_set, val_set = datasets["train"], datasets["val"]
+    if cfg.data.train_repeats > 1:  # one epoch = several passes: validation stays a small share
+        train_set = ConcatDataset([train_set] * cfg.data.train_repeats)
     train_order: dict[str, Any] = {"shuffle": True}
     val_order: dict[str, Any] = {"shuffle": False}
     shard_length = len(train_set)

@@ -54,7 +54,7 @@ def train_one_epoch(parts: RunParts, epoch: int, stop: GracefulStop) -> EpochTra
     total, count, steps = 0.0, 0, 0
     bar = tqdm(
         parts.train_loader,
-        desc=f"epoch {epoch}/{cfg.train.epochs}",
+        desc=_epoch_label(parts, epoch),
         leave=False,
         disable=not (cfg.train.progress and processes.is_main),
         unit="batch",
@@ -82,6 +82,19 @@ def train_one_epoch(parts: RunParts, epoch: int, stop: GracefulStop) -> EpochTra
             break
     total, count = processes.sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return EpochTraining(total / max(count, 1), steps)
+
+
+def _epoch_label(parts: RunParts, epoch: int) -> str:
+    """``epoch 3/12``, or under a time budget ``epoch 3 (14m05s of 20m00s left)``."""
+    budget = parts.budget
+    if budget is None:
+        return f"epoch {epoch}/{parts.cfg.train.epochs}"
+    return f"epoch {epoch} ({_clock(budget.remaining)} of {_clock(budget.seconds)} left)"
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(max(int(seconds), 0), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def _accumulate_gradients(

@@ -1,0 +1,77 @@
+"""``unetkit plan``, and the planning step of ``unetkit train`` (see :mod:`unetkit.planning.plan`).
+
+``train`` plans when ``--plan`` is ``auto`` (the default) and the run trains a real dataset from
+scratch in one process; ``--plan on`` plans the synthetic demo too, ``--plan off`` never plans.
+The plan fills only the config keys that neither ``--config`` nor a flag nor a ``KEY=VALUE``
+pair set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unetkit.config import Config, load_config, resolve_config_path
+from unetkit.data.preprocess import image_size
+from unetkit.training.budget import parse_duration
+
+PLAN_CHOICES = ("auto", "on", "off")
+
+
+def plan(args: argparse.Namespace) -> int:
+    from unetkit.cli.data_commands import config_from_args
+    from unetkit.planning.plan import make_plan
+
+    cfg = config_from_args(args)
+    budget = parse_duration(cfg.train.time_budget) if cfg.train.time_budget else None
+    made = make_plan(cfg, budget, progress=not args.no_progress)
+    print(made.describe())
+    out = Path(args.out or f"plan-{cfg.data.dataset}.yaml")
+    out.write_text(made.to_yaml(cfg))
+    print(f"wrote {out}; train with: unetkit train --config {out}")
+    return 0
+
+
+def should_plan(args: argparse.Namespace, cfg: Config) -> bool:
+    """Whether ``train`` plans this run (see the module docstring)."""
+    if args.plan == "off" or args.resume:
+        return False
+    several = (args.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several:
+        if args.plan == "on":
+            raise ValueError(
+                "--plan on runs in one process; plan first with `unetkit plan ... --out "
+                "plan.yaml`, then train with --config plan.yaml --plan off"
+            )
+        return False
+    return args.plan == "on" or cfg.data.dataset != "synthetic"
+
+
+def planned_config(
+    args: argparse.Namespace, cfg: Config, overrides: dict[str, Any], base: dict | None
+) -> Config:
+    """``cfg`` with the plan under every key the user set, the plan printed."""
+    from unetkit.planning.plan import make_plan
+
+    budget = parse_duration(cfg.train.time_budget) if cfg.train.time_budget else None
+    made = make_plan(cfg, budget, progress=cfg.train.progress)
+    print(made.describe(), flush=True)
+    planned = made.overrides(explicit_keys(args, overrides), max(image_size(cfg.data.img_size)))
+    return load_config(
+        args.config, overrides={**planned, **overrides}, dotted=args.overrides, base=base
+    )
+
+
+def explicit_keys(args: argparse.Namespace, overrides: dict[str, Any]) -> set[str]:
+    """The dotted config keys a person set: flags, ``KEY=VALUE`` pairs and ``--config``."""
+    keys = set(overrides)
+    keys |= {item.partition("=")[0].strip() for item in args.overrides or []}
+    if args.config:
+        tree = yaml.safe_load(resolve_config_path(args.config).read_text()) or {}
+        keys |= {f"{section}.{key}" for section, values in tree.items()
+                 if isinstance(values, dict) for key in values}  # fmt: skip
+    return keys

@@ -1,0 +1,131 @@
+"""What the planner measures on the machine: step times of candidate models, inference time, and
+the cost of scoring one test image. Each figure is a median of a few real calls, never a guess.
+
+Training-step probes time forward + backward (:mod:`unetkit.precision_probe`); the optimiser
+update and data loading are added as :data:`STEP_OVERHEAD` (the data pipeline measured 9% of an
+epoch on the Pet subset, AdamW's element-wise update a few % more; see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetkit.config import EvalConfig
+from unetkit.data.sources import SampleSource
+from unetkit.losses import build_loss
+from unetkit.metrics.split import SplitMetrics
+from unetkit.models import build_model
+from unetkit.planning.decisions import Candidate
+from unetkit.precision import Execution
+from unetkit.precision_probe import inference_timer, training_step_timer
+from unetkit.tasks import Task
+
+STEP_OVERHEAD = 1.15
+
+# (model name, options) in rising cost; the planner stops a model's sizes once one is too slow.
+MODEL_LADDER: list[tuple[str, dict[str, Any]]] = [
+    ("unet", {"base_width": 16}),
+    ("unet", {"base_width": 24}),
+    ("resnet34-unet", {}),
+    ("unet", {"base_width": 32}),
+]
+
+
+@dataclass(frozen=True)
+class ProbeSetting:
+    """What every candidate is measured with."""
+
+    in_channels: int
+    task: Task
+    batch_size: int
+    execution: Execution
+    device: torch.device
+
+
+def build_candidate_model(name: str, options: dict[str, Any], setting: ProbeSetting) -> Any:
+    torch.manual_seed(0)
+    return build_model(name, setting.in_channels, setting.task.out_channels, **options)
+
+
+def step_seconds(name: str, options: dict[str, Any], side: int, setting: ProbeSetting) -> float:
+    """Seconds per optimiser step of ``name`` at ``side`` x ``side`` (overhead included)."""
+    model = build_candidate_model(name, options, setting).to(setting.device)
+    criterion = build_loss("ce:0.5,dice:0.5", setting.task).to(setting.device)
+    shape = (setting.batch_size, setting.in_channels, side, side)
+    timer = training_step_timer(
+        model, criterion, shape, setting.task.out_channels, setting.device, steps=2
+    )
+    return timer(setting.execution) * STEP_OVERHEAD
+
+
+def measure_candidates(
+    sides: Iterable[int],
+    setting: ProbeSetting,
+    training_seconds: float,
+    allowance: float,
+    min_steps: int,
+) -> list[Candidate]:
+    """Step times along :data:`MODEL_LADDER` x ``sides`` until ``allowance`` seconds are spent.
+
+    A model's larger sides are skipped once one of its sizes cannot get ``min_steps`` steps in
+    ``training_seconds``; so are the later (costlier) models once their smallest size cannot.
+    """
+    started = time.perf_counter()
+    sides = sorted(sides)
+    measured: list[Candidate] = []
+    for name, options in MODEL_LADDER:
+        for index, side in enumerate(sides):
+            if time.perf_counter() - started > allowance and measured:
+                return measured
+            seconds = step_seconds(name, options, side, setting)
+            measured.append(Candidate(name, dict(options), side, seconds))
+            if training_seconds / seconds < min_steps:
+                if index == 0:
+                    return measured
+                break
+    return measured
+
+
+def inference_seconds_per_image(candidate: Candidate, setting: ProbeSetting) -> float:
+    """Seconds of one forward pass per image at the candidate's input size."""
+    model = build_candidate_model(candidate.model, candidate.options, setting).to(setting.device)
+    shape = (setting.batch_size, setting.in_channels, candidate.input_side, candidate.input_side)
+    return inference_timer(model, shape, setting.device, steps=2)(setting.execution) / shape[0]
+
+
+def scoring_seconds_per_image(
+    source: SampleSource, class_names: list[str], options: EvalConfig, samples: int = 3
+) -> float:
+    """Seconds to load one image and run every metric family on it (at native size), with a
+    slightly wrong prediction (the truth shifted by 2 px) so that every family has work."""
+    binary = len(class_names) == 2
+    metrics = SplitMetrics(class_names, binary, options)
+    picks = np.linspace(0, len(source) - 1, num=min(samples, len(source))).astype(int)
+    started = time.perf_counter()
+    for index in picks:
+        _, mask = source.load(int(index))
+        prediction = np.roll(mask, 2, axis=(0, 1))
+        prediction[prediction == 255] = 0
+        probs = _one_hot(prediction, len(class_names))
+        metrics.add(str(index), probs, prediction, mask)
+    return (time.perf_counter() - started) / len(picks)
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    probs = np.zeros((num_classes, *labels.shape), dtype=np.float32)
+    for k in range(num_classes):
+        probs[k] = labels == k
+    return probs
+
+
+def timed(run: Callable[[], Any]) -> tuple[Any, float]:
+    """``run()`` and the seconds it took."""
+    started = time.perf_counter()
+    value = run()
+    return value, time.perf_counter() - started

@@ -1,0 +1,271 @@
+"""``unetkit plan``: a dataset and a time budget in, a training config out, each choice with its
+reason.
+
+:func:`make_plan` fingerprints the training split (:mod:`unetkit.planning.fingerprint`), decides
+resize or tiles from it, measures the machine (precision, candidate step times, inference and
+scoring cost; at most :data:`~unetkit.planning.decisions.PROBE_SHARE` of the budget), then
+applies the rules of :mod:`unetkit.planning.decisions`. The result is a set of config keys;
+``train`` takes them under any key the user set, so an explicit flag always wins.
+
+Without a budget only the data-driven choices are made (scale, tiles, input size, caching): a
+real dataset is never shrunk until its structures vanish, whatever the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from unetkit.config import Config, config_from_dict
+from unetkit.data import build_splits
+from unetkit.data.preprocess import image_size
+from unetkit.data.registry import DatasetSplits
+from unetkit.devices import resolve_device
+from unetkit.losses import build_loss
+from unetkit.planning import decisions
+from unetkit.planning.decisions import Candidate
+from unetkit.planning.fingerprint import DatasetFingerprint, fingerprint_source
+from unetkit.planning.measure import (
+    MODEL_LADDER,
+    ProbeSetting,
+    build_candidate_model,
+    inference_seconds_per_image,
+    measure_candidates,
+    scoring_seconds_per_image,
+)
+from unetkit.precision import Execution, ExecutionChoice, choose_execution, detect_capabilities
+from unetkit.precision_probe import training_step_timer
+from unetkit.tasks import Task
+
+RESIZE_SIDES = (128, 160, 192, 256)
+TILE_SIDES = (128, 192, 256)
+DEFAULT_TILE_SIDE = 256  # without a budget
+EVALUATION_SAFETY = 1.3  # the final evaluation's estimate is a few measured images
+
+
+@dataclass
+class Plan:
+    """Config keys chosen for a run, why, and what was measured to choose them."""
+
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted config key -> value
+    reasons: dict[str, str] = field(default_factory=dict)  # decision -> why
+    fingerprint: DatasetFingerprint | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # how long planning took (counted in the budget)
+
+    def choose(self, keys: dict[str, Any], decision: str, reason: str) -> None:
+        self.settings.update(keys)
+        self.reasons[decision] = reason
+
+    def overrides(self, explicit: set[str], input_side: int | None = None) -> dict[str, Any]:
+        """The plan's keys that the user did not set (``model.options`` goes with
+        ``model.name``: options belong to the model they were written for). When the user set
+        the input size (``input_side``, its longer side), planned tiles keep the planned scale."""
+        skip = set(explicit)
+        if any(k == "model.name" or k.startswith("model.options") for k in explicit):
+            skip |= {"model.name", "model.options"}
+        chosen = {k: v for k, v in self.settings.items() if k not in skip}
+        scale = self.measured.get("tile_scale")
+        if scale and "data.tile_size" in chosen and "data.img_size" in explicit and input_side:
+            chosen["data.tile_size"] = max(input_side, round(input_side / scale))
+        return chosen
+
+    def describe(self) -> str:
+        lines = ["data:"] + [f"  {line}" for line in self.fingerprint.summary_lines()]
+        lines.append("plan:")
+        lines += [f"  {decision}: {reason}" for decision, reason in self.reasons.items()]
+        lines.append("settings:")
+        lines += [f"  {key}: {value}" for key, value in self.settings.items()]
+        lines.append(f"planned in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+    def config(self, cfg: Config) -> Config:
+        """``cfg`` with every planned key set."""
+        tree = cfg.to_dict()
+        for key, value in self.settings.items():
+            section, _, name = key.partition(".")
+            tree[section][name] = value
+        return config_from_dict(tree)
+
+    def to_yaml(self, cfg: Config) -> str:
+        """A config file ``train --config`` takes, the reasons as comments above it."""
+        header = "".join(f"# {d}: {r}\n" for d, r in self.reasons.items())
+        return header + yaml.safe_dump(self.config(cfg).to_dict(), sort_keys=False)
+
+
+def make_plan(cfg: Config, budget_seconds: float | None, progress: bool = True) -> Plan:
+    """The plan for ``cfg``'s dataset; the compute choices only with ``budget_seconds``."""
+    started = time.perf_counter()
+    whole = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tile_size=None))
+    splits = build_splits(whole)
+    plan = Plan(fingerprint=fingerprint_source(splits.train, splits.class_names, progress=progress))
+    if budget_seconds is None:
+        _plan_data_only(plan, cfg)
+    else:
+        _plan_for_budget(plan, cfg, splits, budget_seconds, started)
+    plan.seconds = time.perf_counter() - started
+    return plan
+
+
+def _plan_data_only(plan: Plan, cfg: Config) -> None:
+    """Keep the configured input size unless it would erase the structures; then tiles."""
+    side = max(image_size(cfg.data.img_size))
+    scale = decisions.choose_scale(plan.fingerprint, side)
+    if not scale.tiles:
+        plan.reasons["scale"] = scale.reason
+        return
+    scale = decisions.choose_scale(plan.fingerprint, DEFAULT_TILE_SIDE)
+    _choose_tiles(plan, scale, DEFAULT_TILE_SIDE)
+
+
+def _choose_tiles(plan: Plan, scale: decisions.Scale, side: int) -> None:
+    tile = max(side, round(side / scale.factor))
+    plan.measured["tile_scale"] = scale.factor
+    keys = {"data.img_size": [side, side], "data.tile_size": tile, "data.cache": True}
+    plan.choose(
+        keys,
+        "scale",
+        f"{scale.reason}; tiles of {tile} px as {side} px inputs, "
+        "cached on disk (each tile would otherwise decode its whole image)",
+    )
+
+
+def _plan_for_budget(
+    plan: Plan, cfg: Config, splits: DatasetSplits, budget: float, started: float
+) -> None:
+    """Precision, model, input size, tiles, augmentation, validation share and TTA."""
+    fingerprint = plan.fingerprint
+    sides = [s for s in RESIZE_SIDES if not decisions.choose_scale(fingerprint, s).tiles]
+    scale = decisions.choose_scale(fingerprint, max(sides or RESIZE_SIDES))
+    sides = sides or list(TILE_SIDES)
+    setting, choice = _probe_setting(cfg, splits, min(sides))
+    plan.choose(
+        {
+            "train.precision": setting.execution.precision,
+            "train.channels_last": setting.execution.channels_last,
+        },
+        "precision",
+        choice.describe(),
+    )
+    scoring = scoring_seconds_per_image(splits.test, splits.class_names, cfg.eval)
+    check = _data_check_seconds(splits)
+    allowance = decisions.PROBE_SHARE * budget
+    rough_evaluation = len(splits.test) * scoring
+    spent = time.perf_counter() - started
+    training = (budget - spent - allowance - check - rough_evaluation) * (
+        1 - decisions.VALIDATION_SHARE
+    )
+    candidates = measure_candidates(sides, setting, training, allowance, decisions.MIN_STEPS)
+    chosen, reason = decisions.choose_candidate(candidates, training)
+    plan.measured["candidates_ms_per_step"] = {
+        c.label: round(c.step_seconds * 1e3, 1) for c in candidates
+    }
+    plan.measured.update(scoring_s_per_image=round(scoring, 4), data_check_s=round(check, 1))
+    plan.choose(
+        {
+            "model.name": chosen.model,
+            "model.options": dict(chosen.options),
+            "data.img_size": [chosen.input_side, chosen.input_side],
+            "train.batch_size": setting.batch_size,
+        },
+        "model",
+        f"{chosen.label}: {reason}",
+    )
+    if scale.tiles:
+        _choose_tiles(plan, scale, chosen.input_side)
+    else:
+        plan.choose({"data.tile_size": None}, "scale", scale.reason)
+    _plan_schedule(plan, cfg, chosen, setting, training, scoring, budget)
+
+
+def _plan_schedule(
+    plan: Plan,
+    cfg: Config,
+    chosen: Candidate,
+    setting: ProbeSetting,
+    training: float,
+    scoring: float,
+    budget: float,
+) -> None:
+    """Augmentation, repeats per epoch, warm-up, TTA and the final evaluation's reserve."""
+    splits = build_splits(plan.config(cfg))  # tiles counted as training samples
+    train_samples, val_samples = len(splits.train), len(splits.val)
+    steps = training / chosen.step_seconds
+    passes = steps * setting.batch_size / max(train_samples, 1)
+    per_image = inference_seconds_per_image(chosen, setting)
+    one_pass = train_samples / setting.batch_size * chosen.step_seconds
+    repeats = decisions.train_repeats(one_pass, val_samples * per_image)
+    augment, augment_reason = decisions.choose_augmentation(passes)
+    plan.choose({"data.augment": augment}, "augmentation", augment_reason)
+    plan.choose(
+        {
+            "data.train_repeats": repeats,
+            "optim.warmup_epochs": decisions.warmup_epochs(passes / repeats),
+        },
+        "validation",
+        f"one validation ({val_samples} samples, ~{val_samples * per_image:.1f} s) per "
+        f"{repeats} pass(es) over the {train_samples} training samples "
+        f"(~{one_pass * repeats:.0f} s) keeps it under "
+        f"{decisions.VALIDATION_SHARE:.0%} of training; warm-up over the first "
+        f"{decisions.WARMUP_SHARE:.0%} of ~{steps:.0f} steps",
+    )
+    windows = _windows_per_test_image(plan, chosen.input_side)
+    inference = len(splits.test) * windows * per_image
+    tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget)
+    evaluation = len(splits.test) * scoring + inference * (4 if tta else 1)
+    reserve = round(evaluation * EVALUATION_SAFETY + 5.0, 1)
+    plan.choose(
+        {"eval.tta": tta, "train.final_reserve": reserve},
+        "test evaluation",
+        f"{tta_reason}; {reserve:.0f} s of the budget kept for it",
+    )
+    plan.measured.update(inference_s_per_image=round(per_image, 4), planned_steps=round(steps))
+
+
+def _windows_per_test_image(plan: Plan, side: int) -> int:
+    """Model inputs per median test image: 1 when resized, else the sliding windows."""
+    tile = plan.settings.get("data.tile_size")
+    if not tile:
+        return 1
+    factor = side / tile
+    fingerprint = plan.fingerprint
+    stride = 0.75 * side  # the Segmenter's default overlap of 0.25
+    rows = math.ceil(max(fingerprint.height.median * factor - side, 0) / stride) + 1
+    cols = math.ceil(max(fingerprint.width.median * factor - side, 0) / stride) + 1
+    return rows * cols
+
+
+def _probe_setting(
+    cfg: Config, splits: DatasetSplits, side: int
+) -> tuple[ProbeSetting, ExecutionChoice]:
+    """The device, batch size and precision every candidate is measured with; precision is
+    chosen on the cheapest candidate as training would choose it."""
+    device = resolve_device(cfg.train.device)
+    task = Task(len(splits.class_names), cfg.task.threshold)
+    batch_size = cfg.train.batch_size
+    name, options = MODEL_LADDER[0]
+    base = ProbeSetting(cfg.data.in_channels, task, batch_size, Execution(), device)
+    model = build_candidate_model(name, options, base).to(device)
+    criterion = build_loss(cfg.loss.spec, task).to(device)
+    shape = (batch_size, cfg.data.in_channels, side, side)
+    timer = training_step_timer(model, criterion, shape, task.out_channels, device)
+    choice = choose_execution(
+        cfg.train.precision, cfg.train.channels_last, detect_capabilities(device), timer
+    )
+    return dataclasses.replace(base, execution=choice.execution), choice
+
+
+def _data_check_seconds(splits: DatasetSplits, samples: int = 3) -> float:
+    """The data check reads every sample once: that many times a measured load."""
+    source = splits.train
+    started = time.perf_counter()
+    count = min(samples, len(source))
+    for index in range(count):
+        source.load(index)
+    per_sample = (time.perf_counter() - started) / max(count, 1)
+    return per_sample * (len(splits.train) + len(splits.val) + len(splits.test))

@@ -5,21 +5,26 @@
 
 Both models run in this one process on the same batch, image size and thread count, with random
 weights (``encoder_weights=None``: nothing is downloaded; speed does not depend on the weights).
-Measured per model: a training step (forward, BCE-with-logits loss on one class, backward, AdamW
-step), an inference batch (eval mode, ``torch.inference_mode``) and the same inference with both
-model and batch in channels-last memory format. The timings are interleaved (A, B, then B, A on
-the next repeat, so neither model always runs second) because the CPU may be shared: the ratio
-ours / smp is given both as the ratio of the medians and as the median of the per-repeat ratios,
-which cancels slow phases that hit both models of one repeat.
+Measured per model, in fp32 eager (what smp's users run) and in the execution unetkit's
+``--precision auto`` picks on this machine (its training probe on our model; e.g. ``bf16+channels-
+last``): a training step (forward, BCE-with-logits loss on one class in fp32, backward, AdamW step)
+and an inference batch (eval mode, ``torch.inference_mode``). Targets: ours under ``auto`` at least
+3x smp in fp32, and no slower than smp in the same execution.
+
+The timings are interleaved (A, B, then B, A on the next repeat, so neither model always runs
+second) because the CPU may be shared: the ratio ours / smp is given both as the ratio of the
+medians and as the median of the per-repeat ratios, which cancels slow phases that hit both models
+of one repeat.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (one multiply-add counts 2 FLOPs;
-convolutions and matrix products only, so the elementwise work of BatchNorm, ReLU and AdamW is
-not counted): per image for a forward pass, and per step for a real training step (forward and
-backward). The fraction of peak FP32 throughput is training GFLOPs per step / median seconds per
-step, over ``threads x clock x FP32 FLOPs per cycle per core``; see :func:`cpu_peak_gflops` for
-where each number comes from. A figure this script cannot establish (the FLOPs per cycle of an
-unknown CPU) is None, never a guess.
-"""
+convolutions and matrix products only, so the elementwise work of BatchNorm, ReLU and AdamW is not
+counted): per image for a forward pass, and per step for a real training step (forward and
+backward). The fraction of the machine's GEMM throughput (``unetkit.bench.gemm_gflops_per_s``: a
+4096 x 4096 matrix product at the execution's precision) is training GFLOPs per step / median
+seconds per step / that. The fraction of peak FP32 throughput is training GFLOPs per step / median
+seconds per step, over ``threads x clock x FP32 FLOPs per cycle per core``; see
+:func:`cpu_peak_gflops` for where each number comes from. A figure this script cannot establish (the
+FLOPs per cycle of an unknown CPU) is None, never a guess."""
 
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from unetkit.bench import gemm_gflops_per_s
 from unetkit.models import build_model
+from unetkit.precision import Execution, choose_execution, detect_capabilities
+from unetkit.precision_probe import training_step_timer
 
 try:
     import segmentation_models_pytorch as smp
@@ -43,8 +51,6 @@ except ImportError as error:  # a benchmark-only optional dependency
         f"segmentation_models_pytorch is not installed ({error}); install the benchmark extra: "
         f'pip install -e ".[bench]"'
     ) from error
-
-MEASURES = ("train step", "eval", "eval channels-last")
 
 
 def build_models() -> dict[str, nn.Module]:
@@ -56,34 +62,54 @@ def build_models() -> dict[str, nn.Module]:
     return {"unetkit": ours, "smp": theirs}
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, images, targets) -> None:
-    """One forward, BCE-with-logits loss, backward and AdamW step."""
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images, targets, execution: Execution
+) -> None:
+    """One forward (autocast as ``execution`` says), fp32 BCE-with-logits, backward, AdamW."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = nn.functional.binary_cross_entropy_with_logits(model(images), targets)
+    with execution.autocast("cpu"):
+        logits = model(images)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
     loss.backward()
     optimizer.step()
 
 
-def inference(model: nn.Module, images: torch.Tensor) -> None:
+def inference(model: nn.Module, images: torch.Tensor, execution: Execution) -> None:
     """One eval-mode forward pass without autograd bookkeeping."""
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), execution.autocast("cpu"):
         model(images)
 
 
 def make_runners(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, executions: list[Execution]
 ) -> dict[str, Callable[[], None]]:
-    """A zero-argument callable per measure; channels-last runs on its own copy of the model."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    images_cl = images.contiguous(memory_format=torch.channels_last)
-    return {
-        "train step": lambda: training_step(model, optimizer, images, targets),
-        "eval": lambda: inference(model, images),
-        "eval channels-last": lambda: inference(channels_last, images_cl),
-    }
+    """A zero-argument callable per measure and execution, each on its own copy of the model."""
+    runners = {}
+    for execution in executions:
+        copy_ = execution.prepare(copy.deepcopy(model))
+        batch = images.contiguous(memory_format=execution.memory_format)
+        optimizer = torch.optim.AdamW(copy_.parameters(), lr=1e-3)
+        runners[f"train step {execution.label}"] = (
+            lambda m=copy_, o=optimizer, b=batch, e=execution: training_step(m, o, b, targets, e)
+        )
+        runners[f"eval {execution.label}"] = lambda m=copy_, b=batch, e=execution: inference(
+            m, b, e
+        )
+    return runners
+
+
+def auto_execution(model: nn.Module, images: torch.Tensor) -> Execution:
+    """What unetkit's ``--precision auto --channels-last auto`` picks for training ``model``."""
+
+    def loss(logits, masks):
+        return nn.functional.binary_cross_entropy_with_logits(logits, masks[:, None].float())
+
+    timer = training_step_timer(model, loss, tuple(images.shape), 1, torch.device("cpu"))
+    choice = choose_execution("auto", "auto", detect_capabilities(torch.device("cpu")), timer)
+    print(choice.describe(), flush=True)
+    return choice.execution
 
 
 def seconds(run: Callable[[], None]) -> float:
@@ -98,10 +124,11 @@ def interleaved_timings(
 ) -> dict[str, dict[str, list[float]]]:
     """Seconds per measure and model; the two models alternate within every repeat."""
     names = list(runners)
-    times = {measure: {name: [] for name in names} for measure in MEASURES}
+    measures = list(runners[names[0]])
+    times = {measure: {name: [] for name in names} for measure in measures}
     for repeat in range(warmup + repeats):
         order = names if repeat % 2 == 0 else names[::-1]
-        for measure in MEASURES:
+        for measure in measures:
             for name in order:
                 elapsed = seconds(runners[name][measure])
                 if repeat >= warmup:
@@ -202,12 +229,12 @@ def print_timings(times: dict[str, dict[str, list[float]]]) -> None:
     best times are the least disturbed estimate of each model's own speed.
     """
     ours, theirs = "unetkit", "smp"
-    for measure in MEASURES:
+    for measure in times:
         for name, values in times[measure].items():
             print(f"{measure} {name} s: " + " ".join(f"{v:.3f}" for v in values))
     print(f"\n{'seconds':<19} {'median ' + ours:>15} {'median ' + theirs:>11} {'ratio':>6} "
           f"{'paired':>7} {'best ' + ours:>13} {'best ' + theirs:>9} {'ratio':>6}")  # fmt: skip
-    for measure in MEASURES:
+    for measure in times:
         a, b = times[measure][ours], times[measure][theirs]
         paired = statistics.median(x / y for x, y in zip(a, b, strict=True))
         ma, mb, fa, fb = statistics.median(a), statistics.median(b), min(a), min(b)
@@ -228,10 +255,31 @@ def print_sizes(params, flops, train_flops, parts) -> None:
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in by_part.items()))
 
 
+def print_targets(times: dict[str, dict[str, list[float]]], auto: Execution) -> None:
+    """The two speed targets: ours in auto vs smp in fp32 eager, and vs smp in auto."""
+    fp32, chosen = f"train step {Execution().label}", f"train step {auto.label}"
+    ours_auto = statistics.median(times[chosen]["unetkit"])
+    smp_fp32 = statistics.median(times[fp32]["smp"])
+    smp_auto = statistics.median(times[chosen]["smp"])
+    print(f"\ntraining step: unetkit {auto.label} {ours_auto:.3f} s vs smp fp32 {smp_fp32:.3f} s"
+          f" = {smp_fp32 / ours_auto:.2f}x (target >= 3x); vs smp {auto.label} {smp_auto:.3f} s"
+          f" = {smp_auto / ours_auto:.2f}x (target >= 1x)")  # fmt: skip
+
+
+def print_gemm_fraction(times, train_flops, auto: Execution) -> None:
+    """Training GFLOP/s of each execution against the machine's GEMM at that precision."""
+    for execution in {Execution(), auto}:
+        gemm = gemm_gflops_per_s(execution.dtype, torch.device("cpu"))
+        steps = times[f"train step {execution.label}"]["unetkit"]
+        achieved = train_flops["unetkit"] / statistics.median(steps)
+        print(f"unetkit {execution.label}: {achieved:.1f} GFLOP/s = {achieved / gemm:.1%} of the "
+              f"{execution.precision} GEMM ({gemm:.1f} GFLOP/s)")  # fmt: skip
+
+
 def print_peak_fraction(times, train_flops, peak) -> None:
     """Training GFLOP/s (median and best step) and its fraction of the CPU's peak FP32."""
     print(f"\nCPU: {peak}")
-    for name, steps in times["train step"].items():
+    for name, steps in times[f"train step {Execution().label}"].items():
         for label, step in (("median", statistics.median(steps)), ("best", min(steps))):
             achieved = train_flops[name] / step
             fraction = None if peak["peak_gflops"] is None else achieved / peak["peak_gflops"]
@@ -254,16 +302,19 @@ def main() -> None:
     targets = torch.rand(args.batch_size, 1, args.size, args.size, generator=generator) > 0.5
     targets = targets.float()
     models = build_models()
-    runners = {name: make_runners(model, images, targets) for name, model in models.items()}
+    auto = auto_execution(models["unetkit"], images)
+    executions = list(dict.fromkeys([Execution(), auto]))
+    runners = {name: make_runners(model, images, targets, executions)
+               for name, model in models.items()}  # fmt: skip
     params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in models.items()}
-    forward = {name: count_flops(run["eval"]) for name, run in runners.items()}
+    forward = {name: count_flops(run["eval fp32"]) for name, run in runners.items()}
     flops = {name: c.get_total_flops() / 1e9 / args.batch_size for name, c in forward.items()}
     parts = {
         "unetkit": module_gflops(forward["unetkit"], ("encoder", "decoder", "head")),
         "smp": module_gflops(forward["smp"], ("encoder", "decoder", "segmentation_head")),
     }
     parts = {n: {k: v / args.batch_size for k, v in p.items()} for n, p in parts.items()}
-    train = {name: count_flops(run["train step"]).get_total_flops() / 1e9
+    train = {name: count_flops(run["train step fp32"]).get_total_flops() / 1e9
              for name, run in runners.items()}  # fmt: skip
     print(f"threads {torch.get_num_threads()}, batch {args.batch_size}, {args.size}x{args.size}, "
           f"{args.warmup} warm-ups, medians of {args.repeats}, torch {torch.__version__}, "
@@ -273,6 +324,8 @@ def main() -> None:
     print_timings(times)
     print_sizes(params, flops, train, parts)
     print_peak_fraction(times, train, peak)
+    print_targets(times, auto)
+    print_gemm_fraction(times, train, auto)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_benchmark(**overrides) -> dict:
-    arguments = {"steps": 2, "warmup": 1, "model_options": TINY, "threads": 1, "device": "cpu"}
+    arguments = {"steps": 2, "warmup": 1, "model_options": TINY, "threads": 1, "device": "cpu",
+                 "gemm_size": 64}  # fmt: skip
     return benchmark("unet", 32, 2, **{**arguments, **overrides})
 
 
@@ -116,6 +117,20 @@ def test_torch_backend_reports_every_figure():
     training = result["training"]
     assert training["gflops_per_image"] > 2 * result["gflops_per_image"]
     assert_timing(training, 2, training["gflops_per_image"])
+    for section in (result["inference"], training):  # fp32 was asked: no probe ran
+        assert section["execution"]["precision"] == "fp32"
+        assert section["execution"]["reason"] == "as asked"
+    assert training["fraction_of_gemm"] > 0
+
+
+def test_bf16_is_run_when_asked_and_reported():
+    result = tiny_benchmark(precision="bf16", channels_last=True)
+    for section in ("inference", "training"):
+        assert result[section]["execution"]["precision"] == "bf16"
+        assert result[section]["execution"]["channels_last"] is True
+    assert result["training"]["gemm_gflops_per_s"] > 0  # the bf16 GEMM, the step's ceiling
+    with pytest.raises(ValueError, match="applies to the torch backend"):
+        tiny_benchmark(precision="bf16", backend="onnxruntime")
 
 
 def test_channels_last_counts_the_same_flops():

@@ -206,13 +206,24 @@ def test_export_then_onnxruntime_predicts_the_same_masks(trained_run, tmp_path, 
 def test_bench_prints_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "--model", "unet", "--img-size", "32", "--batch-size", "2", "--steps", "1",
-            "--warmup", "0", "--out", str(out)]  # fmt: skip
+            "--warmup", "0", "--gemm-size", "128", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["model"] == "unet" and result["img_size"] == [32, 32]
     assert result["inference"]["images_per_s"] > 0 and result["training"]["images_per_s"] > 0
     assert result["gflops_per_image"] == pytest.approx(96.3 / 64, rel=0.02)  # 96.3 at 256x256
+    # the default is auto: each section says which path ran and what the probe measured
+    for section in ("inference", "training"):
+        execution = result[section]["execution"]
+        assert (
+            execution["precision"] in ("fp32", "bf16") and "fp32" in execution["seconds_per_step"]
+        )
+    training = result["training"]
+    assert training["gemm_gflops_per_s"] > 0
+    assert training["fraction_of_gemm"] == pytest.approx(
+        training["achieved_gflops_per_s"] / training["gemm_gflops_per_s"]
+    )
 
 
 def test_resume_auto_continues_the_run_in_out(tmp_path, capsys):

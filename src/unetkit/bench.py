@@ -50,7 +50,13 @@ from unetkit.inference.onnx_backend import onnx_device, onnxruntime_module, ort_
 from unetkit.losses import build_loss
 from unetkit.models import build_model
 from unetkit.models import model_options as accepted_options
-from unetkit.precision import check_layout, check_precision, choose_execution, detect_capabilities
+from unetkit.precision import (
+    DTYPES,
+    check_layout,
+    check_precision,
+    choose_execution,
+    detect_capabilities,
+)
 from unetkit.precision_probe import inference_timer, training_step_timer
 from unetkit.tasks import Task
 
@@ -79,11 +85,14 @@ def benchmark(
     device: str | torch.device = "auto",
     in_channels: int = 3,
     precision: str = "fp32",
+    gemm_size: int | None = None,
 ) -> dict[str, Any]:
     """Speed and cost of ``model_name`` on ``batch_size`` random images of ``img_size``.
 
     ``num_classes`` counts the background (2 = binary, one logit channel). ``threads`` sets the
     CPU threads of PyTorch and of ONNX Runtime alike (default: PyTorch's current setting).
+    ``gemm_size`` sets the matrix product of the GEMM ceiling (None: 4096 on a CPU, 8192 on a
+    GPU; 0 skips it and its fields are None).
     """
     height, width = _check_arguments(img_size, batch_size, backend, channels_last, steps, warmup)
     if check_precision(precision) not in ("auto", "fp32") and backend != "torch":
@@ -104,6 +113,7 @@ def benchmark(
             measured = _measure_torch(
                 model, images, targets, task, resolve_device(device), execution, steps, warmup
             )
+            _add_gemm_ceiling(measured["training"], resolve_device(device), gemm_size)
         else:
             measured = _measure_onnxruntime(model, images, thread_count, device, steps, warmup)
     return {
@@ -325,21 +335,32 @@ def _training(
         optimizer.step()
 
     timing = _time_calls(step, steps, warmup, device)
-    measured = _throughput(timing, batch_size, flops)
-    gemm = gemm_gflops_per_s(execution.dtype, device)
     return {
         "gflops_per_image": flops,
         "flop_convention": TRAINING_FLOP_CONVENTION,
-        **measured,
+        **_throughput(timing, batch_size, flops),
         "execution": choice.to_dict(),
-        "gemm_gflops_per_s": gemm,
-        "fraction_of_gemm": measured["achieved_gflops_per_s"] / gemm,
     }
 
 
-def gemm_gflops_per_s(dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
-    """The median GFLOP/s of a square matrix product in ``dtype``: the machine's ceiling."""
-    size = 8192 if device.type == "cuda" else 4096
+def _add_gemm_ceiling(training: dict[str, Any], device: torch.device, size: int | None) -> None:
+    """``gemm_gflops_per_s`` at the training step's precision and ``fraction_of_gemm``."""
+    gemm = None
+    if size != 0:
+        dtype = DTYPES[training["execution"]["precision"]]
+        gemm = gemm_gflops_per_s(dtype, device, size)
+    training["gemm_gflops_per_s"] = gemm
+    training["fraction_of_gemm"] = (
+        None if gemm is None else training["achieved_gflops_per_s"] / gemm
+    )
+
+
+def gemm_gflops_per_s(
+    dtype: torch.dtype, device: torch.device, size: int | None = None, repeats: int = 3
+) -> float:
+    """The median GFLOP/s of a square ``size`` matrix product in ``dtype`` (default 4096 on a
+    CPU, 8192 on a GPU): the machine's own ceiling at that precision."""
+    size = size or (8192 if device.type == "cuda" else 4096)
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device, dtype)
     b = torch.randn(size, size, generator=generator).to(device, dtype)

@@ -122,6 +122,7 @@ def bench(args: argparse.Namespace) -> int:
         backend=args.backend,
         channels_last=args.channels_last if args.backend == "torch" else False,
         precision=args.precision,
+        gemm_size=args.gemm_size,
         num_classes=args.num_classes,
         steps=args.steps,
         warmup=args.warmup,

@@ -282,6 +282,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps (medians are reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's setting)")
+    p.add_argument(
+        "--gemm-size",
+        type=int,
+        help="matrix size of the GEMM ceiling (default 4096 CPU / 8192 GPU; 0 skips it)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(handler=commands.bench)

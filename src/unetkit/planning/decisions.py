@@ -35,6 +35,7 @@ STRONG_AUGMENT_EPOCHS = 60
 VALIDATION_SHARE = 0.10
 EVALUATION_SHARE = 0.05
 PROBE_SHARE = 0.05
+LOADING_SHARE = 0.05  # decoding above this share of a step turns the sample cache on
 WARMUP_SHARE = 0.03  # of the planned steps
 
 

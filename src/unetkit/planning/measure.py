@@ -59,7 +59,7 @@ def step_seconds(name: str, options: dict[str, Any], side: int, setting: ProbeSe
     criterion = build_loss("ce:0.5,dice:0.5", setting.task).to(setting.device)
     shape = (setting.batch_size, setting.in_channels, side, side)
     timer = training_step_timer(
-        model, criterion, shape, setting.task.out_channels, setting.device, steps=2
+        model, criterion, shape, setting.task.out_channels, setting.device, steps=3
     )
     return timer(setting.execution) * STEP_OVERHEAD
 

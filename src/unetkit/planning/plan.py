@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from unetkit.config import Config, config_from_dict
 from unetkit.data import build_splits
 from unetkit.data.preprocess import image_size
 from unetkit.data.registry import DatasetSplits
+from unetkit.data.sources import SampleSource
 from unetkit.devices import resolve_device
 from unetkit.losses import build_loss
 from unetkit.planning import decisions
@@ -80,7 +82,8 @@ class Plan:
         lines.append("plan:")
         lines += [f"  {decision}: {reason}" for decision, reason in self.reasons.items()]
         lines.append("settings:")
-        lines += [f"  {key}: {value}" for key, value in self.settings.items()]
+        shown = {k: v for k, v in self.settings.items() if k != "train.execution"}
+        lines += [f"  {key}: {value}" for key, value in shown.items()]
         lines.append(f"planned in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -144,16 +147,19 @@ def _plan_for_budget(
     scale = decisions.choose_scale(fingerprint, max(sides or RESIZE_SIDES))
     sides = sides or list(TILE_SIDES)
     setting, choice = _probe_setting(cfg, splits, min(sides))
+    asked = {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
     plan.choose(
         {
             "train.precision": setting.execution.precision,
             "train.channels_last": setting.execution.channels_last,
+            "train.execution": {"asked": asked, **choice.to_dict(), "by": "unetkit plan"},
         },
         "precision",
         choice.describe(),
     )
     scoring = scoring_seconds_per_image(splits.test, splits.class_names, cfg.eval)
-    check = _data_check_seconds(splits)
+    load = _load_seconds_per_sample(splits.train)
+    check = load * (len(splits.train) + len(splits.val) + len(splits.test))
     allowance = decisions.PROBE_SHARE * budget
     rough_evaluation = len(splits.test) * scoring
     spent = time.perf_counter() - started
@@ -165,7 +171,11 @@ def _plan_for_budget(
     plan.measured["candidates_ms_per_step"] = {
         c.label: round(c.step_seconds * 1e3, 1) for c in candidates
     }
-    plan.measured.update(scoring_s_per_image=round(scoring, 4), data_check_s=round(check, 1))
+    plan.measured.update(
+        scoring_s_per_image=round(scoring, 4),
+        load_s_per_sample=round(load, 4),
+        data_check_s=round(check, 1),
+    )
     plan.choose(
         {
             "model.name": chosen.model,
@@ -180,6 +190,14 @@ def _plan_for_budget(
         _choose_tiles(plan, scale, chosen.input_side)
     else:
         plan.choose({"data.tile_size": None}, "scale", scale.reason)
+        share = load * setting.batch_size / chosen.step_seconds
+        if share > decisions.LOADING_SHARE:
+            plan.choose(
+                {"data.cache": True},
+                "cache",
+                f"decoding a batch costs {share:.0%} of a "
+                "step: decoded, resized samples are kept on disk",
+            )
     _plan_schedule(plan, cfg, chosen, setting, training, scoring, budget)
 
 
@@ -225,6 +243,26 @@ def _plan_schedule(
         f"{tta_reason}; {reserve:.0f} s of the budget kept for it",
     )
     plan.measured.update(inference_s_per_image=round(per_image, 4), planned_steps=round(steps))
+    _note_fixed_choices(plan, cfg, steps)
+
+
+def _note_fixed_choices(plan: Plan, cfg: Config, steps: float) -> None:
+    """The choices the plan keeps as configured, with why they suit this data and budget."""
+    rarest = min(plan.fingerprint.classes, key=lambda c: c.pixel_share)
+    plan.reasons["loss"] = (
+        f"{cfg.loss.spec}: the Dice term weighs every class equally, so the rarest "
+        f"({rarest.name}, {rarest.pixel_share:.2%} of pixels) counts without class weights"
+    )
+    plan.reasons["ema"] = (
+        f"off: a 0.999 average spans ~1000 of ~{steps:.0f} steps, and best.pt is chosen on "
+        f"the trained weights"
+    )
+    tiles = plan.settings.get("data.tile_size")
+    plan.reasons["inference"] = (
+        "sliding windows at the training scale (the checkpoint records the tiles)"
+        if tiles
+        else "whole images resized to the input size, as trained"
+    )
 
 
 def _windows_per_test_image(plan: Plan, side: int) -> int:
@@ -260,12 +298,11 @@ def _probe_setting(
     return dataclasses.replace(base, execution=choice.execution), choice
 
 
-def _data_check_seconds(splits: DatasetSplits, samples: int = 3) -> float:
-    """The data check reads every sample once: that many times a measured load."""
-    source = splits.train
-    started = time.perf_counter()
-    count = min(samples, len(source))
-    for index in range(count):
+def _load_seconds_per_sample(source: SampleSource, samples: int = 3) -> float:
+    """Seconds to decode one sample (the median of ``samples`` loads)."""
+    times = []
+    for index in range(min(samples, len(source))):
+        started = time.perf_counter()
         source.load(index)
-    per_sample = (time.perf_counter() - started) / max(count, 1)
-    return per_sample * (len(splits.train) + len(splits.val) + len(splits.test))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) if times else 0.0

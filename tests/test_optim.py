@@ -169,3 +169,13 @@ def test_bad_settings_are_explained():
         build_scheduler(optimizer, OptimConfig(warmup_epochs=3.0), 4, 2)
     with pytest.raises(ValueError, match="min_lr"):
         build_scheduler(optimizer, OptimConfig(lr=0.1, min_lr=0.5), 4, 2)
+
+
+def test_a_budgeted_schedule_takes_a_warm_up_longer_than_the_epoch_default():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = OptimConfig(warmup_epochs=40.0)
+    schedule = build_scheduler(optimizer, cfg, 10, 12, progress=lambda: 0.0)
+    assert schedule.warmup_steps == 400
+    with pytest.raises(ValueError, match="shorter than the 12 training epochs"):
+        build_scheduler(optimizer, cfg, 10, 12)

@@ -21,7 +21,9 @@ from unetkit.planning.plan import Plan, make_plan
 from unetkit.training.budget import TimeBudget
 
 
-def fingerprint(width: float, side: float, sides: tuple[float, float] | None = None):
+def fingerprint(
+    width: float, side: float, sides: tuple[float, float] | None = None, p90: float = 0.0
+):
     low, high = sides or (side, side)
     size = SizeStats(low, side, high)
     return DatasetFingerprint(
@@ -35,6 +37,7 @@ def fingerprint(width: float, side: float, sides: tuple[float, float] | None = N
             ClassProfile("thing", 0.2, 1.0, width, width / 2, width**2, 3),
         ],
         foreground_share=SizeStats(0.1, 0.2, 0.3),
+        long_side_p90=p90,
     )
 
 
@@ -43,7 +46,7 @@ def fingerprint(width: float, side: float, sides: tuple[float, float] | None = N
 
 def test_large_structures_are_resized_and_thin_ones_tiled_at_native_resolution():
     pets = decisions.choose_scale(fingerprint(78, 500, (150, 1600)), 256)
-    assert not pets.tiles and "keeps it 12 px wide" in pets.reason
+    assert not pets.tiles and "keep it 12 px wide" in pets.reason
     membranes = decisions.choose_scale(fingerprint(6, 512), 256)
     assert membranes.tiles and membranes.factor == 1.0 and "native resolution" in membranes.reason
     # wide structures in huge images: tiles, downscaled so they stay 16 px wide
@@ -51,10 +54,14 @@ def test_large_structures_are_resized_and_thin_ones_tiled_at_native_resolution()
     assert fields.tiles and fields.factor == pytest.approx(0.16)
 
 
-def test_mixed_image_sizes_are_judged_by_the_largest_image():
+def test_mixed_image_sizes_are_judged_by_nine_images_in_ten():
     # nuclei 12 px wide: a 256 px image could be resized, a 1024 px one could not
     assert decisions.choose_scale(fingerprint(12, 256, (256, 256)), 256).tiles is False
     assert decisions.choose_scale(fingerprint(12, 256, (256, 1024)), 256).tiles is True
+    # ... unless the 1024 px images are the odd one in ten: the 90th percentile decides
+    few_large = fingerprint(12, 256, (256, 1024), p90=256)
+    assert decisions.choose_scale(few_large, 256).tiles is False
+    assert "9 in 10 images" in decisions.choose_scale(few_large, 256).reason
 
 
 def test_a_fingerprint_without_foreground_resizes():
@@ -153,6 +160,7 @@ def test_a_budget_plan_measures_and_sets_every_compute_choice(tmp_path):
             "train.precision", "train.channels_last"}  # fmt: skip
     assert keys <= set(plan.settings)
     assert plan.settings["train.precision"] == "fp32" and "as asked" in plan.reasons["precision"]
+    assert plan.settings["train.execution"]["by"] == "unetkit plan"  # the run keeps the record
     assert plan.measured["candidates_ms_per_step"]  # measured, not assumed
     assert 0 < plan.settings["train.final_reserve"] < 40
     assert "planned in" in plan.describe()
@@ -213,3 +221,19 @@ def test_train_follows_the_plan_under_explicit_flags(tmp_path, capsys):
     assert saved["data"]["img_size"] == [64, 64]  # the flag wins over the plan's 256
     assert saved["data"]["tile_size"] == 64  # the plan: thin lines need native-resolution tiles
     assert "plan:" in capsys.readouterr().out
+
+
+def test_a_planned_config_or_a_resume_is_not_planned_again():
+    planned = load_config(
+        overrides={"data.dataset": "folder", "train.execution": {"by": "unetkit plan"}}
+    )
+    assert not should_plan(namespace(), planned)
+    resumed = load_config(overrides={"data.dataset": "folder", "train.resume": "auto"})
+    assert not should_plan(namespace(), resumed)
+
+
+def test_a_budget_too_short_for_the_evaluation_is_refused_with_the_reason(tmp_path):
+    root = write_folder(tmp_path / "blob", blob, count=6)
+    cfg = folder_config(root, batch_size=2, precision="fp32", channels_last=False)
+    with pytest.raises(ValueError, match="leaves no training time"):
+        make_plan(cfg, budget_seconds=0.01, progress=False)

@@ -224,3 +224,17 @@ def test_configs_of_earlier_releases_read_amp_as_a_precision():
     )
     assert load_config(base={"train": {"channels_last": False}}).train.channels_last is False
     assert load_config(dotted=["train.channels_last=true"]).train.channels_last is True
+
+
+def test_a_recorded_choice_is_kept_only_while_it_describes_the_run():
+    from unetkit.precision import ExecutionChoice
+    from unetkit.training.setup import record_execution
+
+    probed = {"precision": "bf16", "channels_last": True, "reason": "fastest of 4"}
+    cfg = load_config(overrides={"train.precision": "bf16", "train.channels_last": True,
+                                 "train.execution": probed})  # fmt: skip
+    kept = record_execution(cfg, ExecutionChoice(Execution("bf16", True), "as asked"))
+    assert kept.train.execution == probed  # a resume: the probe's record stays
+    changed = record_execution(cfg, ExecutionChoice(Execution("fp32", False), "as asked"))
+    assert changed.train.execution["reason"] == "as asked"
+    assert changed.train.execution["precision"] == "fp32"

@@ -29,7 +29,15 @@ def _synchronise(device: torch.device) -> None:
 
 
 def _median_seconds(step: Callable[[], torch.Tensor], steps: int, device: torch.device) -> float:
-    """Median wall time of ``step`` over ``steps`` calls after a warm-up; inf if non-finite."""
+    """Median wall time of ``step`` over ``steps`` calls after a warm-up; inf if non-finite.
+
+    The global random generators are restored afterwards (dropout draws from them)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _median_of_calls(step, steps, device)
+
+
+def _median_of_calls(step: Callable[[], torch.Tensor], steps: int, device: torch.device) -> float:
     if not bool(torch.isfinite(step()).all()):
         return math.inf
     times = []

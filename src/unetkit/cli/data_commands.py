@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from unetkit.config import Config, load_config
 from unetkit.data.checks import format_problems, inspect_splits
@@ -36,14 +37,18 @@ __all__ = [
 MANUAL_EXIT = 3
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The config given by ``--config``, the data flags and trailing KEY=VALUE pairs."""
-    overrides = {
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``{config key: value}`` of the config flags given on the command line."""
+    return {
         key: getattr(args, flag)
         for flag, key in args.config_keys.items()
         if getattr(args, flag) is not None
     }
-    return load_config(args.config, overrides=overrides, dotted=args.overrides)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config given by ``--config``, the data flags and trailing KEY=VALUE pairs."""
+    return load_config(args.config, overrides=flag_overrides(args), dotted=args.overrides)
 
 
 def download(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ PLAN_CHOICES = ("auto", "on", "off")
 
 
 def plan(args: argparse.Namespace) -> int:
-    from unetkit.cli.data_commands import config_from_args
+    from unetkit.cli.data_commands import config_from_args, flag_overrides
     from unetkit.planning.plan import make_plan
 
     cfg = config_from_args(args)
@@ -31,15 +31,17 @@ def plan(args: argparse.Namespace) -> int:
     made = make_plan(cfg, budget, progress=not args.no_progress)
     print(made.describe())
     out = Path(args.out or f"plan-{cfg.data.dataset}.yaml")
-    out.write_text(made.to_yaml(cfg))
+    explicit = explicit_keys(args, flag_overrides(args))
+    out.write_text(made.to_yaml(cfg, explicit))
     print(f"wrote {out}; train with: unetkit train --config {out}")
     return 0
 
 
 def should_plan(args: argparse.Namespace, cfg: Config) -> bool:
     """Whether ``train`` plans this run (see the module docstring)."""
-    if args.plan == "off" or args.resume:
-        return False
+    planned_before = (cfg.train.execution or {}).get("by") == "unetkit plan"
+    if args.plan == "off" or args.resume or cfg.train.resume or planned_before:
+        return False  # a resume keeps its run's settings; a planned config is a plan already
     several = (args.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several:
         if args.plan == "on":

@@ -4,10 +4,10 @@ Every rule reads a plain property of the data or the machine, never a dataset's 
 
 - **Scale.** A structure must stay at least :data:`MIN_STRUCTURE_PX` wide once the image is
   scaled for the model, or the network's first pooling levels erase it. Resizing whole images to
-  the input size is allowed only when even the largest image keeps the thinnest class's typical
-  width above that; otherwise the model trains on native-resolution tiles, all images at one
-  scale (downscaled only where structures are wider than :data:`TILE_STRUCTURE_PX`), and
-  predicts by sliding windows at that scale.
+  the input size is allowed only when 90% of the images (those up to the 90th percentile of the
+  longer side) keep the thinnest class's typical width above that; otherwise the model trains on
+  native-resolution tiles, all images at one scale (downscaled only where structures are wider
+  than :data:`TILE_STRUCTURE_PX`), and predicts by sliding windows at that scale.
 - **Model and input size.** The budget buys ``training seconds / step time`` optimiser steps.
   From-scratch U-Nets need on the order of :data:`MIN_STEPS` steps to converge (warm-up, then a
   decay long enough to settle), so the plan takes the most expensive measured candidate (bigger
@@ -51,7 +51,7 @@ class Scale:
 def choose_scale(fingerprint: DatasetFingerprint, input_side: int) -> Scale:
     """Resize whole images to ``input_side`` when every structure survives it, else tiles."""
     width = structure_width(fingerprint)
-    largest_side = max(fingerprint.height.max, fingerprint.width.max)
+    largest_side = fingerprint.long_side_p90 or max(fingerprint.height.max, fingerprint.width.max)
     shrink = min(1.0, input_side / largest_side) if largest_side else 1.0
     if width is None:
         return Scale(False, shrink, "no foreground seen: whole images resized")
@@ -59,16 +59,16 @@ def choose_scale(fingerprint: DatasetFingerprint, input_side: int) -> Scale:
         return Scale(
             False,
             shrink,
-            f"the thinnest class is ~{width:.0f} px wide; resized to {input_side} px even the "
-            f"largest image ({largest_side:.0f} px) keeps it {width * shrink:.0f} px wide "
-            f"(>= {MIN_STRUCTURE_PX:.0f})",
+            f"the thinnest class is ~{width:.0f} px wide; resized to {input_side} px, 9 in 10 "
+            f"images (longer side up to {largest_side:.0f} px) keep it {width * shrink:.0f} px "
+            f"wide or more (>= {MIN_STRUCTURE_PX:.0f})",
         )
     factor = min(1.0, TILE_STRUCTURE_PX / width)
     return Scale(
         True,
         factor,
-        f"the thinnest class is ~{width:.0f} px wide: resizing the largest image "
-        f"({largest_side:.0f} px) to {input_side} px would leave {width * shrink:.1f} px "
+        f"the thinnest class is ~{width:.0f} px wide: resizing images of {largest_side:.0f} px "
+        f"(the 90th percentile) to {input_side} px would leave {width * shrink:.1f} px "
         f"(< {MIN_STRUCTURE_PX:.0f}), so train on tiles at "
         + ("native resolution" if factor == 1 else f"{factor:.2f}x native resolution"),
     )

@@ -44,7 +44,7 @@ from unetkit.data.cache import default_cache_dir
 from unetkit.data.sources import SampleSource
 from unetkit.tasks import IGNORE_INDEX
 
-FINGERPRINT_VERSION = "1"
+FINGERPRINT_VERSION = "2"
 THIN_PERCENTILE = 10.0
 _NEIGHBOURHOOD = np.ones((3, 3), dtype=np.uint8)
 _RIDGE_WINDOW = 15
@@ -103,7 +103,9 @@ class DatasetFingerprint:
     """What the training split holds, for a planner and for ``unetkit plan`` to show.
 
     ``classes[i]`` describes class id ``i`` (background included). ``foreground_share`` spreads
-    each image's share of counted pixels that are not background.
+    each image's share of counted pixels that are not background. ``long_side_p90`` is the
+    90th percentile of the images' longer sides: how far most images shrink when resized
+    (one outlier, a 1600 px photo among 500 px ones, should not decide for all).
     """
 
     images: int
@@ -114,6 +116,7 @@ class DatasetFingerprint:
     classes: list[ClassProfile]
     foreground_share: SizeStats
     version: str = field(default=FINGERPRINT_VERSION)
+    long_side_p90: float = 0.0  # 0: unknown (then the largest image counts)
 
     @property
     def smallest_structure_px(self) -> float | None:
@@ -139,6 +142,7 @@ class DatasetFingerprint:
             classes=[ClassProfile(**profile) for profile in data["classes"]],
             foreground_share=SizeStats(**data["foreground_share"]),
             version=str(data.get("version", FINGERPRINT_VERSION)),
+            long_side_p90=float(data.get("long_side_p90", 0.0)),
         )
 
     def summary_lines(self) -> list[str]:
@@ -274,6 +278,7 @@ class _Profiler:
             width=SizeStats.of(sizes[:, 1]),
             classes=classes,
             foreground_share=SizeStats.of(self.foreground),
+            long_side_p90=float(np.percentile(sizes.max(axis=1), 90)) if len(sizes) else 0.0,
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from unetkit.config import Config, config_from_dict
+from unetkit.config import Config, load_config
 from unetkit.data import build_splits
 from unetkit.data.preprocess import image_size
 from unetkit.data.registry import DatasetSplits
@@ -88,17 +88,16 @@ class Plan:
         return "\n".join(lines)
 
     def config(self, cfg: Config) -> Config:
-        """``cfg`` with every planned key set."""
-        tree = cfg.to_dict()
-        for key, value in self.settings.items():
-            section, _, name = key.partition(".")
-            tree[section][name] = value
-        return config_from_dict(tree)
+        """``cfg`` with every planned key set (checked as any override is)."""
+        return load_config(base=cfg.to_dict(), overrides=self.settings)
 
-    def to_yaml(self, cfg: Config) -> str:
-        """A config file ``train --config`` takes, the reasons as comments above it."""
+    def to_yaml(self, cfg: Config, explicit: set[str] = frozenset()) -> str:
+        """A config file ``train --config`` takes (``cfg`` with the plan under the
+        ``explicit`` keys the user set), the reasons as comments above it."""
         header = "".join(f"# {d}: {r}\n" for d, r in self.reasons.items())
-        return header + yaml.safe_dump(self.config(cfg).to_dict(), sort_keys=False)
+        side = max(image_size(cfg.data.img_size))
+        chosen = Plan(self.overrides(set(explicit), side), measured=self.measured)
+        return header + yaml.safe_dump(chosen.config(cfg).to_dict(), sort_keys=False)
 
 
 def make_plan(cfg: Config, budget_seconds: float | None, progress: bool = True) -> Plan:
@@ -166,6 +165,12 @@ def _plan_for_budget(
     training = (budget - spent - allowance - check - rough_evaluation) * (
         1 - decisions.VALIDATION_SHARE
     )
+    if training <= 0:
+        raise ValueError(
+            f"a time budget of {budget:.0f} s leaves no training time: planning took {spent:.0f} "
+            f"s, the data check needs ~{check:.0f} s and the test evaluation ~"
+            f"{rough_evaluation:.0f} s; give a longer --time-budget, or --plan off"
+        )
     candidates = measure_candidates(sides, setting, training, allowance, decisions.MIN_STEPS)
     chosen, reason = decisions.choose_candidate(candidates, training)
     plan.measured["candidates_ms_per_step"] = {
@@ -236,7 +241,7 @@ def _plan_schedule(
     inference = len(splits.test) * windows * per_image
     tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget)
     evaluation = len(splits.test) * scoring + inference * (4 if tta else 1)
-    reserve = round(evaluation * EVALUATION_SAFETY + 5.0, 1)
+    reserve = round(min(evaluation * EVALUATION_SAFETY + 5.0, budget / 2), 1)
     plan.choose(
         {"eval.tta": tta, "train.final_reserve": reserve},
         "test evaluation",
@@ -249,13 +254,17 @@ def _plan_schedule(
 def _note_fixed_choices(plan: Plan, cfg: Config, steps: float) -> None:
     """The choices the plan keeps as configured, with why they suit this data and budget."""
     rarest = min(plan.fingerprint.classes, key=lambda c: c.pixel_share)
+    share = f"the rarest class ({rarest.name}) is {rarest.pixel_share:.2%} of pixels"
     plan.reasons["loss"] = (
-        f"{cfg.loss.spec}: the Dice term weighs every class equally, so the rarest "
-        f"({rarest.name}, {rarest.pixel_share:.2%} of pixels) counts without class weights"
+        f"{cfg.loss.spec}: the Dice term weighs every class equally, so {share} yet counts"
+        if "dice" in cfg.loss.spec
+        else f"{cfg.loss.spec}, as configured; {share}"
     )
     plan.reasons["ema"] = (
-        f"off: a 0.999 average spans ~1000 of ~{steps:.0f} steps, and best.pt is chosen on "
-        f"the trained weights"
+        f"{cfg.train.ema}, as configured"
+        if cfg.train.ema is not None
+        else f"off: a 0.999 average spans ~1000 of ~{steps:.0f} steps, and best.pt is chosen "
+        "on the trained weights"
     )
     tiles = plan.settings.get("data.tile_size")
     plan.reasons["inference"] = (
@@ -287,7 +296,7 @@ def _probe_setting(
     task = Task(len(splits.class_names), cfg.task.threshold)
     batch_size = cfg.train.batch_size
     name, options = MODEL_LADDER[0]
-    base = ProbeSetting(cfg.data.in_channels, task, batch_size, Execution(), device)
+    base = ProbeSetting(cfg.data.in_channels, task, batch_size, Execution(), device, cfg.loss.spec)
     model = build_candidate_model(name, options, base).to(device)
     criterion = build_loss(cfg.loss.spec, task).to(device)
     shape = (batch_size, cfg.data.in_channels, side, side)

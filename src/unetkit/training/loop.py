@@ -110,7 +110,8 @@ def _run_epochs(
     last_epoch = math.inf if parts.budget is not None else parts.cfg.train.epochs
     epoch = state["epoch"]
     while epoch < last_epoch:
-        budget_over = parts.budget is not None and parts.budget.exhausted()
+        # a fresh run trains at least one epoch, so best.pt exists for the test evaluation
+        budget_over = parts.budget is not None and parts.budget.exhausted() and epoch > 0
         signalled, budget_over = parts.processes.any(stop.requested is not None, budget_over)
         if signalled:
             return True
@@ -289,9 +290,8 @@ def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
         best,
         device=parts.device,
         batch_size=parts.cfg.train.batch_size,
-        precision="auto",
-        channels_last="auto",
         tta=parts.cfg.eval.tta,
+        **_inference_execution(parts.cfg),
     )
     evaluation = evaluate_source(
         segmenter,
@@ -305,6 +305,16 @@ def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
     _log(parts, describe(evaluation.metrics))
     for path in written.values():
         _log(parts, f"wrote {path}")
+
+
+def _inference_execution(cfg: Config) -> dict[str, Any]:
+    """The test evaluation's precision: measured (``auto``) unless the run was given an exact
+    one, which is then kept, so ``--precision fp32 --no-channels-last`` reproduces metrics.json
+    on any machine."""
+    asked = (cfg.train.execution or {}).get("asked") or {}
+    if asked.get("precision", "auto") != "auto" and asked.get("channels_last", "auto") != "auto":
+        return {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
+    return {"precision": "auto", "channels_last": "auto"}
 
 
 def _log(parts: RunParts, message: str) -> None:

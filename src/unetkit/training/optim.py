@@ -160,7 +160,7 @@ def build_scheduler(
             f"need steps_per_epoch >= 1 and epochs >= 1; got {steps_per_epoch}, {epochs}"
         )
     total_steps = steps_per_epoch * epochs
-    warmup_steps = _warmup_steps(cfg, steps_per_epoch, epochs)
+    warmup_steps = _warmup_steps(cfg, steps_per_epoch, None if progress else epochs)
     min_ratio = _min_ratio(cfg)
     decay = _decay(name, cfg, min_ratio)
     plateau = None
@@ -188,7 +188,12 @@ def _decay(name: str, cfg: OptimConfig, min_ratio: float) -> Callable[[float], f
     return lambda t: 1.0
 
 
-def _warmup_steps(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> int:
+def _warmup_steps(cfg: OptimConfig, steps_per_epoch: int, epochs: int | None) -> int:
+    """Warm-up steps; ``epochs`` None under a time budget, where the epoch count is open."""
+    if epochs is None:
+        if not cfg.warmup_epochs >= 0:
+            raise ValueError(f"optim.warmup_epochs must be >= 0; got {cfg.warmup_epochs}")
+        return round(cfg.warmup_epochs * steps_per_epoch)
     if not 0 <= cfg.warmup_epochs < epochs:
         raise ValueError(
             f"optim.warmup_epochs must be >= 0 and shorter than the {epochs} training epochs; "

@@ -139,13 +139,13 @@ def build_run(
     model = build_model(
         cfg.model.name, cfg.data.in_channels, task.out_channels, **cfg.model.options
     )
-    if cfg.train.sync_bn:
-        model = synchronise_batchnorm(model, processes)
     model.to(device)
     criterion = build_loss(cfg.loss.spec, task, cfg.loss.class_weights, cfg.loss.focal_gamma)
     criterion = criterion.to(device)
     choice = choose_training_execution(cfg, model, criterion, task, processes)
     cfg = record_execution(cfg, choice)
+    if cfg.train.sync_bn:  # after the probe: its copies must not take part in collectives
+        model = synchronise_batchnorm(model, processes).to(device)
     forward = prepare_model(model, cfg.train, device)
     replica = data_parallel(model, processes) if processes.enabled else None
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema is not None else None
@@ -247,7 +247,11 @@ def record_execution(cfg: Config, choice: ExecutionChoice) -> Config:
     the log all show it."""
     execution = choice.execution
     record = dict(cfg.train.execution or {})
-    if not record or choice.seconds:
+    matches = (record.get("precision"), record.get("channels_last")) == (
+        execution.precision,
+        execution.channels_last,
+    )
+    if not matches or choice.seconds:
         asked = {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
         record = {"asked": asked, **choice.to_dict()}
     train_cfg = dataclasses.replace(

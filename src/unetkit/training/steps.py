@@ -17,7 +17,6 @@ from tqdm import tqdm
 from unetkit.metrics import ConfusionMatrix, summarize
 from unetkit.training.setup import RunParts
 from unetkit.training.signals import GracefulStop
-from unetkit.training.speed import memory_format
 
 
 @dataclass
@@ -102,7 +101,7 @@ def _accumulate_gradients(
 ) -> torch.Tensor:
     """Forward and backward one batch; gradients are averaged over processes only when
     ``synchronise`` (the last batch before an optimiser step): ``no_sync`` skips the rest."""
-    layout = memory_format(parts.cfg.train)
+    layout = parts.execution.memory_format
     images = images.to(parts.device, non_blocking=True, memory_format=layout)
     masks = masks.to(parts.device, non_blocking=True)
     skip_sync = parts.replica is not None and not synchronise
@@ -135,7 +134,7 @@ def validate(parts: RunParts, model: Any) -> dict[str, Any]:
     whole validation split, exactly.
     """
     parts.model.eval()
-    layout = memory_format(parts.cfg.train)
+    layout = parts.execution.memory_format
     confusion = ConfusionMatrix(parts.task.num_classes)
     total, count = 0.0, 0
     for images, masks in parts.val_loader:

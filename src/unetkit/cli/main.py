@@ -196,18 +196,7 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
         "--overlap", type=float, default=0.25, help="sliding window overlap (default 0.25)"
     )
     group.add_argument("--tta", action="store_true", help="average flipped predictions")
-    group.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto (default) times a few batches and keeps the fastest safe option",
-    )
-    group.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default="auto",
-        help="channels-last memory format, or not; default: measured (auto)",
-    )
+    add_execution_flags(group, ["auto", "fp32", "bf16"])
     group.add_argument(
         "--min-size", type=int, default=0, help="remove predicted components below N pixels"
     )
@@ -221,6 +210,23 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="C",
         help="class ids the three options above apply to (default: every foreground class)",
+    )
+
+
+def add_execution_flags(parser: Any, precisions: list[str]) -> None:
+    """``--precision`` and ``--channels-last`` / ``--no-channels-last`` of the commands that run
+    a model outside training (default ``auto``: measured, see :mod:`unetkit.precision`)."""
+    parser.add_argument(
+        "--precision",
+        choices=precisions,
+        default="auto",
+        help="auto (default) times a few batches and keeps the fastest safe option",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default="auto",
+        help="channels-last memory format, or not; default: measured (auto)",
     )
 
 
@@ -266,18 +272,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, nargs="+", default=[256], metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="auto (default): the fastest safe option, measured as train and predict choose it",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default="auto",
-        help="channels-last memory format, or not; default: measured (auto)",
-    )
+    add_execution_flags(p, ["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--num-classes", type=int, default=2, help="classes including background")
     p.add_argument("--steps", type=int, default=10, help="timed steps (medians are reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")

@@ -148,7 +148,7 @@ def test_without_a_budget_thin_structures_get_tiles_and_blobs_keep_the_default(t
     assert thin.settings["data.tile_size"] == 256 and thin.settings["data.img_size"] == [256, 256]
     assert "native resolution" in thin.reasons["scale"]
     blobs = make_plan(folder_config(write_folder(tmp_path / "blob", blob)), None, False)
-    assert blobs.settings == {} and "keeps it" in blobs.reasons["scale"]
+    assert blobs.settings == {} and "keep it" in blobs.reasons["scale"]
 
 
 def test_a_budget_plan_measures_and_sets_every_compute_choice(tmp_path):

@@ -36,7 +36,8 @@ def unetkit(*args: str) -> None:
 
 
 def train(out: Path, precision: list[str], epochs: int, data_root: Path) -> None:
-    """One fixed-recipe run; its training-end test evaluation is forced to fp32."""
+    """One fixed-recipe run (its own test evaluation keeps the run's exact precision; the
+    comparison below evaluates every checkpoint again, in fp32)."""
     unetkit("train", "--dataset", "oxford-pet", "--data-root", str(data_root), "--mode", "binary",
             "--plan", "off", "--img-size", "128", "128", "--epochs", str(epochs), "--seed", "0",
             "--out", str(out), "--no-progress", *precision, "model.options.base_width=16",

@@ -136,7 +136,9 @@ def test_detected_cpu_capabilities_follow_the_cpu_flags(monkeypatch):
 
 def test_probes_time_a_copy_and_leave_the_model_untouched():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
+    model = nn.Sequential(  # the dropout draws from the global generator: the probe must restore it
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout2d(0.5), nn.Conv2d(4, 1, 1)
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng_before = torch.get_rng_state()
     criterion = nn.BCEWithLogitsLoss()
@@ -154,6 +156,7 @@ def test_probes_time_a_copy_and_leave_the_model_untouched():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)  # BN stats too
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert model[0].weight.is_contiguous()  # the copy, not the model, took channels-last
+    assert model.training  # the model's own mode is untouched too
 
 
 def test_a_probe_that_overflows_reports_inf():

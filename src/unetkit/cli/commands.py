@@ -120,7 +120,7 @@ def bench(args: argparse.Namespace) -> int:
         _size(args.img_size),
         args.batch_size,
         backend=args.backend,
-        channels_last=args.channels_last if args.backend == "torch" else False,
+        channels_last=args.channels_last,
         precision=args.precision,
         gemm_size=args.gemm_size,
         num_classes=args.num_classes,

@@ -27,8 +27,7 @@ def plan(args: argparse.Namespace) -> int:
     from unetkit.planning.plan import make_plan
 
     cfg = config_from_args(args)
-    budget = parse_duration(cfg.train.time_budget) if cfg.train.time_budget else None
-    made = make_plan(cfg, budget, progress=not args.no_progress)
+    made = make_plan(cfg, _budget_seconds(cfg), progress=not args.no_progress)
     print(made.describe())
     out = Path(args.out or f"plan-{cfg.data.dataset}.yaml")
     explicit = explicit_keys(args, flag_overrides(args))
@@ -59,13 +58,17 @@ def planned_config(
     """``cfg`` with the plan under every key the user set, the plan printed."""
     from unetkit.planning.plan import make_plan
 
-    budget = parse_duration(cfg.train.time_budget) if cfg.train.time_budget else None
-    made = make_plan(cfg, budget, progress=cfg.train.progress)
+    made = make_plan(cfg, _budget_seconds(cfg), progress=cfg.train.progress)
     print(made.describe(), flush=True)
     planned = made.overrides(explicit_keys(args, overrides), max(image_size(cfg.data.img_size)))
     return load_config(
         args.config, overrides={**planned, **overrides}, dotted=args.overrides, base=base
     )
+
+
+def _budget_seconds(cfg: Config) -> float | None:
+    """``train.time_budget`` in seconds, None without one."""
+    return None if cfg.train.time_budget is None else parse_duration(cfg.train.time_budget)
 
 
 def explicit_keys(args: argparse.Namespace, overrides: dict[str, Any]) -> set[str]:

@@ -13,6 +13,8 @@ from scipy import ndimage
 from unetkit.checkpoint import load_checkpoint
 from unetkit.cli.main import main
 
+# fp32 and contiguous: runs and evaluations are compared exactly, so no probe may choose
+# differently between them (on a CPU with bf16 units the auto probe's pick is timing noise)
 TINY = [
     "--img-size",
     "32",
@@ -22,6 +24,9 @@ TINY = [
     "--batch-size",
     "4",
     "--no-progress",
+    "--precision",
+    "fp32",
+    "--no-channels-last",
     "data.synthetic_count=16",
     "model.options.base_width=4",
     "model.options.depth=2",
@@ -78,9 +83,9 @@ def test_checkpoint_is_self_describing(trained_run):
 
 def test_evaluate_reuses_the_test_split_and_matches_training(trained_run, tmp_path, capsys):
     best = trained_run / "checkpoints" / "best.pt"
-    assert (
-        main(["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress"]) == 0
-    )
+    exact = ["--precision", "fp32", "--no-channels-last"]  # as the training run's final test
+    assert main(["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress",
+                 *exact]) == 0  # fmt: skip
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     at_training_end = json.loads((trained_run / "metrics.json").read_text())
     for section, key in [("dataset", "mean_iou"), ("threshold_free", "mean_roc_auc")]:
@@ -293,7 +298,7 @@ def test_binary_folder_run_with_accumulation(tmp_path):
     _write_binary_folder(data)
     args = ["train", "--dataset", "folder", "--data-root", str(data), "--out", str(out),
             "--loss", "bce:0.5,dice:0.5", "--accum-steps", "2", "--monitor", "val_foreground_iou",
-            "--precision", "fp32", *TINY]  # fmt: skip
+            *TINY]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [c["name"] for c in metrics["dataset"]["per_class"]] == ["background", "foreground"]

@@ -4,16 +4,29 @@ A checkpoint is a dict saved with :func:`torch.save`. Besides the weights (``mod
 the model's registry name and options (``architecture``), the task (classes, threshold) and the
 preprocessing (input size, normalisation), so ``evaluate`` and ``predict`` need nothing but the
 file. Training state (optimiser, schedule, scaler, RNG) rides along so a run can resume exactly.
+
+A checkpoint can never run code. A pickle can name any callable to rebuild an object, so every
+read goes through ``torch.load(weights_only=True)``, whose unpickler builds nothing but tensors
+and plain containers and refuses every other name before calling it. That keeps one file per
+checkpoint, with the optimiser's nested state as it is, and needs no new dependency (safetensors
+would hold the tensors but not the nested optimiser state or the record without a second file).
+The payload is plain data to match: the RNG states are tensors and lists, the config a dict. The
+only names allowed beyond torch's own are NumPy's array and dtype constructors, which build data
+and call nothing: checkpoints written before this rule hold NumPy's RNG state as an array, and
+keep loading.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,6 +74,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    _require_plain(payload, "checkpoint")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -84,16 +98,60 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path} could not be read as a checkpoint ({error})") from error
+    payload = _load_plain_data(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a unetkit checkpoint (no '{FORMAT}' marker); pass a file written by "
             f"'unetkit train', e.g. RUN/checkpoints/best.pt"
         )
     return payload
+
+
+_PLAIN = (str, int, float, bool, type(None))  # exact types: NumPy's float64 is a float, too
+
+
+def _require_plain(value: Any, where: str) -> None:
+    """Refuse, at write time, a payload that :func:`load_checkpoint` would refuse to read."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _require_plain(key, where)
+            _require_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _require_plain(item, f"{where}[{index}]")
+    elif type(value) not in _PLAIN and not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{where} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint "
+            f"holds tensors and plain types only (convert it, e.g. with float() or .tolist())"
+        )
+
+
+# NumPy arrays as data (older checkpoints' RNG state): constructors that call nothing else
+_NUMPY_CORE = np._core if hasattr(np, "_core") else np.core  # renamed in NumPy 2
+_NUMPY_DATA = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _NUMPY_CORE.multiarray._reconstruct]
+
+
+def _load_plain_data(path: Path, map_location: str | torch.device) -> Any:
+    """The unpickled payload of ``path``, built from tensors and plain types only; a file whose
+    pickle names anything else is refused before that name is ever called."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_DATA):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} is not a safe checkpoint: its pickle asks to build objects other than tensors "
+            f"and plain data ({_refused_name(error)}), and unetkit never runs such a payload. Use "
+            f"a checkpoint written by 'unetkit train'; if you wrote this file yourself with "
+            f"torch.save, save plain dicts, lists, numbers, strings and tensors only"
+        ) from error
+    except Exception as error:
+        raise ValueError(f"{path} could not be read as a checkpoint ({error})") from error
+
+
+def _refused_name(error: Exception) -> str:
+    """What torch's unpickler refused, without its advice on how to turn the check off."""
+    found = re.search(r"GLOBAL (\S+)", str(error))
+    return f"it names {found.group(1)}" if found else " ".join(str(error).split())[:200]
 
 
 def model_metadata(

@@ -31,6 +31,8 @@ from unetkit.inference.export import (
 from unetkit.inference.segmenter import Segmenter
 from unetkit.tasks import Task
 
+MAX_METADATA_CHARS = 1_000_000  # an export writes a few kB: classes, preprocessing, task
+
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
@@ -113,7 +115,7 @@ def load_onnx_segmenter(
     device = onnx_device(device)
     model = OnnxModel(path, device=device)
     metadata = _require_metadata(model.path, model.metadata)
-    task, class_names, preprocessing = segmenter_recipe(metadata)
+    task, class_names, preprocessing = segmenter_recipe(metadata, model.path)
     return Segmenter(
         model, task, class_names, preprocessing, device=device, batch_size=batch_size, **options
     )
@@ -125,17 +127,27 @@ def load_torchscript_segmenter(
     """A :class:`Segmenter` running an exported TorchScript file with PyTorch."""
     path = Path(path)
     module, text = _load_torchscript(path)
-    task, class_names, preprocessing = segmenter_recipe(_torchscript_metadata(path, text))
+    task, class_names, preprocessing = segmenter_recipe(_torchscript_metadata(path, text), path)
     return Segmenter(
         module, task, class_names, preprocessing, device=device, batch_size=batch_size, **options
     )
 
 
-def segmenter_recipe(metadata: dict[str, Any]) -> tuple[Task, list[str], Preprocessing]:
-    """The task, class names and preprocessing described by an exported file's metadata."""
-    task = Task(**metadata["task"])
-    preprocessing = preprocessing_from_dict(metadata["preprocessing"])
-    return task, list(metadata["class_names"]), preprocessing
+def segmenter_recipe(
+    metadata: dict[str, Any], path: str | Path = "the model"
+) -> tuple[Task, list[str], Preprocessing]:
+    """The task, class names and preprocessing described by an exported file's metadata, read
+    as data: a field of the wrong kind is an error naming the file, never an internal one."""
+    try:
+        task = Task(**metadata["task"])
+        preprocessing = preprocessing_from_dict(metadata["preprocessing"])
+        class_names = [str(name) for name in metadata["class_names"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path} has malformed unetkit metadata ({type(error).__name__}: {error}); export "
+            f"the checkpoint again with 'unetkit export'"
+        ) from error
+    return task, class_names, preprocessing
 
 
 def onnx_device(device: str | torch.device) -> str | torch.device:
@@ -181,6 +193,12 @@ def _metadata_of(path: Path, session: Any) -> dict[str, Any] | None:
 
 
 def _decoded(path: Path, text: str) -> dict[str, Any]:
+    """The metadata parsed as JSON data (never evaluated), bounded in size."""
+    if len(text) > MAX_METADATA_CHARS:
+        raise ValueError(
+            f"{path} has a {METADATA_KEY!r} metadata entry of {len(text):,} characters, more "
+            f"than the {MAX_METADATA_CHARS:,} a unetkit export writes; export the checkpoint again"
+        )
     try:
         metadata = json.loads(text)
     except json.JSONDecodeError as error:

@@ -23,10 +23,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Every global generator's state, to store in a checkpoint."""
+    """Every global generator's state as tensors and plain types, to store in a checkpoint that
+    loads without running code (see :mod:`unetkit.checkpoint`)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss,
+                  cached_gaussian],  # fmt: skip
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -35,9 +38,12 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put the generators back as :func:`capture_rng_state` found them."""
+    """Put the generators back as :func:`capture_rng_state` found them (or as checkpoints written
+    before it stored NumPy's keys as a tensor hold them: an array)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    keys = np.asarray(keys.numpy() if torch.is_tensor(keys) else keys).astype(np.uint32)
+    np.random.set_state((name, keys, position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

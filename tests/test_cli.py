@@ -119,6 +119,15 @@ def test_evaluate_rejects_unknown_eval_key(trained_run, capsys):
     assert "unknown config key 'eval.bootstrap'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("pair", ["model.options.base_width=8", "data.img_size=[64,64]",
+                                  "train.lr=0.1", "task.class_names=[a,b,c,d]"])  # fmt: skip
+def test_evaluate_refuses_keys_it_would_ignore(trained_run, capsys, pair):
+    best = trained_run / "checkpoints" / "best.pt"
+    assert main(["evaluate", "--checkpoint", str(best), pair]) == 2
+    error = capsys.readouterr().err
+    assert f"evaluate does not use {pair.split('=')[0]!r}" in error and "task.threshold" in error
+
+
 def test_predict_writes_masks_at_input_size_and_skips_corrupt(trained_run, tmp_path):
     inputs = tmp_path / "in"
     (inputs / "sub").mkdir(parents=True)
@@ -308,6 +317,21 @@ def test_binary_folder_run_with_accumulation(tmp_path):
     checkpoint = load_checkpoint(out / "checkpoints" / "best.pt")
     assert checkpoint["task"]["num_classes"] == 2
     assert checkpoint["model"]["head.weight"].shape[0] == 1  # one sigmoid channel
+
+    # evaluate honours task.threshold: an extreme one marks (almost) every pixel foreground
+    best, exact = str(out / "checkpoints" / "best.pt"), ["--precision", "fp32", "--no-progress"]
+    for threshold in (0.5, 0.001):
+        where = tmp_path / f"at{threshold}"
+        assert main(["evaluate", "--checkpoint", best, "--out", str(where), "--no-report",
+                     *exact, f"task.threshold={threshold}"]) == 0  # fmt: skip
+    at_half, at_low = (json.loads((tmp_path / f"at{t}" / "metrics.json").read_text())
+                       for t in (0.5, 0.001))  # fmt: skip
+    assert (at_half["threshold"], at_low["threshold"]) == (0.5, 0.001)
+    assert at_half["dataset"]["foreground_iou"] == pytest.approx(
+        metrics["dataset"]["foreground_iou"]
+    )
+    recall = [m["dataset"]["per_class"][1]["recall"] for m in (at_half, at_low)]
+    assert recall[1] > recall[0] and recall[1] > 0.99
 
 
 def test_bad_masks_stop_training_before_the_first_step(tmp_path, capsys):

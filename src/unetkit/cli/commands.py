@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from unetkit.checkpoint import load_checkpoint
+from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.config import Config, ConfigError, available_presets, load_config
 from unetkit.data import DATASETS, DataError, build_splits
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
@@ -29,6 +30,14 @@ EVAL_FLAGS = {
     "panels": "eval.panels",
     "report": "eval.report",
 }
+
+# What `evaluate` honours of trailing KEY=VALUE pairs: the data to score, how to score it, and
+# the binary threshold. Everything else (the model, its preprocessing, training) comes from the
+# checkpoint, so setting it would be silently ignored: refused by name instead.
+EVALUATE_KEYS = ("eval.", "task.threshold", "data.dataset", "data.root", "data.mode",
+                 "data.split_ratios", "data.split_seed", "data.train_list", "data.val_list",
+                 "data.test_list", "data.colour_map", "data.num_workers", "data.cache",
+                 "data.cache_dir", "data.synthetic_count", "data.synthetic_seed")  # fmt: skip
 
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError, KeyError)
 
@@ -66,13 +75,16 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    _refuse_ignored_overrides(args.overrides)
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = _evaluation_config(checkpoint, args)
     run_dir = Path(args.checkpoint).resolve().parent.parent
     record = _saved_split_record(run_dir, checkpoint, cfg)
     splits = build_splits(cfg, split_record=record)
-    segmenter = Segmenter.from_checkpoint(
-        args.checkpoint, args.device, args.batch_size, **segmenter_options(args)
+    loaded = model_from_checkpoint(checkpoint)
+    loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
+    segmenter = Segmenter.from_loaded(
+        loaded, args.device, args.batch_size, **segmenter_options(args)
     )
     source = getattr(splits, args.split)
     evaluation = evaluate_source(
@@ -152,8 +164,10 @@ def export(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from unetkit.serve.auth import resolve_api_key
     from unetkit.serve.server import run_server
 
+    api_key = resolve_api_key(args.api_key)  # checked before the model loads
     run_server(
         args.checkpoint,
         host=args.host,
@@ -162,6 +176,9 @@ def serve(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         max_megapixels=args.max_megapixels,
+        api_key=api_key,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
         **segmenter_options(args),
     )
     return 0
@@ -223,6 +240,19 @@ def _load_segmenter(args: argparse.Namespace) -> Segmenter:
             "give --checkpoint RUN/checkpoints/best.pt (or --backend onnxruntime --model FILE.onnx)"
         )
     return Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size, **options)
+
+
+def _refuse_ignored_overrides(pairs: list[str]) -> None:
+    """Refuse the KEY=VALUE pairs that ``evaluate`` would accept but not use."""
+    for pair in pairs:
+        key = pair.split("=", 1)[0]
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in EVALUATE_KEYS):
+            raise ConfigError(
+                f"evaluate does not use {key!r}: the model, its input size and normalisation come "
+                f"from the checkpoint, and training settings play no part in scoring. It takes "
+                f"eval.*, task.threshold and the keys that pick the data "
+                f"({', '.join(k for k in EVALUATE_KEYS if k.startswith('data.'))})"
+            )
 
 
 def _evaluation_config(checkpoint: dict[str, Any], args: argparse.Namespace) -> Config:

@@ -173,7 +173,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="any eval.* key, e.g. eval.boundary=false eval.instances=false",
+        help="eval.* keys, task.threshold (binary) and the data keys (data.root, data.mode, "
+        "data.split_ratios, ...), e.g. eval.boundary=false task.threshold=0.3; keys that the "
+        "checkpoint fixes (model, input size, training) are refused",
     )
     add_inference_flags(p)
     p.set_defaults(handler=commands.evaluate)
@@ -308,7 +310,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="an HTTP service: POST /predict, GET /health, GET /model, an upload page at /",
-        epilog="No authentication: it listens on 127.0.0.1 unless --host says otherwise.",
+        epilog="It listens on 127.0.0.1 unless --host says otherwise. Without an API key anyone "
+        "who reaches the port may use it; with one (--api-key or $UNETKIT_API_KEY) every route "
+        "but / and /health needs 'Authorization: Bearer KEY' (401 otherwise), and the page at / "
+        "asks for the key. A full queue or a request past --request-timeout gets 503 with "
+        "Retry-After. Worst-case upload memory is about --max-queue x --max-upload-mb.",
     )
     p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
     p.add_argument("--host", default="127.0.0.1")
@@ -317,6 +323,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-megapixels", type=float, default=25.0, help="image size limit")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="requests batched per model call")
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' (default: $UNETKIT_API_KEY, else no key); "
+        "prefer the variable, a command line is visible to other users",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="prediction requests taken at once, receiving, waiting or predicted; more get 503 "
+        "with Retry-After (default 64)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a prediction not answered this long after it was taken gets 503 and its queued "
+        "work is dropped (default 30)",
+    )
     add_inference_flags(p)
     p.set_defaults(handler=commands.serve)
 

@@ -68,6 +68,7 @@ def evaluate_source(
         "num_images": len(source),
         "task": "binary" if segmenter.task.is_binary else "multiclass",
         "class_names": segmenter.class_names,
+        **({"threshold": segmenter.task.threshold} if segmenter.task.is_binary else {}),
         "inference": segmenter.execution_choice.to_dict(),  # precision and layout it ran in
         **metrics.result(),
     }

@@ -22,6 +22,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ from unetkit.tasks import Task
 
 FORMAT = "unetkit-checkpoint"
 FORMAT_VERSION = 1
+TEMPORARY = ".tmp"  # suffix of a checkpoint being written
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous file at its path is untouched."""
 
 
 @dataclass(frozen=True)
@@ -70,19 +76,61 @@ class LoadedModel:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` via a temporary file and a rename: never a half-written file."""
+    """Write ``payload`` via a temporary file, flushed to disk, and a rename: ``path`` is the old
+    file or the new one, never a half-written one, whatever stops the process. A failed write
+    (a full disk) leaves the old file as it was and says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     _require_plain(payload, "checkpoint")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        _sync_folder(path.parent)
+    except OSError as error:
+        Path(tmp_name).unlink(missing_ok=True)
+        kept = "the previous one is intact" if path.exists() else "no earlier one existed"
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path} ({error.strerror or error}); {kept}. Free "
+            f"space or fix the folder's permissions, then continue with --resume auto"
+        ) from error
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a rename to disk (POSIX; a no-op where folders cannot be opened, as on Windows)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed process left while writing a checkpoint in
+    ``folder``; they are never read, only clutter. Returns what was deleted."""
+    stale = sorted(folder.glob(f".*.pt.*{TEMPORARY}")) if folder.is_dir() else []
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
+def is_intact(path: Path) -> bool:
+    """Whether ``path`` is a complete checkpoint archive: every member's checksum verified, so
+    a truncated or damaged file is never resumed from."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

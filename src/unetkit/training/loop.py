@@ -22,7 +22,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from unetkit.checkpoint import load_checkpoint
+from unetkit.checkpoint import load_checkpoint, remove_stale_temporaries
 from unetkit.config import Config
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
 from unetkit.inference.segmenter import Segmenter
@@ -61,6 +61,7 @@ def _train(parts: RunParts) -> Path:
     """Epochs, then (unless a signal stopped them) the test evaluation on rank 0."""
     run_dir, main = parts.run_dir, parts.processes.is_main
     if main:
+        remove_stale_temporaries(run_dir / "checkpoints")  # left by a process killed mid-write
         parts.cfg.save(run_dir / "config.yaml")
         (run_dir / "splits.json").write_text(json.dumps(parts.splits.split_record, indent=1))
     state = _start_state(parts)

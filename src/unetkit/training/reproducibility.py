@@ -28,8 +28,13 @@ def capture_rng_state() -> dict[str, Any]:
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss,
-                  cached_gaussian],  # fmt: skip
+        "numpy": [
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            position,
+            has_gauss,
+            cached_gaussian,
+        ],  # fmt: skip
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from unetkit.checkpoint import is_intact
 
 AUTO = "auto"
 # Newest first: last.pt is rewritten after every epoch, best.pt only on improvement, so last.pt
@@ -11,8 +14,9 @@ RESUMABLE = ("last.pt", "best.pt")
 
 
 def resolve_resume(resume: str | None, out: str | None) -> Path | None:
-    """The checkpoint to resume from: ``resume`` itself, or for ``"auto"`` the newest one in
-    ``out/checkpoints`` (``last.pt``, else ``best.pt``); None when not resuming."""
+    """The checkpoint to resume from: ``resume`` itself, or for ``"auto"`` the newest intact one
+    in ``out/checkpoints`` (``last.pt``, else ``best.pt``; a file that fails its checksums is
+    passed over, saying so); None when not resuming."""
     if not resume:
         return None
     if resume != AUTO:
@@ -23,9 +27,14 @@ def resolve_resume(resume: str | None, out: str | None) -> Path | None:
         )
     folder = Path(out) / "checkpoints"
     for name in RESUMABLE:
-        if (folder / name).is_file():
-            return folder / name
+        path = folder / name
+        if not path.is_file():
+            continue
+        if is_intact(path):
+            return path
+        print(f"--resume auto: {path} is damaged (its checksums fail); passing it over",
+              file=sys.stderr)  # fmt: skip
     raise FileNotFoundError(
-        f"--resume auto found no last.pt or best.pt in {folder}; check --out, or drop "
+        f"--resume auto found no intact last.pt or best.pt in {folder}; check --out, or drop "
         f"--resume to start a new run"
     )

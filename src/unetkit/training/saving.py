@@ -3,7 +3,11 @@
 ``last.pt`` holds everything a resume needs (optimiser, schedule, scaler, every process's random
 generators, EMA, patience and budget counters); ``best.pt`` the same for the best epoch;
 ``ema.pt`` the averaged weights alone, as a checkpoint that evaluate and predict read like any
-other. Every file is written to a temporary name and renamed, so none is ever half-written.
+other. Every file is written to a temporary name, flushed to disk and renamed, so none is ever
+half-written, and ``last.pt`` is written last: it is the commit point of an epoch. A process
+killed between the files (``kill -9``, a power cut) leaves either the previous epoch's
+``last.pt``, and a resume repeats the epoch and rewrites ``best.pt`` / ``ema.pt`` as they were,
+or this epoch's complete set.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ def save_epoch_checkpoints(
         **_model_payload(parts, state),
         **_training_state(parts, state, rng_by_rank),
     }
-    save_checkpoint(payload, checkpoints / "last.pt")
     if improved:
         save_checkpoint(payload, checkpoints / "best.pt")
     if parts.ema is not None:
         ema_only = {k: v for k, v in payload.items() if k not in TRAINING_STATE}
         save_checkpoint({**ema_only, "model": parts.ema.state_dict()}, checkpoints / "ema.pt")
+    save_checkpoint(payload, checkpoints / "last.pt")
 
 
 def _model_payload(parts: RunParts, state: dict[str, Any]) -> dict[str, Any]:

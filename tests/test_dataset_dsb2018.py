@@ -226,3 +226,19 @@ def test_tile_size_tiles_train_and_val_of_dsb2018(tmp_path):
     image, mask = splits.train.load(3)  # the bottom-right tile of the first training image
     assert image.shape == (8, 8, 3)
     np.testing.assert_array_equal(mask, _expected_union()[4:12, 2:10])
+
+
+def test_evaluation_scores_the_labelled_nuclei_not_the_touching_components(tmp_path):
+    """The first and third nucleus overlap: one connected component of the union, two objects."""
+    from test_inference import segmenter
+
+    from unetkit.evaluation.evaluate import evaluate_source
+    from unetkit.config import EvalConfig
+
+    source = _source(_make_dsb(tmp_path))
+    options = EvalConfig(boundary=False, report=False)
+    instance = evaluate_source(segmenter(2), source, options=options, progress=False).metrics[
+        "instance"
+    ]
+    assert instance["ground_truth"] == "labelled objects"
+    assert instance["per_class"][0]["gt_instances"] == len(IDS) * len(NUCLEI)  # 3 each, not 2

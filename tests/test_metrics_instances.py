@@ -354,3 +354,31 @@ def test_panoptic_quality_equals_brute_force():
         assert row["pq"] == pytest.approx(matched_iou / base, abs=1e-12)
         assert row["sq"] == pytest.approx(matched_iou / true_pos, abs=1e-12)
         assert row["rq"] == pytest.approx(true_pos / base, abs=1e-12)
+
+
+def test_labelled_objects_are_the_ground_truth_where_the_dataset_gives_them():
+    """Two touching nuclei: one connected component, but two objects to find."""
+    target = np.zeros((10, 10), np.uint8)
+    target[2:6, 1:5] = target[2:6, 5:9] = 1  # touching along column 4 | 5
+    objects = np.zeros((10, 10), np.int32)
+    objects[2:6, 1:5], objects[2:6, 5:9] = 7, 9  # any ids: renumbered per image
+    probs = probs_with([((slice(2, 6), slice(1, 9)), 0.9)], channels=2)
+    merged = target.copy()  # predicted as one blob covering both
+
+    as_components = InstanceAccumulator(2)
+    assert as_components.update(probs, merged, target)["pq"] == 1.0
+    as_objects = InstanceAccumulator(2)
+    assert as_objects.update(probs, merged, target, target_instances=objects)["pq"] == 0.0
+    summary = as_objects.summary(["background", "nucleus"])
+    assert summary["ground_truth"] == "labelled objects"
+    # IoU exactly 0.5 with each: at COCO's 0.50 one of two found (AP 51/101), none above it
+    assert summary["map"] == pytest.approx(51 / 101 / 10)
+    assert as_objects.gt_instances[1] == 2 and as_objects.pred_instances[1] == 1
+    assert as_components.summary(["background", "nucleus"])["ground_truth"] == (
+        "connected components"
+    )
+
+    split = merged.copy()
+    split[:, 4:6] = 0  # predicted apart: 4x3 and 4x3 against 4x4 each, IoU 0.75
+    separate = InstanceAccumulator(2)
+    assert separate.update(probs, split, target, target_instances=objects)["pq"] == 0.75

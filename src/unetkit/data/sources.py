@@ -75,6 +75,12 @@ class SampleSource(ABC):
         """The files sample ``index`` is read from (none for generated samples)."""
         return []
 
+    def instances(self, index: int) -> np.ndarray | None:
+        """``H x W`` int32 object ids of sample ``index`` (0 = none) where the dataset labels
+        objects one by one (one mask file per nucleus, say), so instance metrics score the real
+        objects; None where objects are only known as the mask's connected components."""
+        return None
+
     def fingerprint(self, index: int) -> str:
         """What sample ``index`` is and how it is decoded; changes whenever one of its files does.
 

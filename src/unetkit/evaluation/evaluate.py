@@ -55,12 +55,12 @@ def evaluate_source(
     metrics = SplitMetrics(segmenter.class_names, segmenter.task.is_binary, options)
     inference_seconds = 0.0
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
-    for names, images, masks in _batches(source, segmenter.batch_size):
+    for names, images, truths in _batches(source, segmenter.batch_size):
         tick = time.perf_counter()
         outputs = segmenter.predict_with_proba(images)
         inference_seconds += time.perf_counter() - tick
-        for name, (probs, prediction), mask in zip(names, outputs, masks, strict=True):
-            metrics.add(name, probs, prediction, mask)
+        for name, (probs, prediction), (mask, objects) in zip(names, outputs, truths, strict=True):
+            metrics.add(name, probs, prediction, mask, objects)
         bar.update(len(images))
     bar.close()
     result = {
@@ -152,21 +152,22 @@ def _panel(segmenter: Segmenter, source: SampleSource, index: int, score: float)
 
 def _batches(
     source: SampleSource, batch_size: int
-) -> Iterator[tuple[list[str], list[np.ndarray], list[np.ndarray]]]:
+) -> Iterator[tuple[list[str], list[np.ndarray], list[tuple[np.ndarray, np.ndarray | None]]]]:
+    """Names, images and (mask, object ids or None) of ``source``, ``batch_size`` at a time."""
     all_names = source.names
     names: list[str] = []
     images: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
+    truths: list[tuple[np.ndarray, np.ndarray | None]] = []
     for index in range(len(source)):
         image, mask = source.load(index)
         names.append(all_names[index])
         images.append(image)
-        masks.append(mask)
+        truths.append((mask, source.instances(index)))
         if len(images) == batch_size:
-            yield names, images, masks
-            names, images, masks = [], [], []
+            yield names, images, truths
+            names, images, truths = [], [], []
     if images:
-        yield names, images, masks
+        yield names, images, truths
 
 
 def describe(metrics: dict[str, Any]) -> str:

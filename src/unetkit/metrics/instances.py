@@ -2,7 +2,10 @@
 
 An instance is a connected component of one class ``c >= 1`` (the background has none), found
 separately in the prediction and in the ground truth of each image with 8-connectivity (pixels
-touching by an edge or a corner belong together, so thin diagonal structures stay whole). Pixels
+touching by an edge or a corner belong together, so thin diagonal structures stay whole). Where
+the dataset labels its objects one by one (``target_instances``, e.g. one mask file per nucleus),
+the ground-truth instances are those objects instead, so two touching nuclei are two objects to
+find rather than one component; predictions are still components of the predicted mask. Pixels
 whose target is 255 or whose ``valid`` is False are set to background in both first: they never
 form, join or enlarge an instance. Predicted components smaller than ``min_area`` pixels are
 dropped as speckle; ground-truth components are all kept, so a missed small object stays a miss.
@@ -75,6 +78,7 @@ class InstanceAccumulator:
         self.pred_instances = np.zeros(num_classes, dtype=np.int64)
         self.true_positives = np.zeros(num_classes, dtype=np.int64)
         self.true_positive_iou = np.zeros(num_classes, dtype=np.float64)
+        self.given_instances = False  # ground truth from labelled objects, not components
 
     def update(
         self,
@@ -82,18 +86,24 @@ class InstanceAccumulator:
         pred: np.ndarray,
         target: np.ndarray,
         valid: np.ndarray | None = None,
+        target_instances: np.ndarray | None = None,
     ) -> dict[str, float | None]:
-        """Add one image: ``probs`` (C, H, W), ``pred`` and ``target`` (H, W) class ids.
+        """Add one image: ``probs`` (C, H, W), ``pred`` and ``target`` (H, W) class ids, and
+        where known the ground truth's object ids ``target_instances`` (H, W, 0 = none).
 
         Returns the image's ``{"pq": ...}``: the mean over classes with ``TP + FP + FN > 0`` of
         the image's own PQ, ``None`` if the image has no instance at all.
         """
         probs, pred, target = self._checked(probs, pred, target, valid)
+        if target_instances is not None:
+            self.given_instances = True
+            target_instances = np.where(target > 0, np.asarray(target_instances), 0)
         present = np.bincount(pred.ravel(), minlength=self.num_classes) > 0
         present |= np.bincount(target.ravel(), minlength=self.num_classes) > 0
         image_pq = []
         for c in np.flatnonzero(present[1:]) + 1:
-            iou, scores = self._components(target == c, pred == c, probs[c])
+            objects = None if target_instances is None else target_instances * (target == c)
+            iou, scores = self._components(target == c, pred == c, probs[c], objects)
             num_gt, num_pred = iou.shape
             if num_gt + num_pred == 0:
                 continue
@@ -134,7 +144,9 @@ class InstanceAccumulator:
                 f"name per class, background first"
             )
         rows = [self._class_row(c, names[c]) for c in range(1, self.num_classes)]
-        summary: dict[str, Any] = {"min_area": self.min_area, "connectivity": CONNECTIVITY}
+        ground_truth = "labelled objects" if self.given_instances else "connected components"
+        summary: dict[str, Any] = {"min_area": self.min_area, "connectivity": CONNECTIVITY,
+                                   "ground_truth": ground_truth}  # fmt: skip
         for key in ("ap", "ap_50", "ap_75"):
             summary[f"m{key}"] = mean_defined(row[key] for row in rows)
         for key in ("pq", "sq", "rq"):
@@ -163,10 +175,20 @@ class InstanceAccumulator:
         return None if ap is None or len(at) == 0 else float(ap[at[0]])
 
     def _components(
-        self, gt_mask: np.ndarray, pred_mask: np.ndarray, prob: np.ndarray
+        self,
+        gt_mask: np.ndarray,
+        pred_mask: np.ndarray,
+        prob: np.ndarray,
+        gt_objects: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """IoU (ground truth x kept prediction) and the kept predictions' scores, for one class."""
-        gt_labels, num_gt = ndimage.label(gt_mask, structure=_NEIGHBOURS)
+        """IoU (ground truth x kept prediction) and the kept predictions' scores, for one class;
+        the ground truth's instances are ``gt_objects``' ids where given, else its components."""
+        if gt_objects is None:
+            gt_labels, num_gt = ndimage.label(gt_mask, structure=_NEIGHBOURS)
+        else:  # ids renumbered 1..N in order, objects without a pixel of this class dropped
+            ids, gt_labels = np.unique(gt_objects, return_inverse=True)
+            gt_labels = gt_labels.reshape(gt_objects.shape) + (0 if ids[0] == 0 else 1)
+            num_gt = int(np.count_nonzero(ids))
         pred_labels, num_pred = ndimage.label(pred_mask, structure=_NEIGHBOURS)
         either = np.flatnonzero(gt_mask | pred_mask)
         gt_ids = gt_labels.ravel()[either].astype(np.int64)

@@ -73,8 +73,16 @@ class SplitMetrics:
         self._boundary: list[dict[str, list[float | None]]] = []
         self._panoptic: list[float | None] = []
 
-    def add(self, name: str, probs: np.ndarray, prediction: np.ndarray, target: np.ndarray) -> None:
-        """One image: probabilities ``(C, H, W)``, predicted and true class ids ``(H, W)``."""
+    def add(
+        self,
+        name: str,
+        probs: np.ndarray,
+        prediction: np.ndarray,
+        target: np.ndarray,
+        target_instances: np.ndarray | None = None,
+    ) -> None:
+        """One image: probabilities ``(C, H, W)``, predicted and true class ids ``(H, W)``, and
+        the true object ids where the dataset labels objects one by one."""
         if probs.shape[0] != self.num_classes or probs.shape[1:] != target.shape:
             raise ValueError(
                 f"{name}: probabilities of shape {probs.shape} do not fit a "
@@ -88,7 +96,8 @@ class SplitMetrics:
         if self.histogram is not None:
             self.histogram.update(probs, target)
         if self.instances is not None:
-            self._panoptic.append(self.instances.update(probs, prediction, target)["pq"])
+            image = self.instances.update(probs, prediction, target, None, target_instances)
+            self._panoptic.append(image["pq"])
         if self.options.boundary:
             width = self.options.boundary_width  # None: 2% of this image's diagonal
             self._boundary.append(

@@ -149,6 +149,8 @@ def test_without_a_budget_thin_structures_get_tiles_and_blobs_keep_the_default(t
     assert "native resolution" in thin.reasons["scale"]
     blobs = make_plan(folder_config(write_folder(tmp_path / "blob", blob)), None, False)
     assert blobs.settings == {} and "keep it" in blobs.reasons["scale"]
+    # the fingerprint is cached where data.cache_dir says, beside the samples
+    assert len(list((tmp_path / "blob" / "fingerprints").glob("*.json"))) == 1
 
 
 def test_a_budget_plan_measures_and_sets_every_compute_choice(tmp_path):

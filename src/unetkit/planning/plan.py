@@ -18,6 +18,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -105,7 +106,11 @@ def make_plan(cfg: Config, budget_seconds: float | None, progress: bool = True) 
     started = time.perf_counter()
     whole = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tile_size=None))
     splits = build_splits(whole)
-    plan = Plan(fingerprint=fingerprint_source(splits.train, splits.class_names, progress=progress))
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None  # beside the samples
+    fingerprint = fingerprint_source(
+        splits.train, splits.class_names, cache_dir=cache_dir, progress=progress
+    )
+    plan = Plan(fingerprint=fingerprint)
     if budget_seconds is None:
         _plan_data_only(plan, cfg)
     else:

@@ -34,6 +34,7 @@ from unetkit.inference.image_input import ImageLike, as_image_array, is_single_i
 from unetkit.inference.modes import check_mode, training_scale_size, uses_sliding
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.sliding_window import (
+    DEFAULT_OVERLAP,
     check_overlap,
     checked_tile_size,
     sliding_window_probabilities,
@@ -74,7 +75,7 @@ class Segmenter:
         *,
         mode: str = "auto",
         tile_size: int | Sequence[int] | None = None,
-        overlap: float = 0.25,
+        overlap: float = DEFAULT_OVERLAP,
         tta: bool = False,
         postprocess: PostProcessing | None = None,
         precision: str = "fp32",

@@ -35,6 +35,7 @@ WEIGHT_FLOOR = 1e-3
 
 TileSize = tuple[int, int]
 Origin = tuple[int, int]
+DEFAULT_OVERLAP = 0.25  # share of a window its neighbour covers again
 
 
 def window_origins(length: int, tile: int, overlap: float) -> list[int]:
@@ -70,7 +71,7 @@ def sliding_window_probabilities(
     image: torch.Tensor,
     predict: ProbabilityFn,
     tile_size: int | Sequence[int],
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 8,
 ) -> torch.Tensor:
     """Probabilities ``(K, H, W)`` of a normalised image ``(C, H, W)``, blended from its tiles.

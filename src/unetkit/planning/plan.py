@@ -14,7 +14,6 @@ real dataset is never shrunk until its structures vanish, whatever the machine.
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from unetkit.data.preprocess import image_size
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import SampleSource
 from unetkit.devices import resolve_device
+from unetkit.inference.sliding_window import DEFAULT_OVERLAP, tile_grid
 from unetkit.losses import build_loss
 from unetkit.planning import decisions
 from unetkit.planning.decisions import Candidate
@@ -280,16 +280,15 @@ def _note_fixed_choices(plan: Plan, cfg: Config, steps: float) -> None:
 
 
 def _windows_per_test_image(plan: Plan, side: int) -> int:
-    """Model inputs per median test image: 1 when resized, else the sliding windows."""
+    """Model inputs per median test image: 1 when resized, else the Segmenter's own sliding
+    window grid (default overlap) over the median image scaled as the model sees it."""
     tile = plan.settings.get("data.tile_size")
     if not tile:
         return 1
     factor = side / tile
-    fingerprint = plan.fingerprint
-    stride = 0.75 * side  # the Segmenter's default overlap of 0.25
-    rows = math.ceil(max(fingerprint.height.median * factor - side, 0) / stride) + 1
-    cols = math.ceil(max(fingerprint.width.median * factor - side, 0) / stride) + 1
-    return rows * cols
+    height = round(plan.fingerprint.height.median * factor)
+    width = round(plan.fingerprint.width.median * factor)
+    return len(tile_grid(max(height, side), max(width, side), (side, side), DEFAULT_OVERLAP))
 
 
 def _probe_setting(

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.sources import DataError
+from unetkit.data.text_files import read_text
 from unetkit.tasks import IGNORE_INDEX
 
 IGNORE_NAME = "ignore"
@@ -77,7 +78,7 @@ def read_colour_map(path: str | Path) -> ColourMap:
     map_path = Path(path)
     if not map_path.is_file():
         raise DataError(f"colour map {map_path} does not exist", fix=FORMAT_HELP)
-    text = map_path.read_text()
+    text = read_text(map_path, "colour map")
     entries = (
         _parse_json(text, map_path)
         if text.lstrip().startswith("{")

@@ -16,6 +16,7 @@ import numpy as np
 
 from unetkit.data.folder import IMAGE_EXTENSIONS
 from unetkit.data.sources import DataError, SampleSource
+from unetkit.data.text_files import read_text
 
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)
@@ -74,15 +75,20 @@ def read_name_list(path: str | Path) -> list[str]:
     """Sample names from a list file: the first token of each line, any image extension dropped.
 
     Blank lines and lines starting with ``#`` are skipped, so lists with extra columns (such as the
-    Oxford-IIIT Pet ``trainval.txt``) work as they are.
+    Oxford-IIIT Pet ``trainval.txt``) work as they are. A line that is a whole file name with its
+    extension may hold spaces (``my scan 1.png``).
     """
     list_path = Path(path)
     if not list_path.is_file():
         raise DataError(f"split list {list_path} does not exist; give a text file of sample names")
     names = []
-    for line in list_path.read_text().splitlines():
+    for line in read_text(list_path, "split list").splitlines():
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
+            continue
+        whole = Path(line.strip())  # a file name with spaces: "my scan 1.png"
+        if whole.suffix.lower() in IMAGE_EXTENSIONS:
+            names.append(whole.stem)
             continue
         name = Path(tokens[0])
         names.append(name.stem if name.suffix.lower() in IMAGE_EXTENSIONS else tokens[0])
@@ -180,7 +186,7 @@ def load_split_record(path: str | Path) -> SplitRecord:
     if not record_path.is_file():
         raise DataError(f"split record {record_path} does not exist")
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads(read_text(record_path, "split record"))
     except json.JSONDecodeError as error:
         raise DataError(f"split record {record_path} is not valid JSON: {error}") from error
     return validate_split_record(record, where=str(record_path))

@@ -25,18 +25,21 @@ from unetkit.data.folder import (
     FolderScan,
     FolderSource,
     MaskEncoding,
-    infer_mask_encoding,
     list_image_files,
-    num_classes_from_values,
     pair_by_stem,
     read_class_names,
-    scan_mask_values,
 )
 from unetkit.data.folder_layouts import (
     FOLDER_LAYOUT,
     detect_folder_layout,
     guess_mask_suffix,
     pair_split_folders,
+)
+from unetkit.data.mask_scan import (
+    MaskValueScan,
+    infer_mask_encoding,
+    num_classes_from_values,
+    scan_mask_values,
 )
 from unetkit.data.preprocess import image_size
 from unetkit.data.sources import DataError
@@ -164,22 +167,25 @@ def scan_contents(
         names_from, dataset_names = colour_map.source, list(colour_map.class_names)
     task = cfg.task
     declared = task.num_classes or _count(task.class_names) or _count(dataset_names)
-    values: set[int] = set()
+    masks = MaskValueScan()
     if colour_map is not None:
         encoding = MaskEncoding(colour_map=colour_map)
     else:
         if declared is None or (declared == 2 and not value_map):
-            masks = [p.mask for p in scan.pairs]
-            values = scan_mask_values(masks, stop_on_class_ids=declared == 2)
-        encoding = infer_mask_encoding(values, declared, task.ignore_index, value_map)
+            masks = scan_mask_values(
+                [p.mask for p in scan.pairs],
+                stop_unless_binary=declared == 2,
+                ignore_index=task.ignore_index,
+            )
+        encoding = infer_mask_encoding(masks.value_sets, declared, task.ignore_index, value_map)
     names = resolve_class_names(
         task,
         dataset_names=dataset_names,
         dataset_names_from=names_from or "the dataset's class names",
-        detected_num_classes=None if declared else num_classes_from_values(values, encoding),
+        detected_num_classes=None if declared else num_classes_from_values(masks.values, encoding),
     )
     source = FolderSource(scan.pairs, cfg.data.in_channels, encoding)
-    return DatasetContents(source, names, scan.problems)
+    return DatasetContents(source, names, [*scan.problems, *masks.problems])
 
 
 def _check_names_agree(

@@ -23,7 +23,7 @@ import numpy as np
 from unetkit.data.preprocess import image_size, resize_image
 from unetkit.data.sources import SampleSource
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: EXIF orientation applied, JPEG masks snapped (issue 12)
 
 
 def default_cache_dir() -> Path:

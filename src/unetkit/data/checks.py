@@ -18,7 +18,7 @@ from tqdm import tqdm
 from unetkit.data._progress import tqdm_disable
 from unetkit.data.contents import default_class_names
 from unetkit.data.registry import DatasetSplits
-from unetkit.data.sources import DataError, DataProblem, SampleSource, UnreadableFileError
+from unetkit.data.sources import DataError, DataProblem, SampleSource
 from unetkit.data.statistics import DatasetStatistics, StatisticsCollector
 from unetkit.tasks import IGNORE_INDEX
 
@@ -98,9 +98,7 @@ def _inspect_sample(
     where = source.describe(index)
     try:
         image, mask = source.load(index)
-    except UnreadableFileError as error:
-        return [DataProblem(where, str(error), _REEXPORT)], None
-    except DataError as error:
+    except DataError as error:  # UnreadableFileError included
         return [DataProblem(where, error.message, error.fix or _REEXPORT)], None
     except OSError as error:  # from sources that read files without unetkit's readers
         return [DataProblem(where, f"cannot be read: {error}", _REEXPORT)], None

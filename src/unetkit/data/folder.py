@@ -9,34 +9,45 @@ in :mod:`unetkit.data.folder_layouts`)::
 
 Mask rules, applied per dataset so every mask of a dataset is read the same way:
 
-* Pixel values are class ids. Palette (P-mode) masks are read as their palette *indices*, never
-  converted to colours. A colour (RGB) mask whose channels differ is rejected, unless the dataset
-  has a colour map (``data.colour_map``, see :mod:`unetkit.data.colour_map`): then every mask is
-  read as RGB (palette masks through their palette) and each colour becomes its class id.
-* Binary 0/255 masks: when ``num_classes`` is 2 or not given, and every mask value in the dataset
-  lies in {0, 255}, then 255 means foreground and is mapped to 1. Otherwise 255 keeps its canonical
-  meaning, *ignore*.
+* Pixel values are class ids, 8- or 16-bit alike. Palette (P-mode) masks are read as their
+  palette *indices*, never converted to colours; 1-bit masks as 0 and 1. A colour (RGB) mask whose
+  channels differ is rejected, unless the dataset has a colour map (``data.colour_map``, see
+  :mod:`unetkit.data.colour_map`): then every mask is read as RGB (palette masks through their
+  palette) and each colour becomes its class id.
+* Binary masks: when ``num_classes`` is 2 or not given, and every mask of the dataset holds only
+  0 and one other value, 1 or full-scale white (255, or 65535 in a 16-bit PNG), with white in at
+  least one, then the dataset is binary and 1, 255 and 65535 all mean foreground (so 0/1 and
+  0/255 masks may be mixed). Otherwise 255 keeps its canonical meaning, *ignore*.
+* JPEG masks are snapped to black and white, and only accepted in a binary dataset
+  (see :mod:`unetkit.data.lossy_masks`).
 * ``ignore_index`` (a value used by the dataset for void pixels) is mapped to 255 = ignore.
+
+A mask must have its image's size (as viewers show the image: EXIF rotations are applied, see
+:mod:`unetkit.data.image_files`); a mask of another size is refused rather than resized, because
+it is nearly always the mask of another image or of a resized or cropped copy, and stretching it
+would misplace every label without a word.
 
 Images are read as RGB (or L for ``in_channels == 1``): palette, RGBA and CMYK images are converted,
 16-bit and float images are stretched to 0..255 by their own range (their useful range varies with
-the sensor), and multi-frame files give their first frame.
+the sensor), and multi-frame files give their first frame. Sample names are the file stems in
+Unicode NFC form, so an image and a mask named alike by different systems still pair.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from unetkit.data._progress import tqdm_disable
 from unetkit.data.colour_map import ColourMap
-from unetkit.data.sources import DataError, DataProblem, SampleSource, UnreadableFileError
+from unetkit.data.image_files import DECODE_ERRORS, ImageSource, open_image, unreadable
+from unetkit.data.lossy_masks import SAVE_AS_PNG, is_lossy, snap_black_and_white
+from unetkit.data.sources import DataError, DataProblem, SampleSource
+from unetkit.data.text_files import read_text
 from unetkit.tasks import IGNORE_INDEX
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
@@ -46,9 +57,7 @@ _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # --- reading one file ------------------------------------------------------------------------
 
 
-def read_image(
-    path: str | Path | BinaryIO, in_channels: int = 3, *, allow_colour: bool = True
-) -> np.ndarray:
+def read_image(path: ImageSource, in_channels: int = 3, *, allow_colour: bool = True) -> np.ndarray:
     """The image at ``path`` as ``H x W x in_channels`` uint8.
 
     With ``in_channels == 1`` colour images are converted to luminance, unless ``allow_colour`` is
@@ -57,12 +66,15 @@ def read_image(
     """
     if in_channels not in (1, 3):
         raise DataError(f"in_channels must be 1 (grey) or 3 (RGB); got {in_channels}")
-    with _open(path) as image:
+    with open_image(path) as image:
         if image.mode in _HIGH_BIT_DEPTH_MODES:
             grey = _stretch_to_uint8(np.asarray(image))
             array = grey[..., None] if in_channels == 1 else np.repeat(grey[..., None], 3, 2)
             return np.ascontiguousarray(array)
-        rgb = np.asarray(_to_rgb(image))
+        try:
+            rgb = np.asarray(_to_rgb(image))
+        except DECODE_ERRORS as error:  # a mode PIL decodes but cannot convert (LAB TIFFs ...)
+            raise unreadable(path, error) from error
     if in_channels == 3:
         return rgb
     if not allow_colour and _is_colour(rgb):
@@ -74,32 +86,55 @@ def read_image(
     return np.asarray(grey)[..., None]
 
 
+@dataclass(frozen=True)
+class StoredMask:
+    """The values a mask file holds, and whether they were snapped from a lossy (JPEG) file."""
+
+    values: np.ndarray  # H x W int64
+    lossy: bool = False
+    snapped_pixels: int = 0  # pixels of a JPEG mask moved to 0 or 255
+
+
 def read_raw_mask(path: str | Path) -> np.ndarray:
     """The stored values of mask ``path`` as ``H x W`` int64 (palette indices for P mode)."""
-    with _open(path) as mask:
-        mode = mask.mode
-        if mode in ("LA", "PA"):
-            values = np.asarray(mask)[..., 0]
-        elif mode in ("RGB", "RGBA"):
-            values = _grey_channel_of_colour_mask(np.asarray(mask), path)
-        elif mode in ("L", "P", "1") or mode in _HIGH_BIT_DEPTH_MODES:
-            values = np.asarray(mask)
-        else:
-            raise DataError(
-                f"{path}: mask mode {mode} is not a class-index image",
-                fix="save masks as 8-bit greyscale (L) or palette (P) PNGs of class ids, or as "
-                "RGB with a colour map (data.colour_map)",
-            )
+    return read_stored_mask(path).values
+
+
+def read_stored_mask(path: str | Path) -> StoredMask:
+    """The stored values of mask ``path``; a JPEG mask is snapped to 0 and 255 or refused."""
+    with open_image(path) as mask:
+        if is_lossy(mask):
+            values, changed = snap_black_and_white(np.asarray(mask.convert("L")), path)
+            return StoredMask(values.astype(np.int64), lossy=True, snapped_pixels=changed)
+        values = _class_values(mask, path)
     if values.dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
         raise DataError(f"{path}: mask holds fractional values", fix="store integer class ids")
-    return values.astype(np.int64)
+    return StoredMask(values.astype(np.int64))
+
+
+def _class_values(mask: Image.Image, path: str | Path) -> np.ndarray:
+    """The pixel values of a lossless mask image, as stored."""
+    mode = mask.mode
+    if mode in ("LA", "PA"):
+        return np.asarray(mask)[..., 0]
+    if mode in ("RGB", "RGBA"):
+        return _grey_channel_of_colour_mask(np.asarray(mask), path)
+    if mode in ("L", "P", "1") or mode in _HIGH_BIT_DEPTH_MODES:
+        return np.asarray(mask)
+    raise DataError(
+        f"{path}: mask mode {mode} is not a class-index image",
+        fix="save masks as 8-bit greyscale (L) or palette (P) PNGs of class ids, or as "
+        "RGB with a colour map (data.colour_map)",
+    )
 
 
 @dataclass(frozen=True)
 class MaskEncoding:
     """How stored mask values become canonical class ids (see the module docstring).
 
-    With ``colour_map`` the stored values are RGB colours and the other fields do not apply.
+    ``binary_255``: the dataset is binary, so full-scale white (255, or 65535 in 16-bit masks)
+    means foreground (1). With ``colour_map`` the stored values are RGB colours and the other
+    fields do not apply.
     """
 
     binary_255: bool = False
@@ -113,7 +148,7 @@ class MaskEncoding:
             return IGNORE_INDEX
         if self.value_map is not None and value in self.value_map:
             return self.value_map[value]
-        if self.binary_255 and value == 255:
+        if self.binary_255 and value in FULL_SCALE_WHITE:
             return 1
         return value
 
@@ -134,6 +169,9 @@ class MaskEncoding:
         return canonical[np.searchsorted(stored, raw)].astype(np.uint8)
 
 
+FULL_SCALE_WHITE = frozenset({255, 2**16 - 1})
+"""White in an 8-bit and in a 16-bit mask: foreground in a binary dataset."""
+
 # Masks whose values are all in [0, _LOOKUP_LIMIT) (8- and 16-bit PNGs) are decoded by a lookup
 # table and counted with bincount: 0.5 ms instead of 3.4 ms for np.unique + searchsorted on a
 # 500 x 332 Oxford-IIIT Pet trimap, the larger part of loading a sample.
@@ -151,18 +189,30 @@ def _stored_values(raw: np.ndarray) -> np.ndarray:
 
 def read_mask(path: str | Path, encoding: MaskEncoding | None = None) -> np.ndarray:
     """The canonical ``H x W`` uint8 mask of ``path`` (class ids, 255 = ignore)."""
-    if encoding is not None and encoding.colour_map is not None:
+    encoding = encoding or MaskEncoding()
+    if encoding.colour_map is not None:
         return encoding.colour_map.decode(read_colour_mask(path), path)
-    raw = read_raw_mask(path)
+    stored = read_stored_mask(path)
+    if stored.lossy and not encoding.binary_255 and stored.values.any():
+        raise DataError(
+            f"{path}: JPEG mask in a dataset that is not binary (its white would mean ignore)",
+            fix=SAVE_AS_PNG,
+        )
     try:
-        return (encoding or MaskEncoding()).decode(raw)
+        return encoding.decode(stored.values)
     except DataError as error:
         raise DataError(f"{path}: {error.message}", fix=error.fix) from error
 
 
 def read_colour_mask(path: str | Path) -> np.ndarray:
     """The colours of mask ``path`` as ``H x W x 3`` uint8 (palette masks through their palette)."""
-    with _open(path) as mask:
+    with open_image(path) as mask:
+        if is_lossy(mask):
+            raise DataError(
+                f"{path}: colour mask saved as JPEG; compression shifts its colours, so they "
+                f"cannot be matched to the colour map",
+                fix="save colour masks as PNG (lossless)",
+            )
         if mask.mode in _HIGH_BIT_DEPTH_MODES:
             raise DataError(
                 f"{path}: {mask.mode} mask cannot be colour-coded",
@@ -174,7 +224,8 @@ def read_colour_mask(path: str | Path) -> np.ndarray:
 
 def read_class_names(path: str | Path) -> list[str]:
     """Class names from a text file, one per line, background first; blank lines are skipped."""
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    text = read_text(path, "class names file")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise DataError(f"{path}: class names must be unique; repeated: {', '.join(duplicates)}")
@@ -184,31 +235,6 @@ def read_class_names(path: str | Path) -> list[str]:
             f"more class, one name per line"
         )
     return names
-
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def _open(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path`` so truncated files fail here, with their name."""
-    try:
-        image = Image.open(path)
-    except FileNotFoundError as error:
-        raise UnreadableFileError(f"{path}: file not found") from error
-    except _DECODE_ERRORS as error:
-        raise _unreadable(path, error) from error
-    try:
-        image.load()
-    except _DECODE_ERRORS as error:
-        image.close()
-        raise _unreadable(path, error) from error
-    return image
-
-
-def _unreadable(path: str | Path, error: Exception) -> UnreadableFileError:
-    return UnreadableFileError(
-        f"{path}: cannot be read as an image ({error}); re-export or remove the file"
-    )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -232,8 +258,10 @@ def _is_colour(rgb: np.ndarray) -> bool:
 def _grey_channel_of_colour_mask(values: np.ndarray, path: str | Path) -> np.ndarray:
     rgb = values[..., :3]
     if _is_colour(rgb):
+        colours = len(np.unique(rgb.reshape(-1, 3), axis=0))
         raise DataError(
-            f"{path}: colour-coded mask (RGB values differ)",
+            f"{path}: colour-coded mask ({colours} distinct colours; R, G and B differ) and no "
+            f"colour map",
             fix="give a colour map (data.colour_map: one 'R G B name' line per class), or "
             "convert it to a class-index PNG (mode L or P) whose pixel values are class ids",
         )
@@ -324,7 +352,7 @@ def _index_by_stem(files: list[Path], suffix: str, problems: list[DataProblem]) 
     """Files by sample name (stem without ``suffix``); a name seen twice is a problem."""
     by_name: dict[str, Path] = {}
     for path in files:
-        name = path.stem
+        name = unicodedata.normalize("NFC", path.stem)
         if suffix:
             if not name.endswith(suffix):
                 continue
@@ -342,53 +370,25 @@ def _index_by_stem(files: list[Path], suffix: str, problems: list[DataProblem]) 
     return by_name
 
 
-# --- inferring how masks are encoded ------------------------------------------------------------
-
-
-def scan_mask_values(
-    paths: Iterable[Path], stop_on_class_ids: bool = False, progress: bool | None = None
-) -> set[int]:
-    """Union of the stored values of the masks at ``paths``.
-
-    Unreadable masks are skipped here: this scan only guesses the encoding, and
-    :func:`unetkit.data.checks.check_splits` reports those files. With ``stop_on_class_ids`` the
-    scan ends at the first value in 1..254, which already rules out a 0/255 encoding.
-    """
-    paths = list(paths)
-    values: set[int] = set()
-    disable = tqdm_disable(len(paths), progress)
-    for path in tqdm(paths, desc="scanning masks", unit="mask", disable=disable):
-        try:
-            values.update(int(v) for v in np.unique(read_raw_mask(path)))
-        except DataError:
-            continue  # reported with its file name by check_splits
-        if stop_on_class_ids and any(0 < v < 255 for v in values):
-            break
-    return values
-
-
-def infer_mask_encoding(
-    stored_values: set[int],
-    num_classes: int | None,
-    ignore_index: int | None = None,
-    value_map: Mapping[int, int] | None = None,
-) -> MaskEncoding:
-    """The dataset-wide encoding: 0/255 means binary only when nothing else contradicts it."""
-    meaningful = stored_values - ({ignore_index} if ignore_index is not None else set())
-    binary_255 = (
-        num_classes in (None, 2)
-        and ignore_index != IGNORE_INDEX
-        and not value_map
-        and 255 in meaningful
-        and meaningful <= {0, 255}
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
+    """Refuse a mask whose height and width differ from its image's (module docstring: why)."""
+    if image.shape[:2] == mask.shape[:2]:
+        return
+    (height, width), (mask_height, mask_width) = image.shape[:2], mask.shape[:2]
+    swapped = (mask_height, mask_width) == (width, height)
+    hint = (
+        "; the sizes are swapped: a photo with an EXIF orientation is read upright, as viewers "
+        "show it, so draw the mask on the upright picture"
+        if swapped
+        else ""
     )
-    return MaskEncoding(binary_255, ignore_index, value_map)
-
-
-def num_classes_from_values(stored_values: set[int], encoding: MaskEncoding) -> int:
-    """Class count implied by the masks: largest canonical id + 1 (ignore excluded), at least 2."""
-    ids = {encoding.decode_value(v) for v in stored_values} - {IGNORE_INDEX}
-    return max(2, max(ids, default=0) + 1)
+    raise DataError(
+        f"image is {height}x{width} (HxW) but its mask is {mask_height}x{mask_width} "
+        f"(image {image_path}, mask {mask_path})",
+        fix="masks must match their image pixel for pixel; re-export the mask at the image's "
+        f"size (a mask of another size is usually that of another image or of a resized copy)"
+        f"{hint}",
+    )
 
 
 # --- the source ---------------------------------------------------------------------------------
@@ -414,7 +414,9 @@ class FolderSource(SampleSource):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[index]
         image = read_image(pair.image, self.in_channels, allow_colour=False)
-        return image, read_mask(pair.mask, self.encoding)
+        mask = read_mask(pair.mask, self.encoding)
+        check_same_size(image, mask, pair.image, pair.mask)
+        return image, mask
 
     def describe(self, index: int) -> str:
         pair = self.pairs[index]

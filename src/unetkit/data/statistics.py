@@ -75,8 +75,10 @@ class StatisticsCollector:
         """Count ``mask``'s pixels per value and record ``image``'s height and width."""
         stats = self.statistics
         stats.sizes.setdefault(split, []).append((int(image.shape[0]), int(image.shape[1])))
-        counts = np.bincount(mask.reshape(-1).astype(np.int64, copy=False), minlength=256)
         num_classes = len(stats.class_pixels)
+        counts = np.bincount(
+            mask.reshape(-1).astype(np.int64, copy=False), minlength=max(256, num_classes + 1)
+        )
         stats.class_pixels += counts[:num_classes]
         stats.ignored_pixels += int(counts[IGNORE_INDEX])
         stats.invalid_pixels += int(counts[num_classes:].sum() - counts[IGNORE_INDEX])

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from unetkit.data.sources import DataError, SampleSource, UnreadableFileError
+from unetkit.data.image_files import header_size
+from unetkit.data.sources import DataError, SampleSource
 from unetkit.data.splits import SplitRecord
 
 TILE_MARK = "@"
@@ -57,20 +57,6 @@ def tile_name(image_name: str, origin: Origin) -> str:
 def image_name_of(sample_name: str) -> str:
     """The image a sample comes from: the part of a tile name before ``@``, else the name itself."""
     return sample_name.rsplit(TILE_MARK, 1)[0] if TILE_MARK in sample_name else sample_name
-
-
-def header_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of the image at ``path``, read from its header without decoding it."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError as error:
-        raise UnreadableFileError(f"{path}: file not found") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UnreadableFileError(
-            f"{path}: cannot be read as an image ({error}); re-export or remove the file"
-        ) from error
-    return height, width
 
 
 @dataclass(frozen=True)

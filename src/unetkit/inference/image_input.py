@@ -1,8 +1,8 @@
 """What the Segmenter accepts as an image: NumPy arrays or PIL images, checked and made uniform.
 
 Every input becomes an ``H x W x C`` uint8 array with the channel count the model was trained on,
-converted as :func:`unetkit.data.folder.read_image` converts files, so an image predicted from
-memory and the same image read from disk give the same result.
+converted as :func:`unetkit.data.folder.read_image` converts files (EXIF orientation included), so
+an image predicted from memory and the same image read from disk give the same result.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from unetkit.data.image_files import upright
 
 ImageLike = np.ndarray | Image.Image
 
@@ -49,7 +51,9 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     """Grey or RGB uint8 pixels of a PIL image, as ``unetkit.data.folder.read_image`` sees them.
 
     High-bit-depth images keep their dtype, so they fail the uint8 check instead of being clipped.
+    An EXIF orientation is applied, as when the file is read from disk.
     """
+    image = upright(image)
     if image.mode in ("L", "RGB") or image.mode in _HIGH_BIT_DEPTH_MODES:
         return np.asarray(image)
     if image.mode == "P" and "transparency" in image.info:

@@ -23,12 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import ImageSequence
 
 from unetkit.config import Config
 from unetkit.data.builders import folder_contents, require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
 from unetkit.data.folder import MaskEncoding
+from unetkit.data.image_files import DECODE_ERRORS, open_lazily
 from unetkit.data.registry import DATASETS
 from unetkit.data.sources import DataError, SampleSource, UnreadableFileError
 
@@ -79,8 +80,13 @@ def _stack_contents(volume: Path, labels: Path, cfg: Config) -> DatasetContents:
 
 def page_count(path: Path) -> int:
     """The number of pages (slices) of the TIFF at ``path``."""
-    with _open(path) as stack:
-        return sum(1 for _ in ImageSequence.Iterator(stack))
+    with open_lazily(path) as stack:
+        try:
+            return sum(1 for _ in ImageSequence.Iterator(stack))
+        except DECODE_ERRORS as error:
+            raise UnreadableFileError(
+                f"{path}: its pages cannot be read ({error}); re-export or replace the file"
+            ) from error
 
 
 def read_page(path: Path, index: int, *, labels: bool = False) -> np.ndarray:
@@ -89,11 +95,11 @@ def read_page(path: Path, index: int, *, labels: bool = False) -> np.ndarray:
     Image pages in colour are converted to luminance; label pages keep their stored values
     (palette indices for a palette page), since those are the labels.
     """
-    with _open(path) as stack:
+    with open_lazily(path) as stack:
         try:
             page = ImageSequence.Iterator(stack)[index]
             page.load()
-        except (OSError, SyntaxError, ValueError, IndexError) as error:
+        except DECODE_ERRORS as error:
             raise UnreadableFileError(
                 f"{path} page {index}: cannot be read ({error}); re-export or replace the file"
             ) from error
@@ -160,17 +166,6 @@ class TiffStackSource(SampleSource):
     def _select(self, positions: list[int]) -> TiffStackSource:
         pages = [self.pages[p] for p in positions]
         return TiffStackSource(self.volume, self.labels, self.in_channels, self.encoding, pages)
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        return Image.open(path)
-    except FileNotFoundError as error:
-        raise UnreadableFileError(f"{path}: file not found") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UnreadableFileError(
-            f"{path}: cannot be read as an image stack ({error}); re-export or replace the file"
-        ) from error
 
 
 DATASETS[NAME] = build_isbi2012

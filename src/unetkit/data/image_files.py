@@ -1,0 +1,141 @@
+"""Opening image files from the wild: decoded in full, turned upright, bounded in size.
+
+Every reader of images and masks in unetkit opens files through :func:`open_image`, so training,
+evaluation, ``predict`` and ``serve`` agree on what a user's folder can throw at them:
+
+* Orientation: a photo whose EXIF header says it is rotated or mirrored is turned the way viewers
+  show it (``ImageOps.exif_transpose``). Images and masks alike, so a mask drawn on the picture as
+  the user sees it lines up with it. :func:`upright` does the same for an image already in memory,
+  and :func:`header_size` gives the size as seen, without decoding.
+* Size: a header claiming more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's decompression-bomb
+  limit, about 89 million) is refused before any pixel is decoded, naming the file and the limit.
+* Failure: an empty file, a truncated one, or bytes no decoder understands raise
+  :class:`UnreadableFileError` naming the file; PIL's own exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import ExifTags, Image, ImageOps
+
+from unetkit.data.sources import UnreadableFileError
+
+ImageSource = str | Path | BinaryIO
+
+# What PIL's decoders raise on malformed bytes. OSError is the documented one; the others come out
+# of individual plugins on corrupt headers (found by tests/test_data_wild.py's generated files).
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    TypeError,
+    KeyError,
+    ZeroDivisionError,
+    Image.DecompressionBombError,
+)
+_SIZE_LIMIT_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_REEXPORT = "re-export the file, or remove it (with its image or mask)"
+_ORIENTATION = ExifTags.Base.Orientation
+_TRANSPOSED = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """``source`` opened, decoded in full (so truncation fails here) and turned upright.
+
+    ``format`` stays the file's (``"JPEG"`` ...). The caller closes the image (use ``with``).
+    """
+    image = open_lazily(source)
+    try:
+        image.load()
+        turned = upright(image)
+    except DECODE_ERRORS as error:
+        image.close()
+        raise unreadable(source, error) from error
+    if turned is not image:
+        turned.format = image.format  # a turned copy has none; lossy_masks asks for JPEG
+        image.close()
+    return turned
+
+
+def header_size(source: ImageSource) -> tuple[int, int]:
+    """``(height, width)`` of the image as viewers show it, read from its header alone."""
+    with open_lazily(source) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(_ORIENTATION)
+        except DECODE_ERRORS as error:
+            raise unreadable(source, error) from error
+    return (width, height) if orientation in _TRANSPOSED else (height, width)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says; ``image`` itself when already upright.
+
+    For images opened elsewhere (an upload, a PIL image handed to the Segmenter), so they are
+    seen as :func:`open_image` sees the same file.
+    """
+    if image.getexif().get(_ORIENTATION) not in range(2, 9):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def unreadable(source: ImageSource, error: Exception) -> UnreadableFileError:
+    """The error for a file that PIL cannot decode; names the file and PIL's reason."""
+    return UnreadableFileError(
+        f"{describe_source(source)}: cannot be read as an image ({type(error).__name__}: {error})",
+        fix=_REEXPORT,
+    )
+
+
+def describe_source(source: ImageSource) -> str:
+    """The path of ``source``, or ``<in-memory image>`` for a file object without a name."""
+    if isinstance(source, str | Path):
+        return str(source)
+    return str(getattr(source, "name", "<in-memory image>"))
+
+
+def open_lazily(source: ImageSource) -> Image.Image:
+    """``Image.open(source)``, pixels not yet decoded, with every failure as our error.
+
+    For readers that pick frames themselves (TIFF stacks); others use :func:`open_image`.
+    """
+    name = describe_source(source)
+    if _is_empty(source):
+        raise UnreadableFileError(f"{name}: the file is empty (0 bytes)", fix=_REEXPORT)
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit and decodes anyway; refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except FileNotFoundError as error:
+        raise UnreadableFileError(f"{name}: file not found", fix=_REEXPORT) from error
+    except _SIZE_LIMIT_ERRORS as error:
+        raise UnreadableFileError(
+            f"{name}: refused to decode: {error} (the limit is PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS} pixels)",
+            fix="a header this large is usually a corrupt or hostile file: re-export or remove "
+            "it; cut a genuine image this large into tiles before using it",
+        ) from error
+    except DECODE_ERRORS as error:
+        raise unreadable(source, error) from error
+
+
+def _is_empty(source: ImageSource) -> bool:
+    if isinstance(source, str | Path):
+        try:
+            return os.stat(source).st_size == 0
+        except OSError:
+            return False  # Image.open names the problem (missing file, permissions)
+    if isinstance(source, io.BytesIO):
+        with source.getbuffer() as view:
+            return view.nbytes == 0
+    return False

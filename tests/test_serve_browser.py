@@ -214,3 +214,46 @@ def test_a_file_that_is_not_an_image_shows_the_service_message(browser, url, tmp
     assert shown["status"].endswith("(HTTP 415)")
     assert shown["overlayHidden"] and shown["rows"] == []
     assert browser.page_errors(session) == []
+
+
+KEY = "page-key_0123456789"
+STATE = "document.body.dataset.state"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(browser: DevTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    checkpoint = tmp_path_factory.mktemp("serve-browser-key") / "best.pt"
+    write_checkpoint(checkpoint, 3)
+    with serving(checkpoint, api_key=KEY) as base:
+        yield base
+
+
+def choose_and_wait(browser: DevTools, session: str, path: Path) -> dict[str, Any]:
+    """Choose ``path`` in the page's file input; what the page shows once it is done or failed."""
+    browser.evaluate(session, f"{STATE} = 'idle'")
+    browser.choose_file(session, "#file", path)
+    browser.wait_for(session, f"['done', 'error'].includes({STATE})")
+    return json.loads(browser.evaluate(session, SHOWN))
+
+
+def test_with_an_api_key_the_page_sends_the_key_typed_in_its_field(browser, keyed_url, tmp_path):
+    paths = [tmp_path / "first.png", tmp_path / "second.png"]
+    for seed, path in enumerate(paths):
+        path.write_bytes(png_file(rgb(21, 30, seed=seed)))
+    session = browser.open_page(f"{keyed_url}/")
+    about = browser.evaluate(session, 'document.getElementById("about").textContent')
+    assert about == "This service needs an API key: enter it, then choose an image."
+
+    browser.evaluate(session, 'document.getElementById("api-key").value = "wrong"')
+    shown = choose_and_wait(browser, session, paths[0])
+    assert shown["state"] == "error" and shown["status"].startswith("first.png: the API key sent")
+    assert shown["status"].endswith("(HTTP 401)") and shown["rows"] == []
+
+    browser.evaluate(session, f'document.getElementById("api-key").value = "{KEY}"')
+    shown = choose_and_wait(browser, session, paths[1])
+    assert shown["state"] == "done", shown["status"]
+    assert shown["status"] == "second.png: 30 x 21 pixels"
+    assert [row[0] for row in shown["rows"]] == ["background", "class1", "class2"]
+    about = browser.evaluate(session, 'document.getElementById("about").textContent')
+    assert about.startswith("Model unet: multiclass, 3 classes")
+    assert browser.page_errors(session) == []

@@ -7,7 +7,9 @@ worker takes up to ``batch_size`` waiting images and runs them as one batch, whi
 a busy service fast. Each request gets the mask of its own image whatever batch it was part of.
 
 If a batch fails, its images are retried one at a time, so an image the model cannot take fails
-only its own request.
+only its own request. A request that gave up waiting (its future cancelled, e.g. by the service's
+request timeout) is dropped from the queue unpredicted, so an overloaded service does not spend
+the model on answers nobody reads.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class BatchingPredictor:
             first = self._jobs.get()
             if first is _STOP:
                 return
-            batch = [first]
+            batch = [first] if _still_wanted(first) else []
             while len(batch) < self.batch_size and not stopping:
                 try:
                     job = self._jobs.get_nowait()
@@ -96,9 +98,10 @@ class BatchingPredictor:
                     break
                 if job is _STOP:
                     stopping = True
-                else:
+                elif _still_wanted(job):
                     batch.append(job)
-            self._answer(batch)
+            if batch:
+                self._answer(batch)
 
     def _answer(self, batch: list[_Job]) -> None:
         try:
@@ -114,3 +117,8 @@ class BatchingPredictor:
             return
         for job, mask in zip(batch, masks, strict=True):
             job.result.set_result(mask)
+
+
+def _still_wanted(job: _Job) -> bool:
+    """Mark ``job`` running, or False when its request was cancelled while it waited."""
+    return job.result.set_running_or_notify_cancel()

@@ -5,6 +5,11 @@ without internet access. Its script posts the chosen file to ``predict?format=js
 (relative, so the page also works behind a path prefix) and shows the answer. While it works,
 ``<body data-state>`` is ``busy``; then ``done`` once the overlay has loaded, or ``error`` with the
 service's message in ``#status``.
+
+When the service needs an API key the page is still served without it, but carries no model data
+(its inlined model description is ``null``). It shows a password field, ``#api-key``, whose value
+its script sends as ``Authorization: Bearer <key>``: first to ``model`` (for the class names and
+colours), then with each upload. The key stays in the page: it is not stored or put in a URL.
 """
 
 from __future__ import annotations
@@ -13,6 +18,11 @@ import json
 from typing import Any
 
 _MODEL_INFO = "__MODEL_INFO__"
+_KEY_ROW = "__KEY_ROW__"
+_KEY_FIELD = (
+    '<p><label>API key: <input type="password" id="api-key" autocomplete="off" '
+    'spellcheck="false"></label></p>'
+)
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -36,6 +46,7 @@ td.number { text-align: right; font-variant-numeric: tabular-nums; }
 <body data-state="idle">
 <h1>unetkit segmentation</h1>
 <p id="about"></p>
+__KEY_ROW__
 <p><label>Image: <input type="file" id="file" accept="image/*,.tif,.tiff"></label></p>
 <p id="status" role="status"></p>
 <p><img id="overlay" alt="the image with the predicted classes tinted" hidden></p>
@@ -47,21 +58,48 @@ td.number { text-align: right; font-variant-numeric: tabular-nums; }
 <script type="application/json" id="model-info">__MODEL_INFO__</script>
 <script>
 "use strict";
-const info = JSON.parse(document.getElementById("model-info").textContent);
+let info = JSON.parse(document.getElementById("model-info").textContent);
 const fileInput = document.getElementById("file");
+const keyInput = document.getElementById("api-key");
 const statusLine = document.getElementById("status");
 const overlay = document.getElementById("overlay");
 const maskLink = document.getElementById("mask-link");
 const areas = document.getElementById("areas");
 
-document.getElementById("about").textContent =
-  `Model ${info.model ?? "(unnamed)"}: ${info.task}, ${info.classes.length} classes ` +
-  `(${info.classes.map((c) => c.name).join(", ")}); model input ` +
-  `${info.input_size.join(" x ")} pixels, masks come back at each image's own size.`;
+function describe() {
+  document.getElementById("about").textContent = info === null
+    ? "This service needs an API key: enter it, then choose an image."
+    : `Model ${info.model ?? "(unnamed)"}: ${info.task}, ${info.classes.length} classes ` +
+      `(${info.classes.map((c) => c.name).join(", ")}); model input ` +
+      `${info.input_size.join(" x ")} pixels, masks come back at each image's own size.`;
+}
 
 function setState(state, message) {
   document.body.dataset.state = state;
   statusLine.textContent = message;
+}
+
+function authorization() {
+  const key = keyInput === null ? "" : keyInput.value.trim();
+  return key === "" ? {} : { Authorization: `Bearer ${key}` };
+}
+
+class Refusal extends Error {}
+
+async function ask(url, options) {
+  const response = await fetch(url, { ...options, headers: authorization() });
+  const answer = await response.json();
+  if (!response.ok) {
+    throw new Refusal(`${answer.detail} (HTTP ${response.status})`);
+  }
+  return answer;
+}
+
+async function loadModel() {
+  if (info === null) {
+    info = await ask("model", {});
+    describe();
+  }
 }
 
 function areaRow(area) {
@@ -105,21 +143,16 @@ async function segment(file) {
   const form = new FormData();
   form.append("file", file);
   try {
-    const response = await fetch("predict?format=json&overlay=true", {
-      method: "POST",
-      body: form,
-    });
-    const answer = await response.json();
-    if (!response.ok) {
-      setState("error", `${file.name}: ${answer.detail} (HTTP ${response.status})`);
-      return;
-    }
+    await loadModel();
+    const answer = await ask("predict?format=json&overlay=true", { method: "POST", body: form });
     show(answer, file.name);
   } catch (error) {
-    setState("error", `${file.name}: the request failed (${error})`);
+    const reason = error instanceof Refusal ? error.message : `the request failed (${error})`;
+    setState("error", `${file.name}: ${reason}`);
   }
 }
 
+describe();
 fileInput.addEventListener("change", () => {
   if (fileInput.files.length > 0) {
     segment(fileInput.files[0]);
@@ -131,7 +164,12 @@ fileInput.addEventListener("change", () => {
 """
 
 
-def render_page(model_info: dict[str, Any]) -> str:
-    """The page's HTML, with ``model_info`` (the ``GET /model`` answer) inlined for its script."""
+def render_page(model_info: dict[str, Any] | None, needs_key: bool = False) -> str:
+    """The page's HTML, with ``model_info`` (the ``GET /model`` answer) inlined for its script.
+
+    ``model_info`` is None when the service needs a key (the page then fetches it with the key);
+    ``needs_key`` shows the key field.
+    """
     inline_json = json.dumps(model_info).replace("<", "\\u003c")  # cannot close the <script>
-    return _TEMPLATE.replace(_MODEL_INFO, inline_json)
+    page = _TEMPLATE.replace(_KEY_ROW, _KEY_FIELD if needs_key else "")
+    return page.replace(_MODEL_INFO, inline_json)

@@ -1,11 +1,13 @@
 """Serve a checkpoint over HTTP with uvicorn: what ``unetkit serve`` runs.
 
-The service has no authentication: it listens on 127.0.0.1 (this machine only) unless another
-``host`` is given, e.g. ``0.0.0.0`` for every network interface.
+It listens on 127.0.0.1 (this machine only) unless another ``host`` is given, e.g. ``0.0.0.0`` for
+every network interface. Without ``api_key`` anyone who reaches the port may use it; with one,
+every route but ``/`` and ``/health`` needs it (see :mod:`unetkit.serve.auth`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from fastapi import FastAPI
 
 from unetkit.checkpoint import model_from_checkpoint
 from unetkit.inference.segmenter import Segmenter
+from unetkit.serve.admission import DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT_S
 from unetkit.serve.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
 
 DEFAULT_MAX_UPLOAD_MB = DEFAULT_MAX_UPLOAD_BYTES / 2**20
@@ -27,10 +30,14 @@ def app_from_checkpoint(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     device: str = "auto",
     batch_size: int = 8,
+    api_key: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_timeout_s: float = DEFAULT_TIMEOUT_S,
     **segmenter_options: Any,
 ) -> FastAPI:
     """The service of a checkpoint file; 1 MB is 2**20 bytes, a megapixel 10**6 pixels.
 
+    ``api_key``, ``max_queue`` and ``request_timeout_s`` are :func:`create_app`'s;
     ``segmenter_options`` are the Segmenter's keyword options (e.g. ``tta=True``).
     """
     if not max_upload_mb > 0:
@@ -44,6 +51,9 @@ def app_from_checkpoint(
         model_name=loaded.checkpoint["architecture"]["name"],
         max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
         max_pixels=max(1, int(max_megapixels * 1e6)),
+        api_key=api_key,
+        max_queue=max_queue,
+        request_timeout_s=request_timeout_s,
     )
 
 
@@ -56,6 +66,9 @@ def build_server(
     batch_size: int = 8,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     log_level: str = "info",
+    api_key: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_timeout_s: float = DEFAULT_TIMEOUT_S,
     **segmenter_options: Any,
 ) -> uvicorn.Server:
     """A uvicorn server of the checkpoint's service, not yet started; ``port=0`` picks a free one.
@@ -68,6 +81,9 @@ def build_server(
         max_megapixels=max_megapixels,
         device=device,
         batch_size=batch_size,
+        api_key=api_key,
+        max_queue=max_queue,
+        request_timeout_s=request_timeout_s,
         **segmenter_options,
     )
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
@@ -75,5 +91,12 @@ def build_server(
 
 def run_server(checkpoint: str | Path, **options: Any) -> None:
     """Serve ``checkpoint`` at ``http://host:port/`` until interrupted (Ctrl-C); ``options`` are
-    :func:`build_server`'s (host, port, limits, device, batch size, Segmenter options)."""
-    build_server(checkpoint, **options).run()
+    :func:`build_server`'s (host, port, limits, key, device, batch size, Segmenter options)."""
+    server = build_server(checkpoint, **options)
+    access = (
+        "every route but / and /health needs the API key"
+        if options.get("api_key") is not None
+        else "no API key: anyone who reaches the port may use it"
+    )
+    logging.getLogger("uvicorn.error").info("unetkit serve: %s", access)  # never the key itself
+    server.run()

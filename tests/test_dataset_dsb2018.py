@@ -232,8 +232,8 @@ def test_evaluation_scores_the_labelled_nuclei_not_the_touching_components(tmp_p
     """The first and third nucleus overlap: one connected component of the union, two objects."""
     from test_inference import segmenter
 
-    from unetkit.evaluation.evaluate import evaluate_source
     from unetkit.config import EvalConfig
+    from unetkit.evaluation.evaluate import evaluate_source
 
     source = _source(_make_dsb(tmp_path))
     options = EvalConfig(boundary=False, report=False)

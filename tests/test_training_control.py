@@ -151,7 +151,7 @@ def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
     with pytest.raises(ValueError, match="--out"):
         resolve_resume("auto", None)
-    with pytest.raises(FileNotFoundError, match="no last.pt or best.pt in .*checkpoints"):
+    with pytest.raises(FileNotFoundError, match="no intact last.pt or best.pt in .*checkpoints"):
         resolve_resume("auto", str(tmp_path))
     folder.mkdir()
     (folder / "best.pt").write_bytes(b"")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unetkit.cli.main import main
 from unetkit.config import OptimConfig, TrainConfig
 from unetkit.training.budget import TimeBudget, parse_duration
@@ -153,11 +153,10 @@ def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
         resolve_resume("auto", None)
     with pytest.raises(FileNotFoundError, match="no intact last.pt or best.pt in .*checkpoints"):
         resolve_resume("auto", str(tmp_path))
-    folder.mkdir()
-    (folder / "best.pt").write_bytes(b"")
-    (folder / "ema.pt").write_bytes(b"")  # never a training state
+    for name in ("best.pt", "ema.pt"):  # ema.pt: never a training state
+        save_checkpoint({"epoch": 1}, folder / name)
     assert resolve_resume("auto", str(tmp_path)) == folder / "best.pt"
-    (folder / "last.pt").write_bytes(b"")
+    save_checkpoint({"epoch": 2}, folder / "last.pt")
     os.utime(folder / "last.pt", (1000, 1000))  # last.pt wins even when it looks older
     assert resolve_resume("auto", str(tmp_path)) == folder / "last.pt"
     assert resolve_resume("x/last.pt", None).as_posix() == "x/last.pt"

@@ -178,3 +178,18 @@ def test_serve_help_documents_the_key_and_the_limits(capsys):
     defaults = build_parser().parse_args(["serve", "--checkpoint", "x.pt"])
     assert (defaults.api_key, defaults.max_queue, defaults.request_timeout) == (None, 64, 30.0)
     assert (DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT_S) == (64, 30.0)  # the library's, the same
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        ({"path": "/health"}, "/health"),
+        ({"path": "/api/health", "root_path": "/api"}, "/health"),  # mounted behind a proxy
+        ({"path": "/api", "root_path": "/api"}, ""),
+        ({"path": "/apix/health", "root_path": "/api"}, "/apix/health"),  # not under the mount
+    ],
+)
+def test_routes_are_judged_by_the_path_the_router_matches(scope, expected):
+    from unetkit.serve.scope import route_path
+
+    assert route_path(scope) == expected

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from starlette._utils import get_route_path
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from unetkit.serve.scope import route_path
 
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_TIMEOUT_S = 30.0
@@ -66,7 +67,7 @@ class Admission:
         self.on_idle = on_idle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or get_route_path(scope) not in self.paths:
+        if scope["type"] != "http" or route_path(scope) not in self.paths:
             await self.app(scope, receive, send)
             return
         if self.load.in_flight >= self.max_queue:

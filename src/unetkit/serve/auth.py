@@ -19,10 +19,11 @@ import os
 import string
 from http import HTTPStatus
 
-from starlette._utils import get_route_path  # the router's own path rule, so both agree
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from unetkit.serve.scope import route_path
 
 API_KEY_VARIABLE = "UNETKIT_API_KEY"
 OPEN_PATHS = frozenset({"/", "/health"})
@@ -72,7 +73,7 @@ class BearerAuth:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or get_route_path(scope) in self.open_paths:
+        if scope["type"] != "http" or route_path(scope) in self.open_paths:
             await self.app(scope, receive, send)
             return
         problem = self._problem(Headers(scope=scope).get("authorization"))

@@ -21,9 +21,11 @@ from unetkit.config import OptimConfig, TrainConfig
 from unetkit.training.budget import TimeBudget, parse_duration
 from unetkit.training.ema import WeightEMA
 from unetkit.training.optim import build_optimizer, build_scheduler
+from unetkit.training.reproducibility import capture_rng_state
 from unetkit.training.resume import resolve_resume
 from unetkit.training.signals import GracefulStop
 from unetkit.training.speed import prepare_model
+from unetkit.training.state import TrainingState
 from unetkit.training.stopping import patience_exhausted, stale_epochs
 
 # fp32 and contiguous: runs compared bit for bit, so no probe may choose differently between them
@@ -115,6 +117,41 @@ def test_patience_stops_when_the_monitor_stalls(tmp_path, monkeypatch):
     assert last["stale_epochs"] == 3 and last["best"] == 0.9
     assert load_checkpoint(out / "checkpoints" / "best.pt")["epoch"] == 2
     assert (out / "metrics.json").is_file()
+
+
+# --- training state in checkpoints -------------------------------------------------------------
+
+
+def test_training_state_round_trips_through_a_checkpoint(tmp_path):
+    state = TrainingState(world_size=2, epoch=3, history=[{"epoch": 3}], best=0.25)
+    state.stale_epochs, state.budget_spent = 1, 12.5
+    state.count_steps([4, 5])
+    state.rng_by_rank = [capture_rng_state(), capture_rng_state()]
+    save_checkpoint(state.to_checkpoint(), tmp_path / "state.pt")  # plain data only
+    stored = load_checkpoint(tmp_path / "state.pt")
+    assert stored["processes"] == {"world_size": 2, "optimizer_steps_by_rank": [4, 5]}
+    assert stored["stale_epochs"] == 1 and torch.equal(
+        stored["rng"]["torch"], stored["rng_by_rank"][0]["torch"]
+    )
+    again = TrainingState.from_checkpoint(stored, world_size=2)
+    assert (again.epoch, again.best, again.history, again.stale_epochs) == (
+        3,
+        0.25,
+        [{"epoch": 3}],
+        1,
+    )
+    assert again.optimizer_steps_by_rank == [4, 5] and again.budget_spent == 12.5
+    assert TrainingState.from_checkpoint(stored, world_size=1).optimizer_steps_by_rank == [0]
+
+
+def test_training_state_reads_checkpoints_older_than_its_counters():
+    old = {"epoch": 2, "history": [], "best": None, "rng": capture_rng_state()}
+    state = TrainingState.from_checkpoint(old, world_size=1)
+    assert (state.stale_epochs, state.optimizer_steps_by_rank, state.budget_spent) == (0, [0], None)
+    expected = torch.rand(3)
+    torch.rand(5)  # move the generator on; restoring must bring it back
+    state.restore_generators(rank=0, seed=5, deterministic=False)
+    assert torch.equal(torch.rand(3), expected)
 
 
 # --- exponential moving average -----------------------------------------------------------------

@@ -29,11 +29,12 @@ from unetkit.inference.segmenter import Segmenter
 from unetkit.precision import describe_execution
 from unetkit.training.distributed import start_processes, stop_processes
 from unetkit.training.history import plot_history, write_history_csv
-from unetkit.training.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from unetkit.training.reproducibility import capture_rng_state, seed_everything
 from unetkit.training.resume import resolve_resume
 from unetkit.training.saving import save_epoch_checkpoints
 from unetkit.training.setup import RunParts, build_run, resolve_run_dir
 from unetkit.training.signals import GracefulStop
+from unetkit.training.state import TrainingState
 from unetkit.training.steps import train_one_epoch, validate
 from unetkit.training.stopping import patience_exhausted, stale_epochs
 
@@ -73,16 +74,16 @@ def _train(parts: RunParts) -> Path:
         finally:  # plots once per run (0.4 s each time); TensorBoard shows curves while it trains
             if writer is not None:
                 writer.close()
-                plot_history(state["history"], run_dir / "plots")
+                plot_history(state.history, run_dir / "plots")
     if signalled:
         _log(
             parts,
             f"stopped by {stop.requested or 'a signal to another process'} after epoch "
-            f"{state['epoch']} (the unfinished epoch is discarded); continue with: "
+            f"{state.epoch} (the unfinished epoch is discarded); continue with: "
             f"unetkit train --resume auto --out {run_dir}",
         )
     elif main:
-        _final_test(parts, state["history"])
+        _final_test(parts, state.history)
     return run_dir
 
 
@@ -104,12 +105,12 @@ def _start_line(parts: RunParts) -> str:
 
 
 def _run_epochs(
-    parts: RunParts, state: dict[str, Any], writer: SummaryWriter | None, stop: GracefulStop
+    parts: RunParts, state: TrainingState, writer: SummaryWriter | None, stop: GracefulStop
 ) -> bool:
     """Epochs until the epoch count, the time budget, the patience or a signal ends them;
     True when a signal did."""
     last_epoch = math.inf if parts.budget is not None else parts.cfg.train.epochs
-    epoch = state["epoch"]
+    epoch = state.epoch
     while epoch < last_epoch:
         # a fresh run trains at least one epoch, so best.pt exists for the test evaluation
         budget_over = parts.budget is not None and parts.budget.exhausted() and epoch > 0
@@ -122,79 +123,55 @@ def _run_epochs(
         row = _run_epoch(parts, state, epoch, writer, stop)
         if row is None:  # a signal arrived mid-epoch
             return True
-        state["history"].append(row)
+        state.history.append(row)
         _end_of_epoch(parts, state, row)
     return False
 
 
-def _time_to_stop(parts: RunParts, state: dict[str, Any], budget_over: bool) -> bool:
+def _time_to_stop(parts: RunParts, state: TrainingState, budget_over: bool) -> bool:
     """Whether the budget or the patience is used up (logged once, when it happens)."""
     if budget_over:
         _log(parts, f"time budget of {parts.budget.seconds:.0f}s used: training ends")
         return True
-    if patience_exhausted(state["stale"], parts.cfg.train.patience):
+    if patience_exhausted(state.stale_epochs, parts.cfg.train.patience):
         _log(
             parts,
-            f"early stop: no better {parts.cfg.train.monitor} for {state['stale']} epochs "
+            f"early stop: no better {parts.cfg.train.monitor} for {state.stale_epochs} epochs "
             f"(train.patience={parts.cfg.train.patience})",
         )
         return True
     return False
 
 
-def _start_state(parts: RunParts) -> dict[str, Any]:
+def _start_state(parts: RunParts) -> TrainingState:
     """A fresh state, or the one in ``--resume``'s checkpoint with every generator restored."""
     processes = parts.processes
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "history": [],
-        "best": None,
-        "stale": 0,
-        "steps_by_rank": [0] * processes.world_size,
-    }
     path = resolve_resume(parts.cfg.train.resume, parts.cfg.train.out)
     if path is None:
-        return state
+        return TrainingState(processes.world_size)
     checkpoint = load_checkpoint(path, map_location=parts.device)
+    _load_weights_and_optimisation(parts, checkpoint)
+    state = TrainingState.from_checkpoint(checkpoint, processes.world_size)
+    if parts.budget is not None:
+        parts.budget.continue_from(state.budget_spent or 0.0)
+    state.restore_generators(processes.rank, parts.cfg.train.seed, parts.cfg.train.deterministic)
+    _log(parts, f"resumed from {path} after epoch {state.epoch}")
+    return state
+
+
+def _load_weights_and_optimisation(parts: RunParts, checkpoint: dict[str, Any]) -> None:
+    """Model, optimiser, schedule, scaler and EMA as ``checkpoint`` left them."""
     parts.model.load_state_dict(checkpoint["model"])
     parts.optimizer.load_state_dict(checkpoint["optimizer"])
     parts.schedule.load_state_dict(checkpoint["schedule"])
     parts.scaler.load_state_dict(checkpoint["scaler"])
     if parts.ema is not None:  # a run that had no EMA before starts it from the current weights
         parts.ema.load_state_dict(checkpoint.get("ema") or checkpoint["model"])
-    if parts.budget is not None:
-        parts.budget.continue_from(checkpoint.get("budget_spent") or 0.0)
-    _restore_generators(parts, checkpoint)
-    state.update(
-        epoch=checkpoint["epoch"],
-        history=checkpoint["history"],
-        best=checkpoint["best"],
-        stale=checkpoint.get("stale_epochs", 0),
-    )
-    steps = (checkpoint.get("processes") or {}).get("optimizer_steps_by_rank") or []
-    if len(steps) == processes.world_size:  # else counted afresh from this start
-        state["steps_by_rank"] = list(steps)
-    _log(parts, f"resumed from {path} after epoch {state['epoch']}")
-    return state
-
-
-def _restore_generators(parts: RunParts, checkpoint: dict[str, Any]) -> None:
-    """Each process's own generators when the checkpoint has them (same process count), else
-    rank 0's, re-seeded per process so augmentations still differ between processes."""
-    processes = parts.processes
-    by_rank = checkpoint.get("rng_by_rank") or []
-    if len(by_rank) == processes.world_size:
-        restore_rng_state(by_rank[processes.rank])
-        return
-    restore_rng_state(checkpoint["rng"])
-    if processes.rank > 0:
-        seed = parts.cfg.train.seed + processes.rank + 1_000 * checkpoint["epoch"]
-        seed_everything(seed, parts.cfg.train.deterministic)
 
 
 def _run_epoch(
     parts: RunParts,
-    state: dict[str, Any],
+    state: TrainingState,
     epoch: int,
     writer: SummaryWriter | None,
     stop: GracefulStop,
@@ -205,8 +182,7 @@ def _run_epoch(
     trained = train_one_epoch(parts, epoch, stop)
     if trained is None:
         return None
-    steps = parts.processes.gather(trained.steps)
-    state["steps_by_rank"] = [a + b for a, b in zip(state["steps_by_rank"], steps, strict=True)]
+    state.count_steps(parts.processes.gather(trained.steps))
     val = _validate_all(parts)
     row = {
         "epoch": epoch,
@@ -237,7 +213,7 @@ def _validate_all(parts: RunParts) -> dict[str, Any]:
     return values
 
 
-def _end_of_epoch(parts: RunParts, state: dict[str, Any], row: dict[str, Any]) -> None:
+def _end_of_epoch(parts: RunParts, state: TrainingState, row: dict[str, Any]) -> None:
     """Step the epoch schedule, keep best/last checkpoints, rewrite history.csv, log.
 
     Every process takes the same decisions here (the validation values are the same in all).
@@ -255,16 +231,17 @@ def _end_of_epoch(parts: RunParts, state: dict[str, Any], row: dict[str, Any]) -
         improved = parts.processes.share(improved)
     else:
         parts.schedule.step_epoch(value if minimise else -value)
-        best = state["best"]
+        best = state.best
         improved = best is None or (value < best if minimise else value > best)
         if improved:
-            state["best"] = value
-    state["epoch"] = row["epoch"]
-    state["stale"] = stale_epochs(improved, state["stale"])
-    rng_by_rank = parts.processes.gather(capture_rng_state())
+            state.best = value
+    state.epoch = row["epoch"]
+    state.stale_epochs = stale_epochs(improved, state.stale_epochs)
+    state.rng_by_rank = parts.processes.gather(capture_rng_state())
     if parts.processes.is_main:
-        save_epoch_checkpoints(parts, state, improved, rng_by_rank)
-        write_history_csv(state["history"], parts.run_dir / "history.csv")
+        state.budget_spent = None if parts.budget is None else parts.budget.elapsed
+        save_epoch_checkpoints(parts, state, improved)
+        write_history_csv(state.history, parts.run_dir / "history.csv")
     _log(parts, _epoch_line(row, monitor, improved))
 
 

@@ -16,29 +16,29 @@ from typing import Any
 
 from unetkit.checkpoint import Preprocessing, model_metadata, save_checkpoint
 from unetkit.training.setup import RunParts
+from unetkit.training.state import GENERATOR_KEYS, TrainingState
 
-TRAINING_STATE = ("optimizer", "schedule", "scaler", "rng", "rng_by_rank", "ema")
+RESUME_ONLY = ("optimizer", "schedule", "scaler", "ema", *GENERATOR_KEYS)  # not in ema.pt
 
 
-def save_epoch_checkpoints(
-    parts: RunParts, state: dict[str, Any], improved: bool, rng_by_rank: list[dict[str, Any]]
-) -> None:
+def save_epoch_checkpoints(parts: RunParts, state: TrainingState, improved: bool) -> None:
     """Write this epoch's checkpoints (called by rank 0 only)."""
     checkpoints = parts.run_dir / "checkpoints"
     payload = {
-        **_model_payload(parts, state),
-        **_training_state(parts, state, rng_by_rank),
+        **_model_payload(parts, state.to_checkpoint()),
+        **_optimisation_state(parts),
     }
     if improved:
         save_checkpoint(payload, checkpoints / "best.pt")
     if parts.ema is not None:
-        ema_only = {k: v for k, v in payload.items() if k not in TRAINING_STATE}
+        ema_only = {k: v for k, v in payload.items() if k not in RESUME_ONLY}
         save_checkpoint({**ema_only, "model": parts.ema.state_dict()}, checkpoints / "ema.pt")
     save_checkpoint(payload, checkpoints / "last.pt")
 
 
-def _model_payload(parts: RunParts, state: dict[str, Any]) -> dict[str, Any]:
-    """The weights and what inference needs to use them, plus the run's record so far."""
+def _model_payload(parts: RunParts, record: dict[str, Any]) -> dict[str, Any]:
+    """The weights and what inference needs to use them, plus the run's ``record`` so far
+    (:meth:`TrainingState.to_checkpoint`)."""
     cfg = parts.cfg
     preprocessing = Preprocessing(
         tuple(cfg.data.img_size),
@@ -50,31 +50,14 @@ def _model_payload(parts: RunParts, state: dict[str, Any]) -> dict[str, Any]:
     metadata = model_metadata(
         cfg.model.name, cfg.model.options, parts.task, cfg.task.class_names, preprocessing
     )
-    return {
-        **metadata,
-        "model": parts.model.state_dict(),
-        "config": cfg.to_dict(),
-        "epoch": state["epoch"],
-        "best": state["best"],
-        "history": list(state["history"]),
-        "processes": {  # steps counted since the run started with this many processes
-            "world_size": parts.processes.world_size,
-            "optimizer_steps_by_rank": list(state["steps_by_rank"]),
-        },
-    }
+    return {**metadata, "model": parts.model.state_dict(), "config": cfg.to_dict(), **record}
 
 
-def _training_state(
-    parts: RunParts, state: dict[str, Any], rng_by_rank: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """What resuming needs beyond the weights."""
+def _optimisation_state(parts: RunParts) -> dict[str, Any]:
+    """What resuming needs beyond the weights and the training state."""
     return {
         "optimizer": parts.optimizer.state_dict(),
         "schedule": parts.schedule.state_dict(),
         "scaler": parts.scaler.state_dict(),
-        "rng": rng_by_rank[0],
-        "rng_by_rank": rng_by_rank,
         "ema": None if parts.ema is None else parts.ema.state_dict(),
-        "stale_epochs": state["stale"],
-        "budget_spent": None if parts.budget is None else parts.budget.elapsed,
     }

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from unetkit.config import Config
@@ -39,7 +38,23 @@ from unetkit.training.speed import prepare_model
 
 @dataclass
 class RunParts:
-    """The objects one training run works with."""
+    """The objects one training run works with.
+
+    Three handles on the model, each for one use (torchvision's references have the first two,
+    as ``model_without_ddp`` and ``model``):
+
+    * ``model``: the module itself. Its parameters are the optimiser's, its state dict is what
+      checkpoints hold (so no ``module.`` or ``_orig_mod.`` prefixes), the EMA follows it, and
+      ``train()`` / ``eval()`` switch its mode.
+    * ``replica``: what training steps call when several processes train: the model's
+      ``DistributedDataParallel`` wrapper (backward averages gradients; ``no_sync`` skips that),
+      compiled where asked. None in one process, where steps call ``forward``.
+    * ``forward``: what validation calls, and training in one process: the model, compiled
+      where asked. Never the DDP wrapper, whose forward synchronises buffers across processes
+      while each validates a different number of batches.
+
+    ``ema.model`` is not a handle on the model but the EMA's own copy of the weights.
+    """
 
     cfg: Config
     run_dir: Path
@@ -54,9 +69,8 @@ class RunParts:
     execution: Execution  # precision and memory format of every step (chosen by auto)
     train_loader: DataLoader
     val_loader: DataLoader
-    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled where asked
-    train_forward: Callable[[torch.Tensor], torch.Tensor]  # forward, or the (compiled) replica
-    replica: DistributedDataParallel | None = None  # the model's DDP wrapper, several processes
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    replica: torch.nn.Module | None = None  # DistributedDataParallel, compiled where asked
     budget: TimeBudget | None = None
     ema: WeightEMA | None = None
 
@@ -148,6 +162,8 @@ def build_run(
         model = synchronise_batchnorm(model, processes).to(device)
     forward = prepare_model(model, cfg.train, device)
     replica = data_parallel(model, processes) if processes.enabled else None
+    if replica is not None and cfg.train.compile:
+        replica = torch.compile(replica)  # no_sync and the rest still reach the wrapper
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema is not None else None
     train_loader, val_loader = build_loaders(cfg, splits, processes)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
@@ -157,9 +173,6 @@ def build_run(
         optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs, progress=progress
     )
     scaler = torch.amp.GradScaler(device.type, enabled=choice.execution.precision == "fp16")
-    train_forward = forward
-    if replica is not None:
-        train_forward = torch.compile(replica) if cfg.train.compile else replica
     return RunParts(
         cfg=cfg,
         run_dir=run_dir,
@@ -175,7 +188,6 @@ def build_run(
         train_loader=train_loader,
         val_loader=val_loader,
         forward=forward,
-        train_forward=train_forward,
         replica=replica,
         budget=budget,
         ema=ema,

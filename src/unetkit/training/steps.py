@@ -104,10 +104,11 @@ def _accumulate_gradients(
     layout = parts.execution.memory_format
     images = images.to(parts.device, non_blocking=True, memory_format=layout)
     masks = masks.to(parts.device, non_blocking=True)
-    skip_sync = parts.replica is not None and not synchronise
-    with parts.replica.no_sync() if skip_sync else nullcontext():
+    replica = parts.replica
+    skip_sync = replica is not None and not synchronise
+    with replica.no_sync() if skip_sync else nullcontext():
         with autocast(parts):
-            logits = parts.train_forward(images)
+            logits = (parts.forward if replica is None else replica)(images)
         loss = parts.criterion(logits.float(), masks)  # the loss in fp32 whatever the precision
         parts.scaler.scale(loss / parts.cfg.train.accum_steps).backward()
     return loss.detach()

@@ -40,6 +40,14 @@ def test_registry_lists_both_models() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+def test_models_take_out_channels_not_num_classes(name: str) -> None:
+    assert not {"in_channels", "out_channels", "num_classes"} & set(model_options(name))
+    model = build_model(name, in_channels=3, out_channels=5, **SMALL[name]).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5, 32, 32)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
 @pytest.mark.parametrize(
     ("batch", "channels", "height", "width", "train"),
     [(2, 3, 100, 130, True), (2, 1, 37, 41, True), (1, 3, 1, 1, False), (1, 2, 65, 3, False)],
@@ -154,7 +162,7 @@ def test_unknown_model_and_option_are_explained() -> None:
         build_model("unet", 3, 1, base_width=8, norm="layer")
     with pytest.raises(ValueError, match=r"up must be one of"):
         build_model("unet", 3, 1, base_width=8, up="pixelshuffle")
-    with pytest.raises(ValueError, match=r"num_classes must be a positive integer"):
+    with pytest.raises(ValueError, match=r"out_channels must be a positive integer"):
         build_model("unet", 3, 0)
     with pytest.raises(ValueError, match=r"decoder_widths needs 5"):
         build_model("resnet34-unet", 3, 1, decoder_widths=(8, 8))

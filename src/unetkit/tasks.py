@@ -4,7 +4,9 @@ Everywhere in unetkit a *mask* is an integer array of class ids ``0 .. num_class
 :data:`IGNORE_INDEX` marking pixels that must not count (void labels, padding added by augmentation,
 outside a region of interest). ``num_classes`` always counts the background, so a binary task has
 ``num_classes == 2``. A binary task uses one output channel with a sigmoid; a multi-class task uses
-``num_classes`` channels with a softmax. Nothing else in the package makes that choice.
+``num_classes`` channels with a softmax. Nothing else in the package makes that choice. A model's
+output channels are :attr:`Task.out_channels` (``build_model``'s ``out_channels``), never
+``num_classes``.
 """
 
 from __future__ import annotations

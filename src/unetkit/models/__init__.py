@@ -1,7 +1,8 @@
-"""Segmentation architectures, built by name: ``build_model("unet", in_channels, num_classes)``.
+"""Segmentation architectures, built by name: ``build_model("unet", in_channels, out_channels)``.
 
-Every model maps images ``(N, in_channels, H, W)`` of any size to logits ``(N, num_classes, H, W)``,
-where ``num_classes`` counts logit channels (1 for a binary task, see ``Task.out_channels``).
+Every model maps images ``(N, in_channels, H, W)`` of any size to logits
+``(N, out_channels, H, W)``, where ``out_channels`` counts logit channels (1 for a binary task,
+see ``Task.out_channels``); ``num_classes`` always means the class count, background included.
 Importing the architecture modules below registers them.
 """
 

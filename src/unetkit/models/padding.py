@@ -41,14 +41,14 @@ class AnySizeSegmenter(nn.Module):
     which may assume H and W are multiples of it.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, size_multiple: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, size_multiple: int) -> None:
         super().__init__()
         self.in_channels = in_channels
-        self.num_classes = num_classes
+        self.out_channels = out_channels
         self.size_multiple = size_multiple
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, num_classes, H, W)`` for images ``(N, in_channels, H, W)``, any H, W."""
+        """Logits ``(N, out_channels, H, W)`` for images ``(N, in_channels, H, W)``, any H, W."""
         if images.ndim != 4 or images.shape[1] != self.in_channels or 0 in images.shape[-2:]:
             raise ValueError(
                 f"{type(self).__name__} expects images shaped (N, {self.in_channels}, H, W) with "

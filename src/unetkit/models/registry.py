@@ -1,7 +1,7 @@
 """Model registry: architectures are found by name, so configs and the CLI can name them in text.
 
-A registered factory (usually an ``nn.Module`` class) takes ``in_channels`` and ``num_classes``
-(the number of OUTPUT LOGIT CHANNELS, 1 for a binary sigmoid head) plus keyword options. Options
+A registered factory (usually an ``nn.Module`` class) takes ``in_channels`` and ``out_channels``
+(logit channels: ``Task.out_channels``, 1 for a binary sigmoid head) plus keyword options. Options
 are checked against the factory's signature before it is called, so a typo in a config fails with
 the list of accepted options instead of a bare ``TypeError`` deep inside a constructor.
 """
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-_FIXED_ARGUMENTS = ("in_channels", "num_classes")
+_FIXED_ARGUMENTS = ("in_channels", "out_channels")
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 FactoryT = TypeVar("FactoryT", bound=Callable[..., nn.Module])
@@ -49,10 +49,11 @@ def model_options(name: str) -> dict[str, Any]:
     }
 
 
-def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -> nn.Module:
-    """Build a registered model that maps ``(N, in_channels, H, W)`` to ``(N, num_classes, H, W)``.
+def build_model(name: str, in_channels: int, out_channels: int, **options: Any) -> nn.Module:
+    """Build a registered model that maps ``(N, in_channels, H, W)`` to ``(N, out_channels, H, W)``.
 
-    ``num_classes`` is the number of logit channels (``Task.out_channels``), not the class count.
+    ``out_channels`` is the number of logit channels (``Task.out_channels``: 1 for a binary task),
+    not the class count (``Task.num_classes``, which counts the background).
     """
     factory = _lookup(name)
     accepted = model_options(name)
@@ -62,10 +63,10 @@ def build_model(name: str, in_channels: int, num_classes: int, **options: Any) -
                 f"model {name!r} has no option {option!r}{_did_you_mean(option, accepted)}; "
                 f"accepted options: {', '.join(accepted) or '(none)'}"
             )
-    for argument, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+    for argument, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{argument} must be a positive integer; got {value!r}")
-    return factory(in_channels=in_channels, num_classes=num_classes, **options)
+    return factory(in_channels=in_channels, out_channels=out_channels, **options)
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:

@@ -41,14 +41,14 @@ class ResNet34UNet(AnySizeSegmenter):
     def __init__(
         self,
         in_channels: int,
-        num_classes: int,
+        out_channels: int,
         *,
         pretrained: bool | str | os.PathLike[str] = False,
         decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
         decoder_dropout: float = 0.0,
         freeze_encoder: bool = False,
     ) -> None:
-        super().__init__(in_channels, num_classes, size_multiple=32)
+        super().__init__(in_channels, out_channels, size_multiple=32)
         if len(decoder_widths) != 5 or min(decoder_widths) < 1:
             raise ValueError(f"decoder_widths needs 5 positive widths; got {list(decoder_widths)}")
         if not 0.0 <= decoder_dropout < 1.0:
@@ -69,7 +69,7 @@ class ResNet34UNet(AnySizeSegmenter):
             ConvBlock(cin + skip, cout, dropout=decoder_dropout)
             for cin, skip, cout in zip(in_widths, skip_widths, decoder_widths, strict=True)
         )
-        self.head = nn.Conv2d(decoder_widths[-1], num_classes, kernel_size=1)
+        self.head = nn.Conv2d(decoder_widths[-1], out_channels, kernel_size=1)
         init_kaiming(self.decoder)
         self.freeze_encoder = freeze_encoder
         self.encoder.requires_grad_(not freeze_encoder)

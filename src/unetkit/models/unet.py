@@ -28,7 +28,7 @@ class UNet(AnySizeSegmenter):
     def __init__(
         self,
         in_channels: int,
-        num_classes: int,
+        out_channels: int,
         *,
         base_width: int = 64,
         depth: int = 4,
@@ -41,7 +41,7 @@ class UNet(AnySizeSegmenter):
         se_bottleneck: bool = False,
         leaky_slope: float = 0.01,
     ) -> None:
-        super().__init__(in_channels, num_classes, size_multiple=2**depth)
+        super().__init__(in_channels, out_channels, size_multiple=2**depth)
         _check_options(base_width, depth, dropout, bottleneck_dropout, down, up)
         widths = [base_width * 2**level for level in range(depth + 1)]
         style = {"norm": norm, "activation": activation, "leaky_slope": leaky_slope}
@@ -66,7 +66,7 @@ class UNet(AnySizeSegmenter):
             _upsampler(up, deep, shallow) for deep, shallow in decoder_pairs
         )
         self.decoder = nn.ModuleList(block(2 * shallow, shallow) for _, shallow in decoder_pairs)
-        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
         init_kaiming(self, activation, leaky_slope)
         self.head.reset_parameters()  # the head feeds no activation: keep torch's small default
 

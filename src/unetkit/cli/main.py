@@ -9,6 +9,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from unetkit.cli import commands, data_commands, plan_commands
+from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
+
+# `--device` and `--batch-size`, declared once: a config key for `train` and `plan` (default in
+# the config), a plain option of the commands that run a model (see `add_device_flags`).
+DEVICE_OPTIONS: dict[str, Any] = {"help": "auto (default), cpu, cuda or cuda:N"}
+BATCH_SIZE_OPTIONS: dict[str, Any] = {"type": int, "metavar": "N"}
 
 # Command-line flag -> (config key, argparse options). Every other key is reachable as a trailing
 # `section.key=value`. Subcommands pick the flags they take with `add_config_flags`.
@@ -26,7 +32,7 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         {"type": int, "nargs": "+", "metavar": ("H", "W"), "help": "training size"},
     ),
     "epochs": ("train.epochs", {"type": int}),
-    "batch_size": ("train.batch_size", {"type": int}),
+    "batch_size": ("train.batch_size", {**BATCH_SIZE_OPTIONS, "help": "images per step"}),
     "lr": ("optim.lr", {"type": float}),
     "loss": ("loss.spec", {"help": "weighted sum, e.g. ce:0.7,dice:0.3 (ce/bce/dice/focal)"}),
     "optimizer": ("optim.optimizer", {"choices": ["adam", "adamw", "sgd"]}),
@@ -40,7 +46,7 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "seed": ("train.seed", {"type": int}),
-    "device": ("train.device", {"help": "auto, cpu, cuda or cuda:N"}),
+    "device": ("train.device", DEVICE_OPTIONS),
     "out": ("train.out", {"help": "run folder (default runs/<dataset>-<model>-<time>)"}),
     "resume": (
         "train.resume",
@@ -95,6 +101,17 @@ def add_config_flags(parser: argparse.ArgumentParser, flags: Iterable[str]) -> N
         parser.add_argument("--" + flag.replace("_", "-"), **options)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
     parser.set_defaults(config_keys={flag: CONFIG_FLAGS[flag][0] for flag in flags})
+
+
+def add_device_flags(parser: argparse.ArgumentParser, batch_help: str) -> None:
+    """``--device`` and ``--batch-size`` of the commands that run a model outside training."""
+    parser.add_argument("--device", default="auto", **DEVICE_OPTIONS)
+    parser.add_argument(
+        "--batch-size",
+        default=DEFAULT_BATCH_SIZE,
+        help=f"{batch_help} (default {DEFAULT_BATCH_SIZE})",
+        **BATCH_SIZE_OPTIONS,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,8 +169,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="folder for metrics.json, per_image.csv and report.html "
         "(default: RUN/evaluation/SPLIT)",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_device_flags(p, "images per model call, or windows when sliding")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ci", action="store_true", default=None, help="bootstrap 95%% CIs over images")
     p.add_argument("--ci-resamples", type=int, help="bootstrap resamples (default 1000)")
@@ -244,8 +260,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", choices=["torch", "onnxruntime", "torchscript"], default="torch")
     p.add_argument("--model", help="an exported FILE.onnx / FILE.pt (see unetkit export)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_device_flags(p, "images per model call, or windows when sliding")
     p.add_argument("--no-progress", action="store_true")
     add_inference_flags(p)
     p.set_defaults(handler=commands.predict)
@@ -272,7 +287,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="unet", help="model name from the registry")
     p.add_argument("--img-size", type=int, nargs="+", default=[256], metavar=("H", "W"))
-    p.add_argument("--batch-size", type=int, default=8)
+    add_device_flags(p, "random images per timed step")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     add_execution_flags(p, ["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--num-classes", type=int, default=2, help="classes including background")
@@ -284,7 +299,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="matrix size of the GEMM ceiling (default 4096 CPU / 8192 GPU; 0 skips it)",
     )
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(handler=commands.bench)
 
@@ -321,8 +335,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="request size limit")
     p.add_argument("--max-megapixels", type=float, default=25.0, help="image size limit")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8, help="requests batched per model call")
+    add_device_flags(p, "requests batched per model call")
     p.add_argument(
         "--api-key",
         help="require 'Authorization: Bearer KEY' (default: $UNETKIT_API_KEY, else no key); "

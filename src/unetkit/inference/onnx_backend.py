@@ -29,6 +29,7 @@ from unetkit.inference.export import (
     quiet_tracing,
 )
 from unetkit.inference.segmenter import Segmenter
+from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 from unetkit.tasks import Task
 
 MAX_METADATA_CHARS = 1_000_000  # an export writes a few kB: classes, preprocessing, task
@@ -106,7 +107,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_onnx_segmenter(
-    path: str | Path, batch_size: int = 8, device: str | torch.device = "auto", **options: Any
+    path: str | Path,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "auto",
+    **options: Any,
 ) -> Segmenter:
     """A :class:`Segmenter` running an exported ONNX file with ONNX Runtime.
 
@@ -122,7 +126,10 @@ def load_onnx_segmenter(
 
 
 def load_torchscript_segmenter(
-    path: str | Path, batch_size: int = 8, device: str | torch.device = "auto", **options: Any
+    path: str | Path,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device = "auto",
+    **options: Any,
 ) -> Segmenter:
     """A :class:`Segmenter` running an exported TorchScript file with PyTorch."""
     path = Path(path)

@@ -34,6 +34,7 @@ from unetkit.inference.image_input import ImageLike, as_image_array, is_single_i
 from unetkit.inference.modes import check_mode, training_scale_size, uses_sliding
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.sliding_window import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
     check_overlap,
     checked_tile_size,
@@ -71,7 +72,7 @@ class Segmenter:
         class_names: Sequence[str],
         preprocessing: Preprocessing,
         device: str | torch.device = "auto",
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         mode: str = "auto",
         tile_size: int | Sequence[int] | None = None,
@@ -108,7 +109,7 @@ class Segmenter:
         cls,
         path: str | Path,
         device: str | torch.device = "auto",
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         **options: object,
     ) -> Segmenter:
         """Load ``best.pt``/``last.pt`` (or any unetkit checkpoint); no other settings needed.
@@ -122,7 +123,7 @@ class Segmenter:
         cls,
         loaded: LoadedModel,
         device: str | torch.device = "auto",
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         **options: object,
     ) -> Segmenter:
         """The Segmenter of a model already rebuilt by ``model_from_checkpoint``."""

@@ -36,6 +36,7 @@ WEIGHT_FLOOR = 1e-3
 TileSize = tuple[int, int]
 Origin = tuple[int, int]
 DEFAULT_OVERLAP = 0.25  # share of a window its neighbour covers again
+DEFAULT_BATCH_SIZE = 8  # model inputs per forward pass: whole images, or windows when sliding
 
 
 def window_origins(length: int, tile: int, overlap: float) -> list[int]:
@@ -72,7 +73,7 @@ def sliding_window_probabilities(
     predict: ProbabilityFn,
     tile_size: int | Sequence[int],
     overlap: float = DEFAULT_OVERLAP,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> torch.Tensor:
     """Probabilities ``(K, H, W)`` of a normalised image ``(C, H, W)``, blended from its tiles.
 

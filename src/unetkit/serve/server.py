@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from unetkit.checkpoint import model_from_checkpoint
 from unetkit.inference.segmenter import Segmenter
+from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 from unetkit.serve.admission import DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT_S
 from unetkit.serve.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
 
@@ -29,7 +30,7 @@ def app_from_checkpoint(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     api_key: str | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     request_timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -63,7 +64,7 @@ def build_server(
     port: int = 8000,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     log_level: str = "info",
     api_key: str | None = None,

@@ -12,6 +12,8 @@ from scipy import ndimage
 
 from unetkit.checkpoint import load_checkpoint
 from unetkit.cli.main import main
+from unetkit.inference.postprocess import PostProcessing
+from unetkit.inference.segmenter import Segmenter
 
 # fp32 and contiguous: runs and evaluations are compared exactly, so no probe may choose
 # differently between them (on a CPU with bf16 units the auto probe's pick is timing noise)
@@ -38,6 +40,20 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--out", str(out), *TINY]) == 0
     return out
+
+
+@pytest.fixture
+def segmenter_options(monkeypatch):
+    """The keyword options of every Segmenter built, in order: what the flags turned into."""
+    built: list[dict] = []
+    original = Segmenter.__init__
+
+    def recording(self, *args, **options):
+        built.append(options)
+        original(self, *args, **options)
+
+    monkeypatch.setattr(Segmenter, "__init__", recording)
+    return built
 
 
 def test_train_writes_the_whole_run_folder(trained_run):
@@ -96,12 +112,15 @@ def test_evaluate_reuses_the_test_split_and_matches_training(trained_run, tmp_pa
     assert "mean_iou" in out and "report.html" in out and "per image" in out
 
 
-def test_evaluate_flags_reach_the_metrics(trained_run, tmp_path, capsys):
+def test_evaluate_flags_reach_the_metrics(trained_run, tmp_path, capsys, segmenter_options):
     best = trained_run / "checkpoints" / "best.pt"
     args = ["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress",
-            "--ci", "--ci-resamples", "50", "--min-area", "7", "--no-report",
-            "--tta", "--min-size", "3", "eval.boundary=false"]  # fmt: skip
+            "--ci", "--ci-resamples", "50", "--min-area", "7", "--no-report", "--batch-size", "3",
+            "--tta", "--min-size", "3", "--precision", "fp32", "eval.boundary=false"]  # fmt: skip
     assert main(args) == 0
+    (options,) = segmenter_options
+    assert options["batch_size"] == 3 and options["tta"] is True
+    assert options["precision"] == "fp32" and options["postprocess"].min_size == 3
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     intervals = metrics["confidence_intervals"]
     assert intervals["resamples"] == 50
@@ -161,7 +180,9 @@ def test_predict_writes_masks_at_input_size_and_skips_corrupt(trained_run, tmp_p
     assert not (out / "broken.png").exists()
 
 
-def test_predict_inference_flags_reach_the_segmenter(trained_run, tmp_path, capsys):
+def test_predict_inference_flags_reach_the_segmenter(
+    trained_run, tmp_path, capsys, segmenter_options
+):
     image = np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "big.png")
     best = str(trained_run / "checkpoints" / "best.pt")
@@ -177,7 +198,12 @@ def test_predict_inference_flags_reach_the_segmenter(trained_run, tmp_path, caps
     three_numbers = ["--out", str(tmp_path / "bad"), "--tile-size", "32", "40", "48"]
     assert main([*common, *three_numbers]) == 2
     assert "a size is S or H W; got 3 numbers" in capsys.readouterr().err
+    segmenter_options.clear()
     assert main([*common, *args]) == 0
+    (options,) = segmenter_options
+    assert options["mode"] == "sliding" and options["tile_size"] == (32, 40)
+    assert options["overlap"] == 0.5 and options["tta"] is True
+    assert options["postprocess"] == PostProcessing(min_size=30)
     probs = np.load(tuned / "big_probs.npz")["probs"]
     assert probs.dtype == np.float16 and probs.shape[1:] == (90, 120)
     mask = np.asarray(Image.open(tuned / "big.png"))

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.config import Config, ConfigError, available_presets, load_config
+from unetkit.cli.flags import config_from_args, flag_overrides
+from unetkit.config import Config, ConfigError, available_presets
 from unetkit.data import DATASETS, DataError, build_splits
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
 from unetkit.inference.postprocess import PostProcessing
@@ -20,16 +21,6 @@ from unetkit.inference.segmenter import Segmenter
 from unetkit.models import list_models
 from unetkit.training.history import read_history_csv
 from unetkit.training.resume import resolve_resume
-
-# `evaluate` flag -> config key (the rest of `eval.*` through trailing KEY=VALUE pairs).
-EVAL_FLAGS = {
-    "ci": "eval.ci",
-    "ci_resamples": "eval.ci_resamples",
-    "min_area": "eval.min_component_area",
-    "boundary_width": "eval.boundary_width",
-    "panels": "eval.panels",
-    "report": "eval.report",
-}
 
 # What `evaluate` honours of trailing KEY=VALUE pairs: the data to score, how to score it, and
 # the binary threshold. Everything else (the model, its preprocessing, training) comes from the
@@ -43,16 +34,11 @@ USER_ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeErr
 
 
 def train(args: argparse.Namespace) -> int:
-    from unetkit.cli.main import TRAIN_FLAGS
     from unetkit.cli.plan_commands import planned_config, should_plan
     from unetkit.training.launch import launch, without_nproc
     from unetkit.training.loop import train as run_training
 
-    overrides = {
-        key: getattr(args, flag)
-        for flag, key in TRAIN_FLAGS.items()
-        if getattr(args, flag) is not None
-    }
+    overrides = flag_overrides(args)
     if args.no_progress:
         overrides["train.progress"] = False
     base = None
@@ -62,7 +48,7 @@ def train(args: argparse.Namespace) -> int:
         base = checkpoint["config"]
         overrides["train.resume"] = str(resume_path)
         overrides.setdefault("train.out", str(resume_path.resolve().parent.parent))
-    cfg = load_config(args.config, overrides=overrides, dotted=args.overrides, base=base)
+    cfg = config_from_args(args, overrides, base)
     started = time.perf_counter()  # a time budget counts the planning too
     if should_plan(args, cfg):
         cfg = planned_config(args, cfg, overrides, base)
@@ -257,15 +243,7 @@ def _refuse_ignored_overrides(pairs: list[str]) -> None:
 
 def _evaluation_config(checkpoint: dict[str, Any], args: argparse.Namespace) -> Config:
     """The checkpoint's config, pointed at other data if asked, with the evaluation flags."""
-    overrides: dict[str, Any] = {}
-    if args.dataset:
-        overrides["data.dataset"] = args.dataset
-    if args.data_root:
-        overrides["data.root"] = args.data_root
-    for flag, key in EVAL_FLAGS.items():
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    return load_config(overrides=overrides, dotted=args.overrides, base=checkpoint["config"])
+    return config_from_args(args, base=checkpoint["config"])
 
 
 def _saved_split_record(run_dir: Path, checkpoint: dict[str, Any], cfg: Config) -> dict | None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from unetkit.config import Config, load_config
+from unetkit.cli.flags import config_from_args
 from unetkit.data.checks import format_problems, inspect_splits
 from unetkit.data.download import (
     DOWNLOADABLE,
@@ -26,7 +25,6 @@ __all__ = [
     "MANUAL_EXIT",
     "MIRROR_ENV",
     "check",
-    "config_from_args",
     "download",
     "known_datasets",
     "show",
@@ -35,20 +33,6 @@ __all__ = [
 # Exit status of `data download` for a dataset that must be fetched by hand: nothing was
 # downloaded, so a script that goes on to train would fail later and less clearly.
 MANUAL_EXIT = 3
-
-
-def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``{config key: value}`` of the config flags given on the command line."""
-    return {
-        key: getattr(args, flag)
-        for flag, key in args.config_keys.items()
-        if getattr(args, flag) is not None
-    }
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The config given by ``--config``, the data flags and trailing KEY=VALUE pairs."""
-    return load_config(args.config, overrides=flag_overrides(args), dotted=args.overrides)
 
 
 def download(args: argparse.Namespace) -> int:

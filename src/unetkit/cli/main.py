@@ -5,102 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from unetkit.cli import commands, data_commands, plan_commands
+from unetkit.cli.flags import (
+    BATCH_SIZE_OPTIONS,
+    DATASET_FLAGS,
+    DEVICE_OPTIONS,
+    EVALUATE_FLAGS,
+    TRAIN_FLAGS,
+    add_config_flags,
+)
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 
-# `--device` and `--batch-size`, declared once: a config key for `train` and `plan` (default in
-# the config), a plain option of the commands that run a model (see `add_device_flags`).
-DEVICE_OPTIONS: dict[str, Any] = {"help": "auto (default), cpu, cuda or cuda:N"}
-BATCH_SIZE_OPTIONS: dict[str, Any] = {"type": int, "metavar": "N"}
-
-# Command-line flag -> (config key, argparse options). Every other key is reachable as a trailing
-# `section.key=value`. Subcommands pick the flags they take with `add_config_flags`.
-CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dataset": ("data.dataset", {"help": "dataset name (see `unetkit list`), default synthetic"}),
-    "data_root": ("data.root", {"help": "dataset folder"}),
-    "mode": ("data.mode", {"help": "dataset variant, e.g. oxford-pet: binary or trimap"}),
-    "model": ("model.name", {"help": "model name from the registry"}),
-    "num_classes": (
-        "task.num_classes",
-        {"type": int, "help": "classes including background; 2 = binary"},
-    ),
-    "img_size": (
-        "data.img_size",
-        {"type": int, "nargs": "+", "metavar": ("H", "W"), "help": "training size"},
-    ),
-    "epochs": ("train.epochs", {"type": int}),
-    "batch_size": ("train.batch_size", {**BATCH_SIZE_OPTIONS, "help": "images per step"}),
-    "lr": ("optim.lr", {"type": float}),
-    "loss": ("loss.spec", {"help": "weighted sum, e.g. ce:0.7,dice:0.3 (ce/bce/dice/focal)"}),
-    "optimizer": ("optim.optimizer", {"choices": ["adam", "adamw", "sgd"]}),
-    "scheduler": ("optim.scheduler", {"choices": ["cosine", "plateau", "poly", "none"]}),
-    "accum_steps": ("train.accum_steps", {"type": int, "help": "gradient accumulation steps"}),
-    "precision": (
-        "train.precision",
-        {
-            "choices": ["auto", "fp32", "bf16", "fp16"],
-            "help": "auto (default) times a few steps and keeps the fastest safe option",
-        },
-    ),
-    "seed": ("train.seed", {"type": int}),
-    "device": ("train.device", DEVICE_OPTIONS),
-    "out": ("train.out", {"help": "run folder (default runs/<dataset>-<model>-<time>)"}),
-    "resume": (
-        "train.resume",
-        {"help": "checkpoint to continue from (RUN/checkpoints/last.pt), or auto with --out"},
-    ),
-    "augment": ("data.augment", {"choices": ["none", "light", "strong"]}),
-    "monitor": ("train.monitor", {"help": "val_loss or val_<metric> picking best.pt"}),
-    "workers": ("data.num_workers", {"type": int, "help": "data-loading worker processes"}),
-    "time_budget": (
-        "train.time_budget",
-        {"help": "train for this long (90s, 20m, 1.5h), LR schedule spread over it"},
-    ),
-    "patience": (
-        "train.patience",
-        {"type": int, "help": "stop after N epochs without a better monitor"},
-    ),
-    "ema": ("train.ema", {"type": float, "help": "keep a weight moving average, e.g. 0.999"}),
-    "compile": (
-        "train.compile",
-        {"action": "store_true", "default": None, "help": "torch.compile the model"},
-    ),
-    "channels_last": (
-        "train.channels_last",
-        {
-            "action": argparse.BooleanOptionalAction,
-            "help": "channels-last memory format, or not; default: measured (auto)",
-        },
-    ),
-    "sync_bn": (
-        "train.sync_bn",
-        {
-            "action": "store_true",
-            "default": None,
-            "help": "SyncBatchNorm across processes (several GPUs)",
-        },
-    ),
-}
-TRAIN_FLAGS = {flag: key for flag, (key, _) in CONFIG_FLAGS.items()}
-# The flags that say which data a command reads (the `data` subcommands take only these).
-DATASET_FLAGS = ("dataset", "data_root", "mode", "num_classes", "img_size")
-
-
-def add_config_flags(parser: argparse.ArgumentParser, flags: Iterable[str]) -> None:
-    """``--config``, the ``flags`` named (keys of CONFIG_FLAGS), and trailing KEY=VALUE pairs.
-
-    The parsed namespace carries ``config_keys`` ({flag: config key}) so a command can turn
-    the flags into overrides without knowing this table.
-    """
-    parser.add_argument("--config", help="a YAML file or a preset name (see `unetkit list`)")
-    for flag in flags:
-        _, options = CONFIG_FLAGS[flag]
-        parser.add_argument("--" + flag.replace("_", "-"), **options)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any config key")
-    parser.set_defaults(config_keys={flag: CONFIG_FLAGS[flag][0] for flag in flags})
+__all__ = ["DATASET_FLAGS", "TRAIN_FLAGS", "build_parser", "main"]
 
 
 def add_device_flags(parser: argparse.ArgumentParser, batch_help: str) -> None:
@@ -139,7 +58,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         epilog="Any config key can be set with trailing section.key=value pairs, e.g. "
         "optim.weight_decay=0 model.options.depth=3. See `unetkit list` for presets.",
     )
-    add_config_flags(p, CONFIG_FLAGS)
+    add_config_flags(p, TRAIN_FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--plan",
@@ -161,8 +80,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="metrics of a checkpoint on a split, at original resolution"
     )
     p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
-    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
-    p.add_argument("--data-root", help="default: the checkpoint's data root")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument(
         "--out",
@@ -171,27 +88,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     add_device_flags(p, "images per model call, or windows when sliding")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--ci", action="store_true", default=None, help="bootstrap 95%% CIs over images")
-    p.add_argument("--ci-resamples", type=int, help="bootstrap resamples (default 1000)")
-    p.add_argument(
-        "--min-area", type=int, help="drop predicted components smaller than this (pixels)"
-    )
-    p.add_argument("--boundary-width", type=int, help="boundary IoU band (default 2%% of diagonal)")
-    p.add_argument("--panels", type=int, help="best and worst images in the report (default 4)")
-    p.add_argument(
-        "--no-report",
-        dest="report",
-        action="store_false",
-        default=None,
-        help="write metrics.json only",
-    )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="eval.* keys, task.threshold (binary) and the data keys (data.root, data.mode, "
-        "data.split_ratios, ...), e.g. eval.boundary=false task.threshold=0.3; keys that the "
-        "checkpoint fixes (model, input size, training) are refused",
+    add_config_flags(
+        p,
+        EVALUATE_FLAGS,
+        config_file=False,
+        helps={
+            "dataset": "default: the dataset the checkpoint was trained on",
+            "data_root": "default: the checkpoint's data root",
+        },
+        overrides_help="eval.* keys, task.threshold (binary) and the data keys (data.root, "
+        "data.mode, data.split_ratios, ...), e.g. eval.boundary=false task.threshold=0.3; keys "
+        "that the checkpoint fixes (model, input size, training) are refused",
     )
     add_inference_flags(p)
     p.set_defaults(handler=commands.evaluate)

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from unetkit.config import Config, load_config, resolve_config_path
+from unetkit.cli.flags import config_from_args, flag_overrides
+from unetkit.config import Config, resolve_config_path
 from unetkit.data.preprocess import image_size
 from unetkit.training.budget import parse_duration
 
@@ -23,7 +24,6 @@ PLAN_CHOICES = ("auto", "on", "off")
 
 
 def plan(args: argparse.Namespace) -> int:
-    from unetkit.cli.data_commands import config_from_args, flag_overrides
     from unetkit.planning.plan import make_plan
 
     cfg = config_from_args(args)
@@ -61,9 +61,7 @@ def planned_config(
     made = make_plan(cfg, _budget_seconds(cfg), progress=cfg.train.progress)
     print(made.describe(), flush=True)
     planned = made.overrides(explicit_keys(args, overrides), max(image_size(cfg.data.img_size)))
-    return load_config(
-        args.config, overrides={**planned, **overrides}, dotted=args.overrides, base=base
-    )
+    return config_from_args(args, {**planned, **overrides}, base)
 
 
 def _budget_seconds(cfg: Config) -> float | None:

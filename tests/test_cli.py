@@ -11,7 +11,8 @@ from PIL import Image
 from scipy import ndimage
 
 from unetkit.checkpoint import load_checkpoint
-from unetkit.cli.main import main
+from unetkit.cli.flags import flag_overrides
+from unetkit.cli.main import build_parser, main
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.segmenter import Segmenter
 
@@ -115,8 +116,9 @@ def test_evaluate_reuses_the_test_split_and_matches_training(trained_run, tmp_pa
 def test_evaluate_flags_reach_the_metrics(trained_run, tmp_path, capsys, segmenter_options):
     best = trained_run / "checkpoints" / "best.pt"
     args = ["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress",
-            "--ci", "--ci-resamples", "50", "--min-area", "7", "--no-report", "--batch-size", "3",
-            "--tta", "--min-size", "3", "--precision", "fp32", "eval.boundary=false"]  # fmt: skip
+            "--ci", "--ci-resamples", "50", "--metric-min-area", "7", "--no-report",
+            "--batch-size", "3", "--tta", "--remove-smaller-than", "3", "--precision", "fp32",
+            "eval.boundary=false"]  # fmt: skip
     assert main(args) == 0
     (options,) = segmenter_options
     assert options["batch_size"] == 3 and options["tta"] is True
@@ -189,13 +191,14 @@ def test_predict_inference_flags_reach_the_segmenter(
     common = ["predict", "--checkpoint", best, "--input", str(tmp_path / "big.png"),
               "--no-progress"]  # fmt: skip
     plain, tuned = tmp_path / "plain", tmp_path / "tuned"
-    assert main([*common, "--out", str(plain), "--mode", "resize"]) == 0
-    args = ["--out", str(tuned), "--mode", "sliding", "--tile-size", "32", "40", "--overlap",
-            "0.5", "--tta", "--min-size", "30", "--save-probs"]  # fmt: skip
-    bad_class = ["--out", str(tmp_path / "bad"), "--min-size", "3", "--postprocess-classes", "9"]
+    assert main([*common, "--out", str(plain), "--inference-mode", "resize"]) == 0
+    args = ["--out", str(tuned), "--inference-mode", "sliding", "--window-size", "32", "40",
+            "--overlap", "0.5", "--tta", "--remove-smaller-than", "30", "--save-probs"]  # fmt: skip
+    bad_class = ["--out", str(tmp_path / "bad"), "--remove-smaller-than", "3",
+                 "--postprocess-classes", "9"]  # fmt: skip
     assert main([*common, *bad_class]) == 2
     assert "9" in capsys.readouterr().err
-    three_numbers = ["--out", str(tmp_path / "bad"), "--tile-size", "32", "40", "48"]
+    three_numbers = ["--out", str(tmp_path / "bad"), "--window-size", "32", "40", "48"]
     assert main([*common, *three_numbers]) == 2
     assert "a size is S or H W; got 3 numbers" in capsys.readouterr().err
     segmenter_options.clear()
@@ -214,12 +217,34 @@ def test_predict_inference_flags_reach_the_segmenter(
     assert "class areas" in capsys.readouterr().out
 
 
+def test_old_inference_flag_names_still_work_with_a_notice(trained_run, tmp_path, capsys,
+                                                           segmenter_options):  # fmt: skip
+    image = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    old = ["predict", "--checkpoint", str(trained_run / "checkpoints" / "best.pt"), "--input",
+           str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-progress", "--mode",
+           "sliding", "--tile-size", "24", "--min-size", "5"]  # fmt: skip
+    assert main(old) == 0
+    (options,) = segmenter_options
+    assert (options["mode"], options["tile_size"]) == ("sliding", 24)
+    assert options["postprocess"].min_size == 5
+    err = capsys.readouterr().err
+    for old_flag, new_flag in [("--mode", "--inference-mode"), ("--tile-size", "--window-size"),
+                               ("--min-size", "--remove-smaller-than")]:  # fmt: skip
+        assert f"{old_flag} is deprecated; use {new_flag}" in err
+
+
+def test_evaluate_mode_is_the_dataset_variant():
+    args = build_parser().parse_args(["evaluate", "--checkpoint", "best.pt", "--mode", "second"])
+    assert flag_overrides(args)["data.mode"] == "second" and args.inference_mode == "auto"
+
+
 def test_predict_explains_a_missing_model(capsys, tmp_path):
     args = ["predict", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]
     assert main(args) == 2
     assert "--checkpoint" in capsys.readouterr().err
     assert main([*args, "--backend", "onnxruntime"]) == 2
-    assert "needs --model FILE" in capsys.readouterr().err
+    assert "needs --exported FILE" in capsys.readouterr().err
 
 
 def test_export_then_onnxruntime_predicts_the_same_masks(trained_run, tmp_path, capsys):
@@ -235,7 +260,7 @@ def test_export_then_onnxruntime_predicts_the_same_masks(trained_run, tmp_path, 
     exact = ["--precision", "fp32", "--no-channels-last"]  # the export runs fp32: compare like
     assert main([*common, *exact, "--checkpoint", best, "--out", str(tmp_path / "torch")]) == 0
     ort_out = str(tmp_path / "ort")
-    onnx_args = ["--backend", "onnxruntime", "--model", str(onnx_file), "--out", ort_out]
+    onnx_args = ["--backend", "onnxruntime", "--exported", str(onnx_file), "--out", ort_out]
     assert main([*common, *onnx_args]) == 0
     for name in ("a", "b"):
         torch_mask = np.asarray(Image.open(tmp_path / "torch" / f"{name}.png"))

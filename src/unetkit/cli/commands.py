@@ -180,18 +180,18 @@ def list_things(args: argparse.Namespace) -> int:
 def segmenter_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Segmenter's keyword options from the shared inference flags."""
     options: dict[str, Any] = {
-        "mode": args.mode,
+        "mode": args.inference_mode,
         "overlap": args.overlap,
         "tta": args.tta,
         "precision": args.precision,
         "channels_last": args.channels_last,
     }
-    if args.tile_size:
-        options["tile_size"] = _size(args.tile_size)
-    if args.min_size or args.keep_largest or args.fill_holes:
+    if args.window_size:
+        options["tile_size"] = _size(args.window_size)
+    if args.remove_smaller_than or args.keep_largest or args.fill_holes:
         classes = tuple(args.postprocess_classes) if args.postprocess_classes else None
         options["postprocess"] = PostProcessing(
-            min_size=args.min_size,
+            min_size=args.remove_smaller_than,
             keep_largest=args.keep_largest,
             fill_holes=args.fill_holes,
             classes=classes,
@@ -207,23 +207,25 @@ def _size(values: list[int]) -> int | tuple[int, int]:
 
 
 def _load_segmenter(args: argparse.Namespace) -> Segmenter:
-    """A Segmenter from ``--checkpoint`` (PyTorch) or ``--model FILE.onnx`` (ONNX Runtime)."""
+    """A Segmenter from ``--checkpoint`` (PyTorch) or ``--exported FILE`` (ONNX Runtime or
+    TorchScript)."""
     options = segmenter_options(args)
     backend = args.backend
     if backend in ("onnxruntime", "torchscript"):
         from unetkit.inference import onnx_backend
 
-        if not args.model:
-            raise ValueError(f"--backend {backend} needs --model FILE (see unetkit export)")
+        if not args.exported:
+            raise ValueError(f"--backend {backend} needs --exported FILE (see unetkit export)")
         load = (
             onnx_backend.load_onnx_segmenter
             if backend == "onnxruntime"
             else onnx_backend.load_torchscript_segmenter
         )
-        return load(args.model, batch_size=args.batch_size, device=args.device, **options)
+        return load(args.exported, batch_size=args.batch_size, device=args.device, **options)
     if not args.checkpoint:
         raise ValueError(
-            "give --checkpoint RUN/checkpoints/best.pt (or --backend onnxruntime --model FILE.onnx)"
+            "give --checkpoint RUN/checkpoints/best.pt "
+            "(or --backend onnxruntime --exported FILE.onnx)"
         )
     return Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size, **options)
 

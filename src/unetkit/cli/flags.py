@@ -9,6 +9,7 @@ trailing ``section.key=value``.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,9 +95,9 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "eval.ci_resamples",
         {"type": int, "help": "bootstrap resamples (default 1000)"},
     ),
-    "min_area": (
+    "metric_min_area": (
         "eval.min_component_area",
-        {"type": int, "help": "drop predicted components smaller than this (pixels)"},
+        {"type": int, "help": "instance metrics ignore predicted components below N pixels"},
     ),
     "boundary_width": (
         "eval.boundary_width",
@@ -121,8 +122,8 @@ TRAIN_FLAGS = {flag: key for flag, (key, _) in CONFIG_FLAGS.items() if not key.s
 # The flags that say which data a command reads (the `data` subcommands take only these).
 DATASET_FLAGS = ("dataset", "data_root", "mode", "num_classes", "img_size")
 # The flags of `evaluate` that are config keys (the rest of `eval.*` through KEY=VALUE pairs).
-EVALUATE_FLAGS = ("dataset", "data_root", "ci", "ci_resamples", "min_area", "boundary_width",
-                  "panels", "report")  # fmt: skip
+EVALUATE_FLAGS = ("dataset", "data_root", "mode", "ci", "ci_resamples", "metric_min_area",
+                  "boundary_width", "panels", "report")  # fmt: skip
 
 
 def add_config_flags(
@@ -150,6 +151,29 @@ def add_config_flags(
         parser.add_argument(name, dest=flag, **options)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
     parser.set_defaults(config_keys={flag: CONFIG_FLAGS[flag][0] for flag in flags})
+
+
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    old: str,
+    new: str,
+    dest: str,
+    **options: Any,
+) -> None:
+    """``old``, hidden from ``--help``, doing what ``new`` does after a one-line notice."""
+
+    class Alias(argparse.Action):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: Any,
+            option_string: str | None = None,
+        ) -> None:
+            print(f"unetkit: {old} is deprecated; use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument(old, dest=dest, action=Alias, help=argparse.SUPPRESS, **options)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

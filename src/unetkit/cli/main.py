@@ -16,6 +16,7 @@ from unetkit.cli.flags import (
     EVALUATE_FLAGS,
     TRAIN_FLAGS,
     add_config_flags,
+    add_deprecated_alias,
 )
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 
@@ -100,30 +101,39 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "data.mode, data.split_ratios, ...), e.g. eval.boundary=false task.threshold=0.3; keys "
         "that the checkpoint fixes (model, input size, training) are refused",
     )
+    add_deprecated_alias(p, "--min-area", "--metric-min-area", "metric_min_area", type=int)
     add_inference_flags(p)
     p.set_defaults(handler=commands.evaluate)
 
 
-def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """How the Segmenter runs: resize or sliding windows, TTA, post-processing."""
+def add_inference_flags(parser: argparse.ArgumentParser, mode_alias: bool = False) -> None:
+    """How the Segmenter runs: resize or sliding windows, TTA, post-processing.
+
+    ``mode_alias``: also take the old ``--mode`` for ``--inference-mode`` (predict, serve; for
+    evaluate ``--mode`` is the dataset variant, as for train).
+    """
     group = parser.add_argument_group("inference")
     group.add_argument(
-        "--mode",
+        "--inference-mode",
         choices=["auto", "resize", "sliding"],
         default="auto",
         help="resize each image to the training size, or slide training-size windows over it; "
         "auto slides for models trained on tiles (default auto)",
     )
-    group.add_argument(
-        "--tile-size", type=int, nargs="+", metavar=("H", "W"), help="sliding window size"
-    )
+    window = {"type": int, "nargs": "+", "metavar": ("H", "W")}
+    group.add_argument("--window-size", help="sliding window size (default: the model's input)",
+                       **window)  # fmt: skip
     group.add_argument(
         "--overlap", type=float, default=0.25, help="sliding window overlap (default 0.25)"
     )
     group.add_argument("--tta", action="store_true", help="average flipped predictions")
     add_execution_flags(group, ["auto", "fp32", "bf16"])
     group.add_argument(
-        "--min-size", type=int, default=0, help="remove predicted components below N pixels"
+        "--remove-smaller-than",
+        type=int,
+        default=0,
+        metavar="N",
+        help="post-processing: remove predicted components below N pixels",
     )
     group.add_argument(
         "--keep-largest", action="store_true", help="keep each class's largest component"
@@ -136,6 +146,12 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
         metavar="C",
         help="class ids the three options above apply to (default: every foreground class)",
     )
+    add_deprecated_alias(group, "--tile-size", "--window-size", "window_size", **window)
+    add_deprecated_alias(group, "--min-size", "--remove-smaller-than", "remove_smaller_than",
+                         type=int)  # fmt: skip
+    if mode_alias:
+        add_deprecated_alias(group, "--mode", "--inference-mode", "inference_mode",
+                             choices=["auto", "resize", "sliding"])  # fmt: skip
 
 
 def add_execution_flags(parser: Any, precisions: list[str]) -> None:
@@ -166,10 +182,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--save-probs", action="store_true", help="also write <name>_probs.npz (float16)"
     )
     p.add_argument("--backend", choices=["torch", "onnxruntime", "torchscript"], default="torch")
-    p.add_argument("--model", help="an exported FILE.onnx / FILE.pt (see unetkit export)")
+    p.add_argument("--exported", metavar="FILE", help="an exported FILE.onnx / FILE.pt "
+                   "(see unetkit export), run by --backend onnxruntime or torchscript")  # fmt: skip
+    add_deprecated_alias(p, "--model", "--exported", "exported")
     add_device_flags(p, "images per model call, or windows when sliding")
     p.add_argument("--no-progress", action="store_true")
-    add_inference_flags(p)
+    add_inference_flags(p, mode_alias=True)
     p.set_defaults(handler=commands.predict)
 
 
@@ -215,7 +233,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write an ONNX or TorchScript file (dynamic batch, height, width) and check parity",
         epilog="The file carries the preprocessing, task and class names, so `unetkit predict "
-        "--backend onnxruntime --model FILE` needs nothing else. The export is checked against "
+        "--backend onnxruntime --exported FILE` needs nothing else. The export is checked against "
         "PyTorch on random inputs of two sizes; above the tolerance nothing is written.",
     )
     p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
@@ -263,7 +281,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="a prediction not answered this long after it was taken gets 503 and its queued "
         "work is dropped (default 30)",
     )
-    add_inference_flags(p)
+    add_inference_flags(p, mode_alias=True)
     p.set_defaults(handler=commands.serve)
 
 

@@ -123,6 +123,9 @@ def test_evaluate_flags_reach_the_metrics(trained_run, tmp_path, capsys, segment
     (options,) = segmenter_options
     assert options["batch_size"] == 3 and options["tta"] is True
     assert options["precision"] == "fp32" and options["postprocess"].min_size == 3
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["inference"]
+    assert recorded["config"]["tta"] is True and recorded["config"]["window_size"] == [32, 40]
+    assert recorded["config"]["postprocess"]["min_size"] == 3 and recorded["precision"] == "fp32"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     intervals = metrics["confidence_intervals"]
     assert intervals["resamples"] == 50
@@ -226,7 +229,7 @@ def test_old_inference_flag_names_still_work_with_a_notice(trained_run, tmp_path
            "sliding", "--tile-size", "24", "--min-size", "5"]  # fmt: skip
     assert main(old) == 0
     (options,) = segmenter_options
-    assert (options["mode"], options["tile_size"]) == ("sliding", 24)
+    assert (options["mode"], options["tile_size"]) == ("sliding", (24, 24))
     assert options["postprocess"].min_size == 5
     err = capsys.readouterr().err
     for old_flag, new_flag in [("--mode", "--inference-mode"), ("--tile-size", "--window-size"),

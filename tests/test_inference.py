@@ -372,3 +372,24 @@ def test_a_one_number_image_size_means_a_square():
     assert Preprocessing(96, (0.5,), (0.5,), 1).img_size == (96, 96)
     with pytest.raises(ValueError, match="img_size"):
         Preprocessing([1, 2, 3], (0.5,), (0.5,), 1)
+
+
+def test_inference_config_is_checked_once_and_recorded_as_json():
+    import json
+
+    from unetkit.inference.options import InferenceConfig
+    from unetkit.inference.postprocess import PostProcessing
+
+    config = InferenceConfig(mode="sliding", window_size=24, tta=True,
+                             postprocess=PostProcessing(min_size=5, classes=(1,)))  # fmt: skip
+    assert config.window_size == (24, 24)
+    assert config.segmenter_options()["tile_size"] == (24, 24)
+    record = json.loads(json.dumps(config.to_dict()))
+    assert record["window_size"] == [24, 24] and record["postprocess"]["classes"] == [1]
+    for bad, message in [({"mode": "tiles"}, "mode must be one of"),
+                         ({"window_size": (8,)}, r"got \(8,\)"),
+                         ({"overlap": 1.0}, "overlap is a fraction"),
+                         ({"precision": "int8"}, "precision is one of"),
+                         ({"channels_last": "yes"}, "channels_last is True, False")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            InferenceConfig(**bad)

@@ -15,6 +15,7 @@ from unetkit.cli.flags import config_from_args, flag_overrides
 from unetkit.config import Config, ConfigError, available_presets
 from unetkit.data import DATASETS, DataError, build_splits
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
+from unetkit.inference.options import InferenceConfig
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
 from unetkit.inference.segmenter import Segmenter
@@ -69,14 +70,17 @@ def evaluate(args: argparse.Namespace) -> int:
     splits = build_splits(cfg, split_record=record)
     loaded = model_from_checkpoint(checkpoint)
     loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
+    inference = inference_config(args)
     segmenter = Segmenter.from_loaded(
-        loaded, args.device, args.batch_size, **segmenter_options(args)
+        loaded, args.device, args.batch_size, **inference.segmenter_options()
     )
     source = getattr(splits, args.split)
     evaluation = evaluate_source(
         segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
     )
     evaluation.metrics["checkpoint"] = str(args.checkpoint)
+    ran = dataclasses.replace(inference, window_size=segmenter.tile_size)  # the window it used
+    evaluation.metrics["inference"]["config"] = ran.to_dict()
     out = Path(args.out) if args.out else run_dir / "evaluation" / args.split
     history_file = run_dir / "history.csv"
     history = read_history_csv(history_file) if history_file.is_file() else None
@@ -165,7 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
-        **segmenter_options(args),
+        **inference_config(args).segmenter_options(),
     )
     return 0
 
@@ -177,26 +181,26 @@ def list_things(args: argparse.Namespace) -> int:
     return 0
 
 
-def segmenter_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Segmenter's keyword options from the shared inference flags."""
-    options: dict[str, Any] = {
-        "mode": args.inference_mode,
-        "overlap": args.overlap,
-        "tta": args.tta,
-        "precision": args.precision,
-        "channels_last": args.channels_last,
-    }
-    if args.window_size:
-        options["tile_size"] = _size(args.window_size)
+def inference_config(args: argparse.Namespace) -> InferenceConfig:
+    """The one route from the shared inference flags to how the Segmenter runs (checked)."""
+    postprocess = None
     if args.remove_smaller_than or args.keep_largest or args.fill_holes:
         classes = tuple(args.postprocess_classes) if args.postprocess_classes else None
-        options["postprocess"] = PostProcessing(
+        postprocess = PostProcessing(
             min_size=args.remove_smaller_than,
             keep_largest=args.keep_largest,
             fill_holes=args.fill_holes,
             classes=classes,
         )
-    return options
+    return InferenceConfig(
+        mode=args.inference_mode,
+        window_size=_size(args.window_size) if args.window_size else None,
+        overlap=args.overlap,
+        tta=args.tta,
+        postprocess=postprocess,
+        precision=args.precision,
+        channels_last=args.channels_last,
+    )
 
 
 def _size(values: list[int]) -> int | tuple[int, int]:
@@ -209,7 +213,7 @@ def _size(values: list[int]) -> int | tuple[int, int]:
 def _load_segmenter(args: argparse.Namespace) -> Segmenter:
     """A Segmenter from ``--checkpoint`` (PyTorch) or ``--exported FILE`` (ONNX Runtime or
     TorchScript)."""
-    options = segmenter_options(args)
+    options = inference_config(args).segmenter_options()
     backend = args.backend
     if backend in ("onnxruntime", "torchscript"):
         from unetkit.inference import onnx_backend

@@ -81,6 +81,12 @@ class SampleSource(ABC):
         objects; None where objects are only known as the mask's connected components."""
         return None
 
+    def load_with_instances(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`load` and :meth:`instances` together; a dataset whose mask is made from its
+        objects overrides it to decode their files once."""
+        image, mask = self.load(index)
+        return image, mask, self.instances(index)
+
     def fingerprint(self, index: int) -> str:
         """What sample ``index`` is and how it is decoded; changes whenever one of its files does.
 

@@ -159,10 +159,10 @@ def _batches(
     images: list[np.ndarray] = []
     truths: list[tuple[np.ndarray, np.ndarray | None]] = []
     for index in range(len(source)):
-        image, mask = source.load(index)
+        image, mask, objects = source.load_with_instances(index)
         names.append(all_names[index])
         images.append(image)
-        truths.append((mask, source.instances(index)))
+        truths.append((mask, objects))
         if len(images) == batch_size:
             yield names, images, truths
             names, images, truths = [], [], []

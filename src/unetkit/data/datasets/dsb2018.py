@@ -151,13 +151,14 @@ class NucleiSource(SampleSource):
         return [sample.name for sample in self.samples]
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        sample = self.samples[index]
-        image = read_image(sample.image, self.in_channels)
-        size = (image.shape[0], image.shape[1])
-        union = np.zeros(size, dtype=bool)
-        for path in sample.masks:
-            union |= read_nucleus(path, size, sample.image)
-        return image, union.astype(np.uint8)
+        image, mask, _ = self.load_with_instances(index)
+        return image, mask
+
+    def load_with_instances(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The image, the union mask and the nucleus ids, each mask file decoded once."""
+        image = read_image(self.samples[index].image, self.in_channels)
+        labels = self._labels(index, (image.shape[0], image.shape[1]))
+        return image, (labels > 0).astype(np.uint8), labels
 
     def instances(self, index: int) -> np.ndarray:
         """``H x W`` int32 map of sample ``index``'s nuclei: 0 = background, ``k`` = mask ``k``.
@@ -165,8 +166,10 @@ class NucleiSource(SampleSource):
         Masks are numbered ``1 .. N`` in file-name order (``files(index)[1:]``); a pixel claimed by
         two masks keeps the first (the release's masks do not overlap, community fixes may).
         """
+        return self._labels(index, header_size(self.samples[index].image))
+
+    def _labels(self, index: int, size: tuple[int, int]) -> np.ndarray:
         sample = self.samples[index]
-        size = header_size(sample.image)
         labels = np.zeros(size, dtype=np.int32)
         for number, path in enumerate(sample.masks, start=1):
             labels[read_nucleus(path, size, sample.image) & (labels == 0)] = number

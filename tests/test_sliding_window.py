@@ -25,7 +25,9 @@ from unetkit.inference.sliding_window import (
 )
 from unetkit.tasks import Task
 from unetkit.training.distributed import Processes
+from unetkit.training.reproducibility import capture_rng_state
 from unetkit.training.saving import _model_payload
+from unetkit.training.state import TrainingState
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -386,8 +388,8 @@ def test_training_records_the_tile_size_in_the_checkpoint():
         model=model,
         processes=Processes(),
     )
-    state = {"epoch": 1, "best": None, "history": [], "steps_by_rank": [3]}
-    payload = _model_payload(parts, state)
+    state = TrainingState(epoch=1, optimizer_steps_by_rank=[3], rng_by_rank=[capture_rng_state()])
+    payload = _model_payload(parts, state.to_checkpoint())
     assert payload["preprocessing"]["tile_size"] == 96
     assert payload["preprocessing"]["img_size"] == [48, 48]
 

@@ -164,6 +164,8 @@ def test_a_budget_plan_measures_and_sets_every_compute_choice(tmp_path):
     assert plan.settings["train.precision"] == "fp32" and "as asked" in plan.reasons["precision"]
     assert plan.settings["train.execution"]["by"] == "unetkit plan"  # the run keeps the record
     assert plan.measured["candidates_ms_per_step"]  # measured, not assumed
+    side = plan.settings["data.img_size"][0]  # the reason names the side the model got
+    assert f"resized to {side} px" in plan.reasons["scale"]
     assert 0 < plan.settings["train.final_reserve"] < 40
     assert "planned in" in plan.describe()
     written = yaml.safe_load(plan.to_yaml(cfg))

@@ -199,7 +199,8 @@ def _plan_for_budget(
     if scale.tiles:
         _choose_tiles(plan, scale, chosen.input_side)
     else:
-        plan.choose({"data.tile_size": None}, "scale", scale.reason)
+        resized = decisions.choose_scale(fingerprint, chosen.input_side)  # the side it got
+        plan.choose({"data.tile_size": None}, "scale", resized.reason)
         share = load * setting.batch_size / chosen.step_seconds
         if share > decisions.LOADING_SHARE:
             plan.choose(

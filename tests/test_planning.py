@@ -172,6 +172,20 @@ def test_a_budget_plan_measures_and_sets_every_compute_choice(tmp_path):
     assert written["model"]["name"] == plan.settings["model.name"]
 
 
+def test_a_budget_plan_measures_the_model_size_and_tta_the_user_fixed(tmp_path):
+    root = write_folder(tmp_path / "blob", blob)
+    cfg = folder_config(root, batch_size=2, precision="fp32", channels_last=False)
+    cfg = load_config(
+        base=cfg.to_dict(),
+        overrides={"model.options.base_width": 8, "data.img_size": [96, 96], "eval.tta": True},
+    )
+    fixed = {"model.options.base_width", "data.img_size", "eval.tta"}
+    plan = make_plan(cfg, budget_seconds=40.0, progress=False, fixed=fixed)
+    assert list(plan.measured["candidates_ms_per_step"]) == ["unet (base width 8) at 96 px"]
+    assert plan.settings["eval.tta"] is True and "as configured" in plan.reasons["test evaluation"]
+    assert "model.name" not in plan.overrides(fixed)  # the user's model is kept as set
+
+
 # --- the CLI -----------------------------------------------------------------------------------
 
 

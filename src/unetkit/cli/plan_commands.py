@@ -27,10 +27,10 @@ def plan(args: argparse.Namespace) -> int:
     from unetkit.planning.plan import make_plan
 
     cfg = config_from_args(args)
-    made = make_plan(cfg, _budget_seconds(cfg), progress=not args.no_progress)
+    explicit = explicit_keys(args, flag_overrides(args))
+    made = make_plan(cfg, _budget_seconds(cfg), not args.no_progress, explicit)
     print(made.describe())
     out = Path(args.out or f"plan-{cfg.data.dataset}.yaml")
-    explicit = explicit_keys(args, flag_overrides(args))
     out.write_text(made.to_yaml(cfg, explicit))
     print(f"wrote {out}; train with: unetkit train --config {out}")
     return 0
@@ -58,9 +58,10 @@ def planned_config(
     """``cfg`` with the plan under every key the user set, the plan printed."""
     from unetkit.planning.plan import make_plan
 
-    made = make_plan(cfg, _budget_seconds(cfg), progress=cfg.train.progress)
+    explicit = explicit_keys(args, overrides)
+    made = make_plan(cfg, _budget_seconds(cfg), cfg.train.progress, explicit)
     print(made.describe(), flush=True)
-    planned = made.overrides(explicit_keys(args, overrides), max(image_size(cfg.data.img_size)))
+    planned = made.overrides(explicit, max(image_size(cfg.data.img_size)))
     return config_from_args(args, {**planned, **overrides}, base)
 
 

@@ -77,8 +77,9 @@ def measure_candidates(
     training_seconds: float,
     allowance: float,
     min_steps: int,
+    ladder: list[tuple[str, dict[str, Any]]] = MODEL_LADDER,
 ) -> list[Candidate]:
-    """Step times along :data:`MODEL_LADDER` x ``sides`` until ``allowance`` seconds are spent.
+    """Step times along ``ladder`` x ``sides`` until ``allowance`` seconds are spent.
 
     A model's larger sides are skipped once one of its sizes cannot get ``min_steps`` steps in
     ``training_seconds``; so are the later (costlier) models once their smallest size cannot.
@@ -86,7 +87,7 @@ def measure_candidates(
     started = time.perf_counter()
     sides = sorted(sides)
     measured: list[Candidate] = []
-    for name, options in MODEL_LADDER:
+    for name, options in ladder:
         for index, side in enumerate(sides):
             if time.perf_counter() - started > allowance and measured:
                 return measured

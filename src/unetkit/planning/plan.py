@@ -28,7 +28,7 @@ from unetkit.data.preprocess import image_size
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import SampleSource
 from unetkit.devices import resolve_device
-from unetkit.inference.sliding_window import DEFAULT_OVERLAP, tile_grid
+from unetkit.inference.sliding_window import DEFAULT_OVERLAP, window_origins
 from unetkit.losses import build_loss
 from unetkit.planning import decisions
 from unetkit.planning.decisions import Candidate
@@ -70,7 +70,7 @@ class Plan:
         ``model.name``: options belong to the model they were written for). When the user set
         the input size (``input_side``, its longer side), planned tiles keep the planned scale."""
         skip = set(explicit)
-        if any(k == "model.name" or k.startswith("model.options") for k in explicit):
+        if fixes_model(explicit):
             skip |= {"model.name", "model.options"}
         chosen = {k: v for k, v in self.settings.items() if k not in skip}
         scale = self.measured.get("tile_scale")
@@ -101,8 +101,22 @@ class Plan:
         return header + yaml.safe_dump(chosen.config(cfg).to_dict(), sort_keys=False)
 
 
-def make_plan(cfg: Config, budget_seconds: float | None, progress: bool = True) -> Plan:
-    """The plan for ``cfg``'s dataset; the compute choices only with ``budget_seconds``."""
+def fixes_model(keys: set[str] | frozenset[str]) -> bool:
+    """Whether the user chose the model (its name or any of its options)."""
+    return any(k == "model.name" or k.startswith("model.options") for k in keys)
+
+
+def make_plan(
+    cfg: Config,
+    budget_seconds: float | None,
+    progress: bool = True,
+    fixed: frozenset[str] | set[str] = frozenset(),
+) -> Plan:
+    """The plan for ``cfg``'s dataset; the compute choices only with ``budget_seconds``.
+
+    ``fixed``: the config keys the user set. The plan measures what will run: a fixed model
+    (:func:`fixes_model`) or ``data.img_size`` is the only candidate probed, and a
+    fixed ``eval.tta`` is what the final evaluation's reserve is sized for."""
     started = time.perf_counter()
     whole = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tile_size=None))
     splits = build_splits(whole)
@@ -114,7 +128,7 @@ def make_plan(cfg: Config, budget_seconds: float | None, progress: bool = True) 
     if budget_seconds is None:
         _plan_data_only(plan, cfg)
     else:
-        _plan_for_budget(plan, cfg, splits, budget_seconds, started)
+        _plan_for_budget(plan, cfg, splits, budget_seconds, started, frozenset(fixed))
     plan.seconds = time.perf_counter() - started
     return plan
 
@@ -143,14 +157,24 @@ def _choose_tiles(plan: Plan, scale: decisions.Scale, side: int) -> None:
 
 
 def _plan_for_budget(
-    plan: Plan, cfg: Config, splits: DatasetSplits, budget: float, started: float
+    plan: Plan,
+    cfg: Config,
+    splits: DatasetSplits,
+    budget: float,
+    started: float,
+    fixed: frozenset[str],
 ) -> None:
     """Precision, model, input size, tiles, augmentation, validation share and TTA."""
     fingerprint = plan.fingerprint
     sides = [s for s in RESIZE_SIDES if not decisions.choose_scale(fingerprint, s).tiles]
     scale = decisions.choose_scale(fingerprint, max(sides or RESIZE_SIDES))
     sides = sides or list(TILE_SIDES)
-    setting, choice = _probe_setting(cfg, splits, min(sides))
+    if "data.img_size" in fixed:
+        sides = [max(image_size(cfg.data.img_size))]
+    ladder = MODEL_LADDER
+    if fixes_model(fixed):
+        ladder = [(cfg.model.name, dict(cfg.model.options))]
+    setting, choice = _probe_setting(cfg, splits, min(sides), ladder[0])
     asked = {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
     plan.choose(
         {
@@ -176,7 +200,9 @@ def _plan_for_budget(
             f"s, the data check needs ~{check:.0f} s and the test evaluation ~"
             f"{rough_evaluation:.0f} s; give a longer --time-budget, or --plan off"
         )
-    candidates = measure_candidates(sides, setting, training, allowance, decisions.MIN_STEPS)
+    candidates = measure_candidates(
+        sides, setting, training, allowance, decisions.MIN_STEPS, ladder
+    )
     chosen, reason = decisions.choose_candidate(candidates, training)
     plan.measured["candidates_ms_per_step"] = {
         c.label: round(c.step_seconds * 1e3, 1) for c in candidates
@@ -209,7 +235,8 @@ def _plan_for_budget(
                 f"decoding a batch costs {share:.0%} of a "
                 "step: decoded, resized samples are kept on disk",
             )
-    _plan_schedule(plan, cfg, chosen, setting, training, scoring, budget)
+    tta = cfg.eval.tta if "eval.tta" in fixed else None
+    _plan_schedule(plan, cfg, chosen, setting, training, scoring, budget, tta)
 
 
 def _plan_schedule(
@@ -220,6 +247,7 @@ def _plan_schedule(
     training: float,
     scoring: float,
     budget: float,
+    fixed_tta: bool | None = None,
 ) -> None:
     """Augmentation, repeats per epoch, warm-up, TTA and the final evaluation's reserve."""
     splits = build_splits(plan.config(cfg))  # tiles counted as training samples
@@ -246,6 +274,8 @@ def _plan_schedule(
     windows = _windows_per_test_image(plan, chosen.input_side)
     inference = len(splits.test) * windows * per_image
     tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget)
+    if fixed_tta is not None:
+        tta, tta_reason = fixed_tta, f"TTA {'on' if fixed_tta else 'off'}, as configured"
     evaluation = len(splits.test) * scoring + inference * (4 if tta else 1)
     reserve = round(min(evaluation * EVALUATION_SAFETY + 5.0, budget / 2), 1)
     plan.choose(
@@ -289,18 +319,18 @@ def _windows_per_test_image(plan: Plan, side: int) -> int:
     factor = side / tile
     height = round(plan.fingerprint.height.median * factor)
     width = round(plan.fingerprint.width.median * factor)
-    return len(tile_grid(max(height, side), max(width, side), (side, side), DEFAULT_OVERLAP))
+    return len(window_origins(max(height, side), max(width, side), (side, side), DEFAULT_OVERLAP))
 
 
 def _probe_setting(
-    cfg: Config, splits: DatasetSplits, side: int
+    cfg: Config, splits: DatasetSplits, side: int, cheapest: tuple[str, dict[str, Any]]
 ) -> tuple[ProbeSetting, ExecutionChoice]:
     """The device, batch size and precision every candidate is measured with; precision is
-    chosen on the cheapest candidate as training would choose it."""
+    chosen on the ``cheapest`` candidate as training would choose it."""
     device = resolve_device(cfg.train.device)
     task = Task(len(splits.class_names), cfg.task.threshold)
     batch_size = cfg.train.batch_size
-    name, options = MODEL_LADDER[0]
+    name, options = cheapest
     base = ProbeSetting(cfg.data.in_channels, task, batch_size, Execution(), device, cfg.loss.spec)
     model = build_candidate_model(name, options, base).to(device)
     criterion = build_loss(cfg.loss.spec, task).to(device)

@@ -243,7 +243,9 @@ def choose_training_execution(
     training steps of this model and batch shape (see :mod:`unetkit.precision`).
 
     A config that already holds a choice (a resumed run, or ``--config runs/X/config.yaml``) is
-    taken as it is. With several processes every one probes, then all take rank 0's choice.
+    taken as it is. With several processes every one probes at the same time, on purpose: they
+    will train at the same time, sharing the CPU cores or the host, so that is the condition to
+    measure; all then take rank 0's choice, so no two ranks run different precisions.
     """
     height, width = image_size(cfg.data.img_size)
     shape = (cfg.train.batch_size, cfg.data.in_channels, height, width)

@@ -383,7 +383,7 @@ def test_inference_config_is_checked_once_and_recorded_as_json():
     config = InferenceConfig(mode="sliding", window_size=24, tta=True,
                              postprocess=PostProcessing(min_size=5, classes=(1,)))  # fmt: skip
     assert config.window_size == (24, 24)
-    assert config.segmenter_options()["tile_size"] == (24, 24)
+    assert config.segmenter_options()["window_size"] == (24, 24)
     record = json.loads(json.dumps(config.to_dict()))
     assert record["window_size"] == [24, 24] and record["postprocess"]["classes"] == [1]
     for bad, message in [({"mode": "tiles"}, "mode must be one of"),

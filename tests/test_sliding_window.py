@@ -1,4 +1,4 @@
-"""Sliding-window inference: the tile grid, Gaussian blending, bounded memory, and the Segmenter's
+"""Sliding-window inference: the window grid, Gaussian blending, bounded memory, and the Segmenter's
 choice between resizing an image whole and sliding over it (unetkit.inference.modes)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from unetkit.config import Config
 from unetkit.data.preprocess import default_mean_std, resize_image, to_tensor
 from unetkit.inference.segmenter import Segmenter
 from unetkit.inference.sliding_window import (
+    axis_starts,
     gaussian_importance,
     sliding_window_probabilities,
-    tile_grid,
     window_origins,
 )
 from unetkit.tasks import Task
@@ -32,7 +32,7 @@ from unetkit.training.state import TrainingState
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# --- models as functions of a tile batch --------------------------------------------------------
+# --- models as functions of a window batch ------------------------------------------------------
 
 MIXING = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7], [-1.2, 0.8, 0.4]])
 
@@ -44,7 +44,7 @@ def pixelwise(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def edge_biased(tiles: torch.Tensor) -> torch.Tensor:
-    """A binary model that drifts towards foreground near its tile's border, smoothly."""
+    """A binary model that drifts towards foreground near its window's border, smoothly."""
     height, width = tiles.shape[-2:]
     y = torch.linspace(-1, 1, height)[:, None]
     x = torch.linspace(-1, 1, width)[None, :]
@@ -53,7 +53,7 @@ def edge_biased(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def context_model(tiles: torch.Tensor) -> torch.Tensor:
-    """Non-local and position-dependent: a zero-padded 3x3 mean plus a ramp across the tile."""
+    """Non-local and position-dependent: a zero-padded 3x3 mean plus a ramp across the window."""
     kernel = torch.full((3, 1, 3, 3), 1 / 9.0)
     smoothed = F.conv2d(tiles, kernel, padding=1, groups=3)
     ramp = torch.linspace(-1, 1, tiles.shape[-1])
@@ -73,11 +73,11 @@ def context_model(tiles: torch.Tensor) -> torch.Tensor:
         (9, 4, 0.0, [0, 2, 5]),  # 5 / 4 -> two steps of 2.5, rounded half to even
         (10, 4, 0.5, [0, 2, 4, 6]),
         (4, 4, 0.5, [0]),
-        (3, 4, 0.5, [0]),  # shorter than a tile: one (padded) window
+        (3, 4, 0.5, [0]),  # shorter than a window: one (padded) window
     ],
 )
-def test_window_origins_hand_computed(length, tile, overlap, expected):
-    assert window_origins(length, tile, overlap) == expected
+def test_axis_starts_hand_computed(length, tile, overlap, expected):
+    assert axis_starts(length, tile, overlap) == expected
 
 
 def test_windows_cover_every_pixel_with_even_steps_on_random_sizes():
@@ -86,7 +86,7 @@ def test_windows_cover_every_pixel_with_even_steps_on_random_sizes():
         tile = int(rng.integers(1, 40))
         length = int(rng.integers(tile, 300))
         overlap = float(rng.choice([0.0, 0.1, 0.25, 0.5, 0.9]))
-        origins = window_origins(length, tile, overlap)
+        origins = axis_starts(length, tile, overlap)
         steps = np.diff(origins)
         assert origins[0] == 0 and origins[-1] == length - tile
         covered = np.zeros(length, int)
@@ -97,12 +97,12 @@ def test_windows_cover_every_pixel_with_even_steps_on_random_sizes():
         if len(origins) > 1:
             assert steps.min() >= 1 and steps.max() - steps.min() <= 1
             assert steps.max() <= allowed
-        if len(origins) > 2:  # no more tiles than needed: one step fewer would be too long
+        if len(origins) > 2:  # no more windows than needed: one step fewer would be too long
             assert (length - tile) / (len(origins) - 2) > allowed
 
 
-def test_tile_grid_is_row_by_row():
-    assert tile_grid(5, 7, (4, 4), 0.5) == [(0, 0), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
+def test_window_origins_are_row_by_row():
+    assert window_origins(5, 7, (4, 4), 0.5) == [(0, 0), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
 
 
 # --- the weights ---------------------------------------------------------------------------------
@@ -130,11 +130,11 @@ def test_gaussian_importance_hand_values():
     ("size", "tile", "overlap", "batch_size"),
     [
         ((40, 56), 16, 0.25, 4),
-        ((37, 61), (16, 12), 0.5, 3),  # sizes not multiples of the tile or step
+        ((37, 61), (16, 12), 0.5, 3),  # sizes not multiples of the window or step
         ((33, 17), 16, 0.0, 1),
-        ((20, 20), 20, 0.25, 8),  # exactly one tile
-        ((9, 50), 16, 0.25, 2),  # shorter than a tile in one direction
-        ((1, 1), 8, 0.25, 2),  # smaller than a tile in both
+        ((20, 20), 20, 0.25, 8),  # exactly one window
+        ((9, 50), 16, 0.25, 2),  # shorter than a window in one direction
+        ((1, 1), 8, 0.25, 2),  # smaller than a window in both
     ],
 )
 def test_pixelwise_model_gives_the_whole_image_result(size, tile, overlap, batch_size):
@@ -154,14 +154,14 @@ def pad_end(image: np.ndarray, amount: int, axis: int) -> np.ndarray:
 
 
 def brute_force_blend(image: np.ndarray, model, tile: tuple[int, int], overlap: float):
-    """The weighted mean over tiles, written out with numpy padding and scipy's Gaussian."""
+    """The weighted mean over windows, written out with numpy padding and scipy's Gaussian."""
     height, width = image.shape[1:]
     padded = pad_end(pad_end(image, tile[0] - height, axis=1), tile[1] - width, axis=2)
     weights = np.outer(*[np.maximum(windows.gaussian(s, std=s / 8.0), 1e-3) for s in tile])
     total = np.zeros((3, *padded.shape[1:]))
     weight_sum = np.zeros(padded.shape[1:])
-    for y in window_origins(padded.shape[1], tile[0], overlap):
-        for x in window_origins(padded.shape[2], tile[1], overlap):
+    for y in axis_starts(padded.shape[1], tile[0], overlap):
+        for x in axis_starts(padded.shape[2], tile[1], overlap):
             window = padded[:, y : y + tile[0], x : x + tile[1]]
             probs = model(torch.from_numpy(window[None].copy())).numpy()[0]
             total[:, y : y + tile[0], x : x + tile[1]] += probs * weights
@@ -178,16 +178,16 @@ def test_context_model_matches_a_brute_force_blend(size, overlap):
     np.testing.assert_allclose(blended.sum(dim=0).numpy(), 1.0, atol=1e-5)
 
 
-def test_blend_is_a_weighted_mean_of_the_tiles():
+def test_blend_is_a_weighted_mean_of_the_windows():
     calls = iter(range(100))
 
     def constant_per_call(tiles: torch.Tensor) -> torch.Tensor:
-        value = 0.1 + 0.2 * next(calls)  # each batch of one tile says something else
+        value = 0.1 + 0.2 * next(calls)  # each batch of one window says something else
         foreground = torch.full((tiles.shape[0], 1, *tiles.shape[-2:]), value)
         return torch.cat([1 - foreground, foreground], dim=1)
 
     blended = sliding_window_probabilities(torch.zeros(1, 10, 10), constant_per_call, 4, 0.5, 1)
-    values = [0.1 + 0.2 * i for i in range(16)]  # 4 x 4 tiles
+    values = [0.1 + 0.2 * i for i in range(16)]  # 4 x 4 windows
     assert blended[1].min() >= min(values) - 1e-6 and blended[1].max() <= max(values) + 1e-6
     np.testing.assert_allclose(blended[1, 0, 0].item(), values[0], atol=1e-6)
     np.testing.assert_allclose(blended[1, -1, -1].item(), values[-1], atol=1e-6)
@@ -199,10 +199,10 @@ def largest_step(probs: torch.Tensor) -> float:
 
 
 def uniform_blend(image: torch.Tensor, tile: int, overlap: float) -> torch.Tensor:
-    """Plain averaging of overlapping tiles: what the Gaussian map is there to beat."""
+    """Plain averaging of overlapping windows: what the Gaussian map is there to beat."""
     height, width = image.shape[-2:]
     total, count = torch.zeros(2, height, width), torch.zeros(height, width)
-    for y, x in tile_grid(height, width, (tile, tile), overlap):
+    for y, x in window_origins(height, width, (tile, tile), overlap):
         total[:, y : y + tile, x : x + tile] += edge_biased(
             image[None, :, y : y + tile, x : x + tile]
         )[0]
@@ -211,7 +211,7 @@ def uniform_blend(image: torch.Tensor, tile: int, overlap: float) -> torch.Tenso
 
 
 @pytest.mark.parametrize("overlap", [0.25, 0.5])
-def test_tile_dependent_bias_leaves_no_seams(overlap):
+def test_window_dependent_bias_leaves_no_seams(overlap):
     image = torch.full((1, 50, 150), -1.0)  # uniform: every change in the output is the model's
     within_tile = largest_step(edge_biased(image[None, :, :32, :32])[0, 1])
     blended = sliding_window_probabilities(image, edge_biased, 32, overlap, 4)[1]
@@ -243,7 +243,7 @@ def test_small_sides_are_padded_by_reflection_or_repetition():
         assert blended.shape == (3, *size)
 
 
-def test_memory_is_one_batch_of_tiles_at_a_time():
+def test_memory_is_one_batch_of_windows_at_a_time():
     batches: list[tuple[int, ...]] = []
 
     def counting(tiles: torch.Tensor) -> torch.Tensor:
@@ -252,8 +252,8 @@ def test_memory_is_one_batch_of_tiles_at_a_time():
 
     image = torch.randn(3, 100, 130)
     sliding_window_probabilities(image, counting, 24, 0.25, 5)
-    tiles = len(tile_grid(100, 130, (24, 24), 0.25))
-    assert tiles == len(window_origins(100, 24, 0.25)) * len(window_origins(130, 24, 0.25)) == 42
+    tiles = len(window_origins(100, 130, (24, 24), 0.25))
+    assert tiles == len(axis_starts(100, 24, 0.25)) * len(axis_starts(130, 24, 0.25)) == 42
     assert [b[0] for b in batches] == [5] * 8 + [2]
     assert {b[1:] for b in batches} == {(3, 24, 24)}
 
@@ -264,9 +264,9 @@ def test_bad_arguments_are_clear_errors():
         sliding_window_probabilities(image, pixelwise, 4, overlap=1.0)
     with pytest.raises(ValueError, match="overlap .*got -0.1"):
         sliding_window_probabilities(image, pixelwise, 4, overlap=-0.1)
-    with pytest.raises(ValueError, match="tile_size must be a positive .*got 0"):
+    with pytest.raises(ValueError, match="window_size must be a positive .*got 0"):
         sliding_window_probabilities(image, pixelwise, 0)
-    with pytest.raises(ValueError, match=r"tile_size .*got \(8,\)"):
+    with pytest.raises(ValueError, match=r"window_size .*got \(8,\)"):
         sliding_window_probabilities(image, pixelwise, (8,))
     with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
         sliding_window_probabilities(image, pixelwise, 4, batch_size=0)
@@ -337,7 +337,7 @@ def test_sliding_scales_by_the_training_factor_then_tiles():
     np.testing.assert_allclose(seg.predict_proba(image), expected.numpy(), atol=1e-6)
 
 
-def test_sliding_with_a_unet_is_independent_of_the_tile_batch():
+def test_sliding_with_a_unet_is_independent_of_the_window_batch():
     images = [rgb(70, 90), rgb(10, 12, seed=1), rgb(50, 33, seed=2)]
     one = unet_segmenter(trained_tile=32, mode="sliding", batch_size=1).predict_proba(images)
     many = unet_segmenter(trained_tile=32, mode="sliding", batch_size=3).predict_proba(images)
@@ -357,7 +357,7 @@ def write_checkpoint(path, preprocessing: Preprocessing, drop_tile_size: bool = 
 def test_a_tile_trained_checkpoint_slides_over_large_images(tmp_path):
     write_checkpoint(tmp_path / "best.pt", prep(tile_size=32))
     seg = Segmenter.from_checkpoint(tmp_path / "best.pt", device="cpu", batch_size=2)
-    assert seg.preprocessing.tile_size == 32 and seg.tile_size == (16, 16)
+    assert seg.preprocessing.tile_size == 32 and seg.window_size == (16, 16)
     assert seg.slides_over(70, 90) and seg.slides_over(34, 10)  # 17 x 5 after scaling: 17 > 16
     assert not seg.slides_over(32, 32) and not seg.slides_over(20, 30)  # fits in one window
 
@@ -399,5 +399,5 @@ def test_bad_segmenter_options_are_clear_errors():
         unet_segmenter(mode="tiles")
     with pytest.raises(ValueError, match="overlap .*got 1"):
         unet_segmenter(overlap=1)
-    with pytest.raises(ValueError, match="tile_size must be a positive .*got 0"):
-        unet_segmenter(tile_size=0)
+    with pytest.raises(ValueError, match="window_size must be a positive .*got 0"):
+        unet_segmenter(window_size=0)

@@ -79,7 +79,7 @@ def evaluate(args: argparse.Namespace) -> int:
         segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
     )
     evaluation.metrics["checkpoint"] = str(args.checkpoint)
-    ran = dataclasses.replace(inference, window_size=segmenter.tile_size)  # the window it used
+    ran = dataclasses.replace(inference, window_size=segmenter.window_size)  # the window it used
     evaluation.metrics["inference"]["config"] = ran.to_dict()
     out = Path(args.out) if args.out else run_dir / "evaluation" / args.split
     history_file = run_dir / "history.csv"

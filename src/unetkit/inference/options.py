@@ -17,7 +17,7 @@ from unetkit.inference.sliding_window import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
     check_overlap,
-    checked_tile_size,
+    checked_window_size,
 )
 from unetkit.precision import LAYOUTS, PRECISIONS
 
@@ -39,7 +39,7 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.window_size is not None:
-            object.__setattr__(self, "window_size", checked_tile_size(self.window_size))
+            object.__setattr__(self, "window_size", checked_window_size(self.window_size))
         object.__setattr__(self, "overlap", check_overlap(self.overlap))
         if not isinstance(self.tta, bool):
             raise ValueError(f"tta is True or False; got {self.tta!r}")
@@ -50,9 +50,7 @@ class InferenceConfig:
 
     def segmenter_options(self) -> dict[str, Any]:
         """The keyword options of :class:`~unetkit.inference.segmenter.Segmenter`."""
-        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        window = options.pop("window_size")
-        return options if window is None else {**options, "tile_size": window}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values: the window as ``[h, w]``, post-processing as its fields or None."""

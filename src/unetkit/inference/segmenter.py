@@ -37,7 +37,7 @@ from unetkit.inference.sliding_window import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_OVERLAP,
     check_overlap,
-    checked_tile_size,
+    checked_window_size,
     sliding_window_probabilities,
 )
 from unetkit.inference.tta import flip_averaged
@@ -59,10 +59,11 @@ class InferenceModel(Protocol):
 class Segmenter:
     """Runs a trained model on images of any size; see :meth:`from_checkpoint`.
 
-    ``batch_size`` counts images per forward pass when resizing, tiles when sliding. ``mode``
-    is ``auto``, ``resize`` or ``sliding`` (see :mod:`unetkit.inference.modes`); ``tile_size``
-    (default ``img_size``) and ``overlap`` shape the windows; ``tta`` averages the four flips;
-    ``postprocess`` cleans the labels of :meth:`predict` and :meth:`predict_with_proba`.
+    ``batch_size`` counts images per forward pass when resizing, windows when sliding. ``mode``
+    is ``auto``, ``resize`` or ``sliding`` (see :mod:`unetkit.inference.modes`); ``window_size``
+    (default ``img_size``, the model's input) and ``overlap`` shape the sliding windows; ``tta``
+    averages the four flips; ``postprocess`` cleans the labels of :meth:`predict` and
+    :meth:`predict_with_proba`.
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class Segmenter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         mode: str = "auto",
-        tile_size: int | Sequence[int] | None = None,
+        window_size: int | Sequence[int] | None = None,
         overlap: float = DEFAULT_OVERLAP,
         tta: bool = False,
         postprocess: PostProcessing | None = None,
@@ -87,8 +88,8 @@ class Segmenter:
         if postprocess is not None:
             postprocess.check_classes(task.num_classes)
         self.mode = check_mode(mode)
-        self.tile_size = checked_tile_size(
-            preprocessing.img_size if tile_size is None else tile_size
+        self.window_size = checked_window_size(
+            preprocessing.img_size if window_size is None else window_size
         )
         self.overlap = check_overlap(overlap)
         self.tta = tta
@@ -178,7 +179,7 @@ class Segmenter:
 
     def slides_over(self, height: int, width: int) -> bool:
         """Whether an image of this size is predicted by sliding windows (see ``modes``)."""
-        return uses_sliding(self.mode, self.preprocessing, self.tile_size, height, width)
+        return uses_sliding(self.mode, self.preprocessing, self.window_size, height, width)
 
     def _labels(self, probs: torch.Tensor) -> np.ndarray:
         labels = self.task.labels_from_probabilities(probs[None])[0].to(torch.uint8).cpu().numpy()
@@ -213,7 +214,7 @@ class Segmenter:
         scaled = resize_image(array, training_scale_size(prep, *array.shape[:2]))
         image = to_tensor(scaled, prep.mean, prep.std).to(self.device)
         probs = sliding_window_probabilities(
-            image, self._predict, self.tile_size, self.overlap, self.batch_size
+            image, self._predict, self.window_size, self.overlap, self.batch_size
         )
         return _resized(probs, array.shape[:2])
 
@@ -237,7 +238,7 @@ class Segmenter:
         )
         if runs_as_is:  # ONNX Runtime, TorchScript: the exported graph decides
             precision, channels_last = "fp32", False
-        shape = (self.batch_size, self.preprocessing.in_channels, *self.tile_size)
+        shape = (self.batch_size, self.preprocessing.in_channels, *self.window_size)
         timer = inference_timer(self.model, shape, self.device)  # type: ignore[arg-type]
         return choose_execution(precision, channels_last, capabilities, timer)
 

@@ -1,20 +1,21 @@
-"""Sliding-window inference: probabilities of an image of any size from overlapping tiles.
+"""Sliding-window inference: probabilities of an image of any size from overlapping windows.
 
-A model trained on fixed-size tiles sees the same field of view at inference when a large image
-is cut into tiles of that size. The tiles lie on a regular grid: along each side the first tile
-starts at 0, the last ends flush with the border, and the steps between them differ by at most a
-pixel and are at most ``(1 - overlap) * tile``, so neighbours overlap by at least ``overlap`` of a
-tile. A side shorter than its tile is padded at its end (reflected where it is long enough,
-otherwise its edge pixels repeated) and the result cropped back.
+A model trained on fixed-size tiles (``data.tile_size`` crops, each resized to its input size)
+sees the same field of view at inference when a large image is cut into windows of its input
+size. The windows lie on a regular grid: along each side the first window starts at 0, the last
+ends flush with the border, and the steps between them differ by at most a pixel and are at most
+``(1 - overlap) * window``, so neighbours overlap by at least ``overlap`` of a window. A side
+shorter than its window is padded at its end (reflected where it is long enough, otherwise its
+edge pixels repeated) and the result cropped back.
 
-Overlapping tiles are blended with a Gaussian importance map (sigma = 1/8 of the tile side, as
-nnU-Net and MONAI do): a tile's centre, where the model sees the most context, counts most, and
-its border least, so no seams show where tiles meet. Each axis of the map (about 1 at the centre)
-is floored at :data:`WEIGHT_FLOOR`, so every pixel of every tile keeps a positive weight. Each
-output pixel is the weighted mean of the probabilities of the tiles covering it, so the result is
-still a probability distribution per pixel.
+Overlapping windows are blended with a Gaussian importance map (sigma = 1/8 of the window side, as
+nnU-Net and MONAI do): a window's centre, where the model sees the most context, counts most, and
+its border least, so no seams show where windows meet. Each axis of the map (about 1 at the
+centre) is floored at :data:`WEIGHT_FLOOR`, so every pixel of every window keeps a positive weight.
+Each output pixel is the weighted mean of the probabilities of the windows covering it, so the
+result is still a probability distribution per pixel.
 
-Memory is bounded whatever the image size: the tiles are predicted ``batch_size`` at a time and
+Memory is bounded whatever the image size: the windows are predicted ``batch_size`` at a time and
 their weighted probabilities summed into one ``(K, H, W)`` buffer and one ``(H, W)`` weight sum.
 """
 
@@ -33,90 +34,95 @@ ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
 SIGMA_FRACTION = 1.0 / 8.0
 WEIGHT_FLOOR = 1e-3
 
-TileSize = tuple[int, int]
-Origin = tuple[int, int]
+WindowSize = tuple[int, int]  # (height, width) of one window, in pixels
+WindowOrigin = tuple[int, int]  # (y, x) of a window's top-left corner
 DEFAULT_OVERLAP = 0.25  # share of a window its neighbour covers again
 DEFAULT_BATCH_SIZE = 8  # model inputs per forward pass: whole images, or windows when sliding
 
 
-def window_origins(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of ``tile``-long windows covering ``0 .. length``, evenly spaced.
+def axis_starts(length: int, side: int, overlap: float) -> list[int]:
+    """Start offsets of ``side``-long windows covering ``0 .. length``, evenly spaced.
 
-    The last window ends at ``length``; a side no longer than ``tile`` gets a single window at 0.
+    The last window ends at ``length``; a length no longer than ``side`` gets one window at 0.
     """
-    if length <= tile:
+    if length <= side:
         return [0]
-    largest_step = max(1, math.floor(tile * (1.0 - overlap)))
-    steps = math.ceil((length - tile) / largest_step)
-    return [round(i * (length - tile) / steps) for i in range(steps + 1)]
+    largest_step = max(1, math.floor(side * (1.0 - overlap)))
+    steps = math.ceil((length - side) / largest_step)
+    return [round(i * (length - side) / steps) for i in range(steps + 1)]
 
 
-def gaussian_importance(tile_size: TileSize, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The ``(h, w)`` blending weights of one tile: largest at the centre, smallest at the border.
+def gaussian_importance(
+    window_size: WindowSize, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The ``(h, w)`` blending weights of one window: largest at the centre, least at the border.
 
     The map is separable (one Gaussian per axis), each axis floored at :data:`WEIGHT_FLOOR`, so
-    where tiles share their rows their weights compare by columns alone, and vice versa.
+    where windows share their rows their weights compare by columns alone, and vice versa.
     """
-    rows, columns = (_gaussian_1d(side, device).clamp_min_(WEIGHT_FLOOR) for side in tile_size)
+    rows, columns = (_gaussian_1d(side, device).clamp_min_(WEIGHT_FLOOR) for side in window_size)
     return rows[:, None] * columns[None, :]
 
 
-def tile_grid(height: int, width: int, tile_size: TileSize, overlap: float) -> list[Origin]:
-    """``(y, x)`` top-left corners of the tiles covering a ``height x width`` image, row by row."""
-    rows = window_origins(height, tile_size[0], overlap)
-    columns = window_origins(width, tile_size[1], overlap)
+def window_origins(
+    height: int, width: int, window_size: WindowSize, overlap: float
+) -> list[WindowOrigin]:
+    """``(y, x)`` top-left corners of the windows covering a ``height x width`` image, by rows."""
+    rows = axis_starts(height, window_size[0], overlap)
+    columns = axis_starts(width, window_size[1], overlap)
     return [(y, x) for y in rows for x in columns]
 
 
 def sliding_window_probabilities(
     image: torch.Tensor,
     predict: ProbabilityFn,
-    tile_size: int | Sequence[int],
+    window_size: int | Sequence[int],
     overlap: float = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> torch.Tensor:
-    """Probabilities ``(K, H, W)`` of a normalised image ``(C, H, W)``, blended from its tiles.
+    """Probabilities ``(K, H, W)`` of a normalised image ``(C, H, W)``, blended from its windows.
 
-    ``predict`` runs on at most ``batch_size`` tiles of ``tile_size`` (h, w) at a time.
+    ``predict`` runs on at most ``batch_size`` windows of ``window_size`` (h, w) at a time.
     """
-    tile = checked_tile_size(tile_size)
+    window = checked_window_size(window_size)
     _check_options(image, overlap, batch_size)
     height, width = image.shape[-2:]
-    padded = _pad_to(image, max(height, tile[0]), max(width, tile[1]))
-    origins = tile_grid(padded.shape[-2], padded.shape[-1], tile, overlap)
-    blend = _Blend(padded.shape[-2:], tile, image.device)
+    padded = _pad_to(image, max(height, window[0]), max(width, window[1]))
+    origins = window_origins(padded.shape[-2], padded.shape[-1], window, overlap)
+    blend = _Blend(padded.shape[-2:], window, image.device)
     for start in range(0, len(origins), batch_size):
         batch = origins[start : start + batch_size]
-        tiles = torch.stack([padded[:, y : y + tile[0], x : x + tile[1]] for y, x in batch])
-        blend.add(predict(tiles), batch)
+        crops = torch.stack([padded[:, y : y + window[0], x : x + window[1]] for y, x in batch])
+        blend.add(predict(crops), batch)
     return blend.result()[:, :height, :width]
 
 
 class _Blend:
-    """Running Gaussian-weighted sums of tile probabilities over one image."""
+    """Running Gaussian-weighted sums of window probabilities over one image."""
 
-    def __init__(self, size: torch.Size, tile: TileSize, device: torch.device) -> None:
-        self.tile = tile
-        self.weights = gaussian_importance(tile, device)
+    def __init__(self, size: torch.Size, window: WindowSize, device: torch.device) -> None:
+        self.window = window
+        self.weights = gaussian_importance(window, device)
         self.weight_sum = torch.zeros(size, device=device)
         self.total: torch.Tensor | None = None  # (K, H, W) once K is known
 
-    def add(self, probs: torch.Tensor, origins: list[Origin]) -> None:
-        expected = (len(origins), *self.tile)
+    def add(self, probs: torch.Tensor, origins: list[WindowOrigin]) -> None:
+        expected = (len(origins), *self.window)
         if probs.ndim != 4 or (probs.shape[0], *probs.shape[-2:]) != expected:
             raise ValueError(
-                f"the tile predictor must return (N, K, h, w) = ({expected[0]}, K, "
-                f"{expected[1]}, {expected[2]}) for {len(origins)} tiles; got {tuple(probs.shape)}"
+                f"the window predictor must return (N, K, h, w) = ({expected[0]}, K, "
+                f"{expected[1]}, {expected[2]}) for {len(origins)} windows; "
+                f"got {tuple(probs.shape)}"
             )
         if self.total is None:
             self.total = self.weight_sum.new_zeros((probs.shape[1], *self.weight_sum.shape))
-        height, width = self.tile
-        for (y, x), tile_probs in zip(origins, probs.float(), strict=True):
-            self.total[:, y : y + height, x : x + width] += tile_probs * self.weights
+        height, width = self.window
+        for (y, x), window_probs in zip(origins, probs.float(), strict=True):
+            self.total[:, y : y + height, x : x + width] += window_probs * self.weights
             self.weight_sum[y : y + height, x : x + width] += self.weights
 
     def result(self) -> torch.Tensor:
-        assert self.total is not None, "no tile was added"
+        assert self.total is not None, "no window was added"
         return self.total / self.weight_sum
 
 
@@ -142,12 +148,13 @@ def _pad_end(image: torch.Tensor, amount: int, axis: int) -> torch.Tensor:
     return F.pad(image[None], padding, mode=mode)[0]
 
 
-def checked_tile_size(tile_size: int | Sequence[int]) -> TileSize:
+def checked_window_size(window_size: int | Sequence[int]) -> WindowSize:
     """``(h, w)`` from one side or two, or an error that shows the value given."""
-    sides = (tile_size, tile_size) if isinstance(tile_size, Integral) else tuple(tile_size)
+    sides = (window_size, window_size) if isinstance(window_size, Integral) else tuple(window_size)
     if len(sides) != 2 or not all(_is_count(side) for side in sides):
         raise ValueError(
-            f"tile_size must be a positive number of pixels or (height, width); got {tile_size!r}"
+            f"window_size must be a positive number of pixels or (height, width); "
+            f"got {window_size!r}"
         )
     return int(sides[0]), int(sides[1])
 
@@ -155,7 +162,9 @@ def checked_tile_size(tile_size: int | Sequence[int]) -> TileSize:
 def check_overlap(overlap: float) -> float:
     """``overlap`` if it is a fraction in [0, 1), else an error that shows it."""
     if isinstance(overlap, bool) or not isinstance(overlap, Real) or not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap is a fraction of the tile in [0, 1), e.g. 0.25; got {overlap!r}")
+        raise ValueError(
+            f"overlap is a fraction of the window in [0, 1), e.g. 0.25; got {overlap!r}"
+        )
     return float(overlap)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -39,11 +41,21 @@ def run(name: str, out: Path, extra: list[str]) -> dict:
     command = [sys.executable, "-m", "unetkit", "train", "--dataset", dataset,
                "--data-root", str(DATA / folder), "--time-budget", budget, "--out", str(out),
                "--no-progress", *(["--mode", mode] if mode else []), *extra]  # fmt: skip
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu_seconds()
     with open(out.with_suffix(".log"), "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
     wall = time.perf_counter() - started
-    return summarise(name, out, budget, wall)
+    row = summarise(name, out, budget, wall)
+    # CPU time the run got over what the machine's cores offered in its wall time: near 100%
+    # means it had the machine; well below means something else shared the cores.
+    cpu = _children_cpu_seconds() - cpu_before
+    row["cpu_share"] = f"{cpu / (wall * (os.cpu_count() or 1)):.0%}"
+    return row
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summarise(name: str, out: Path, budget: str, wall: float) -> dict:

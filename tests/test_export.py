@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from model_helpers import checkpoint_payload, rgb, tiny_model
 
-from unetkit.checkpoint import Preprocessing, model_from_checkpoint, save_checkpoint
+from unetkit.checkpoint import (
+    Preprocessing,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from unetkit.cli.main import main
 from unetkit.inference import export as export_module
 from unetkit.inference.export import (
     ExportParityError,
@@ -30,6 +36,7 @@ from unetkit.inference.onnx_backend import (
     reflectable,
     segmenter_recipe,
 )
+from unetkit.inference.options import InferenceConfig
 from unetkit.inference.segmenter import Segmenter
 from unetkit.models.padding import pad_to_multiple
 from unetkit.tasks import Task
@@ -173,6 +180,40 @@ def test_metadata_round_trips_in_both_formats(tmp_path):
 
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert json.loads(props["unetkit"])["preprocessing"]["tile_size"] == 24
+
+
+def test_a_trained_checkpoint_and_its_exports_record_how_the_test_was_scored(tmp_path):
+    run = tmp_path / "run"
+    tiny = ["--img-size", "32", "--epochs", "1", "--batch-size", "4", "--no-progress",
+            "--precision", "fp32", "--no-channels-last", "data.synthetic_count=8",
+            "model.options.base_width=4", "model.options.depth=2", "eval.tta=true",
+            "eval.report=false"]  # fmt: skip
+    assert main(["train", "--out", str(run), *tiny]) == 0
+    best = run / "checkpoints" / "best.pt"
+    scored = json.loads((run / "metrics.json").read_text())["inference"]["config"]
+    expected = InferenceConfig(window_size=32, tta=True, precision="fp32", channels_last=False)
+    assert InferenceConfig.from_dict(scored) == expected  # what the final test ran with
+    assert InferenceConfig.from_dict(load_checkpoint(best)["inference"]) == expected
+    assert Segmenter.from_checkpoint(best, device="cpu").inference_config() == expected
+    untuned = Segmenter.from_checkpoint(best, device="cpu", tta=False, overlap=0.5)
+    assert (untuned.tta, untuned.overlap, untuned.window_size) == (False, 0.5, (32, 32))
+    loaders = {"onnx": load_onnx_segmenter, "torchscript": load_torchscript_segmenter}
+    for fmt, load in loaders.items():
+        report = export_model(best, tmp_path / f"m.{fmt}", format=fmt, check=False)
+        assert InferenceConfig.from_dict(read_metadata(report.path)["inference"]) == expected
+        assert load(report.path, device="cpu").inference_config() == expected
+        assert load(report.path, device="cpu", mode="sliding").mode == "sliding"
+
+
+def test_a_checkpoint_without_a_recorded_config_exports_and_runs_with_the_defaults(
+    checkpoints, exports
+):
+    assert "inference" not in load_checkpoint(checkpoints[2])
+    assert exports[2, "onnx"].metadata["inference"] is None
+    segmenter = load_onnx_segmenter(exports[2, "onnx"].path, device="cpu")
+    expected = InferenceConfig(window_size=IMG_SIZE)
+    assert segmenter.inference_config() == expected
+    assert Segmenter.from_checkpoint(checkpoints[2], device="cpu").inference_config() == expected
 
 
 def assert_same_masks(expected: Segmenter, actual: Segmenter, images: list[np.ndarray]) -> None:

@@ -386,6 +386,11 @@ def test_inference_config_is_checked_once_and_recorded_as_json():
     assert config.segmenter_options()["window_size"] == (24, 24)
     record = json.loads(json.dumps(config.to_dict()))
     assert record["window_size"] == [24, 24] and record["postprocess"]["classes"] == [1]
+    assert InferenceConfig.from_dict(record) == config  # what a checkpoint or export reads
+    older = {"mode": "sliding", "tile_size": [24, 24], "tta": True}  # the window's former name
+    assert InferenceConfig.from_dict(older).window_size == (24, 24)
+    with pytest.raises(ValueError, match="best.pt records an inference config .*'tiles'"):
+        InferenceConfig.from_dict({"mode": "tiles"}, "best.pt")
     for bad, message in [({"mode": "tiles"}, "mode must be one of"),
                          ({"window_size": (8,)}, r"got \(8,\)"),
                          ({"overlap": 1.0}, "overlap is a fraction"),

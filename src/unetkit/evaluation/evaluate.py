@@ -69,7 +69,10 @@ def evaluate_source(
         "task": "binary" if segmenter.task.is_binary else "multiclass",
         "class_names": segmenter.class_names,
         **({"threshold": segmenter.task.threshold} if segmenter.task.is_binary else {}),
-        "inference": segmenter.execution_choice.to_dict(),  # precision and layout it ran in
+        "inference": {  # the precision and layout it ran in, and the config that reproduces it
+            **segmenter.execution_choice.to_dict(),
+            "config": segmenter.inference_config().to_dict(),
+        },
         **metrics.result(),
     }
     evaluation = Evaluation(

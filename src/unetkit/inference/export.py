@@ -1,9 +1,11 @@
 """Export a checkpoint to ONNX or TorchScript, with its recipe inside and its parity proven.
 
-The exported file is self-describing: the model's architecture, task, class names and every
-:class:`~unetkit.checkpoint.Preprocessing` field travel inside it as JSON (:data:`METADATA_KEY` in
-the ONNX ``metadata_props``, an extra file of that name in a TorchScript archive), so a runtime
-needs nothing but the file (:mod:`unetkit.inference.onnx_backend`).
+The exported file is self-describing: the model's architecture, task, class names, every
+:class:`~unetkit.checkpoint.Preprocessing` field and the checkpoint's recorded inference config
+(``inference``, see :mod:`unetkit.inference.options`; null for a checkpoint without one) travel
+inside it as JSON (:data:`METADATA_KEY` in the ONNX ``metadata_props``, an extra file of that name
+in a TorchScript archive), so a runtime needs nothing but the file
+(:mod:`unetkit.inference.onnx_backend`).
 
 Batch, height and width stay dynamic. The models pad inside ``forward`` to a multiple of
 ``2 ** depth`` and crop back; both formats are made by tracing, which records that padding
@@ -45,6 +47,7 @@ import torch
 
 from unetkit import __version__
 from unetkit.checkpoint import LoadedModel, model_from_checkpoint, model_metadata
+from unetkit.inference.options import RECORD_KEY, recorded_inference
 
 FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "unetkit"
@@ -137,7 +140,15 @@ def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
         "size_multiple": getattr(loaded.model, "size_multiple", None),
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "channels": loaded.task.out_channels},
+        RECORD_KEY: _recorded_inference(loaded.checkpoint),
     }
+
+
+def _recorded_inference(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's inference config, checked and in today's words; None if it has none."""
+    if checkpoint.get(RECORD_KEY) is None:
+        return None
+    return recorded_inference(checkpoint, "the checkpoint").to_dict()
 
 
 def parity_sizes(loaded: LoadedModel) -> list[tuple[int, int]]:

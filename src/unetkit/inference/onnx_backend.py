@@ -4,8 +4,9 @@
 expects (``.to``, ``.eval``, called on an NCHW float32 tensor, returns logits), so resizing,
 sliding windows, TTA and post-processing are the very code PyTorch predictions go through, and
 both backends give the same masks. The loaders rebuild the task, class names and preprocessing
-from the metadata inside the file; a file without it is refused, since guessing the
-normalisation or the class count would give wrong masks silently.
+from the metadata inside the file, and run as its recorded inference config unless told
+otherwise (see :mod:`unetkit.inference.options`); a file without metadata is refused, since
+guessing the normalisation or the class count would give wrong masks silently.
 
 Devices: ``cpu`` runs ONNX Runtime's CPU provider; ``cuda[:N]`` its CUDA provider, which needs
 the ``onnxruntime-gpu`` package (asking for it without that package is an error). ``auto`` in the
@@ -28,6 +29,7 @@ from unetkit.inference.export import (
     METADATA_VERSION,
     quiet_tracing,
 )
+from unetkit.inference.options import recorded_options
 from unetkit.inference.segmenter import Segmenter
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 from unetkit.tasks import Task
@@ -114,12 +116,14 @@ def load_onnx_segmenter(
 ) -> Segmenter:
     """A :class:`Segmenter` running an exported ONNX file with ONNX Runtime.
 
-    ``options`` are the Segmenter's keyword options (``mode``, ``tta``, ``postprocess``, ...).
+    ``options`` are the Segmenter's keyword options (``mode``, ``tta``, ``postprocess``, ...);
+    those not given are the file's recorded inference config.
     """
     device = onnx_device(device)
     model = OnnxModel(path, device=device)
     metadata = _require_metadata(model.path, model.metadata)
     task, class_names, preprocessing = segmenter_recipe(metadata, model.path)
+    options = recorded_options(metadata, str(model.path), **options)
     return Segmenter(
         model, task, class_names, preprocessing, device=device, batch_size=batch_size, **options
     )
@@ -131,10 +135,13 @@ def load_torchscript_segmenter(
     device: str | torch.device = "auto",
     **options: Any,
 ) -> Segmenter:
-    """A :class:`Segmenter` running an exported TorchScript file with PyTorch."""
+    """A :class:`Segmenter` running an exported TorchScript file with PyTorch (options as for
+    :func:`load_onnx_segmenter`)."""
     path = Path(path)
     module, text = _load_torchscript(path)
-    task, class_names, preprocessing = segmenter_recipe(_torchscript_metadata(path, text), path)
+    metadata = _torchscript_metadata(path, text)
+    task, class_names, preprocessing = segmenter_recipe(metadata, path)
+    options = recorded_options(metadata, str(path), **options)
     return Segmenter(
         module, task, class_names, preprocessing, device=device, batch_size=batch_size, **options
     )

@@ -1,13 +1,18 @@
 """How the Segmenter runs, as one value: mode, window, overlap, TTA, post-processing, execution.
 
 An :class:`InferenceConfig` is checked when it is made, so a bad flag fails before any model
-loads, and it is what ``evaluate`` records in ``metrics.json`` (``inference.config``): with the
-same checkpoint and data, these settings reproduce what was scored.
+loads. It is recorded wherever a score or a model is kept: ``evaluate`` writes it in
+``metrics.json`` (``inference.config``), training writes the one its final test runs with into
+every checkpoint (key :data:`RECORD_KEY`), and ``unetkit export`` copies it into the exported
+file's metadata. A Segmenter loaded from a checkpoint or an export starts from that record
+(:func:`recorded_options`), so with the same data it reproduces what was scored; options passed
+explicitly override it. Files written before the record existed run with the defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +26,9 @@ from unetkit.inference.sliding_window import (
 )
 from unetkit.precision import LAYOUTS, PRECISIONS
 
-__all__ = ["DEFAULT_BATCH_SIZE", "InferenceConfig"]
+__all__ = ["DEFAULT_BATCH_SIZE", "RECORD_KEY", "InferenceConfig", "recorded_options"]
+
+RECORD_KEY = "inference"  # where a checkpoint or an export's metadata keeps the config
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,34 @@ class InferenceConfig:
         if self.postprocess is not None:
             record["postprocess"] = dataclasses.asdict(self.postprocess)
         return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any], where: str = "the record") -> InferenceConfig:
+        """The config of a :meth:`to_dict` record, checked. A record naming the window
+        ``tile_size`` (the Segmenter's keyword before ``window_size``) reads too."""
+        fields = dict(record)
+        if "window_size" not in fields and "tile_size" in fields:
+            fields["window_size"] = fields.pop("tile_size")
+        try:
+            if isinstance(fields.get("postprocess"), Mapping):
+                fields["postprocess"] = PostProcessing(**fields["postprocess"])
+            return cls(**fields)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{where} records an inference config unetkit cannot read ({error}); got "
+                f"{dict(record)!r}. Pass the inference options explicitly, or write the file "
+                f"again with this unetkit (train, or export the checkpoint)"
+            ) from error
+
+
+def recorded_inference(record: Mapping[str, Any], where: str) -> InferenceConfig:
+    """The config a checkpoint or an export's metadata records under :data:`RECORD_KEY`; the
+    defaults for a file written before it was recorded."""
+    stored = record.get(RECORD_KEY)
+    return InferenceConfig() if stored is None else InferenceConfig.from_dict(stored, where)
+
+
+def recorded_options(record: Mapping[str, Any], where: str, **options: Any) -> dict[str, Any]:
+    """The Segmenter's keyword options: the recorded config, with ``options`` over it."""
+    config = dataclasses.replace(recorded_inference(record, where), **options)
+    return config.segmenter_options()

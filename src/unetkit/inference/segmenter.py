@@ -32,6 +32,7 @@ from unetkit.data.preprocess import resize_image, to_tensor
 from unetkit.devices import resolve_device
 from unetkit.inference.image_input import ImageLike, as_image_array, is_single_image
 from unetkit.inference.modes import check_mode, training_scale_size, uses_sliding
+from unetkit.inference.options import InferenceConfig, recorded_options
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.sliding_window import (
     DEFAULT_BATCH_SIZE,
@@ -100,6 +101,7 @@ class Segmenter:
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.asked_execution = (precision, channels_last)  # as asked: ``auto`` stays ``auto``
         self.execution_choice = self._choose_execution(precision, channels_last)
         self.execution = self.execution_choice.execution
         if isinstance(self.model, torch.nn.Module):
@@ -115,7 +117,8 @@ class Segmenter:
     ) -> Segmenter:
         """Load ``best.pt``/``last.pt`` (or any unetkit checkpoint); no other settings needed.
 
-        ``options`` are the keyword options of the constructor (``mode``, ``tta``, ...).
+        ``options`` are the keyword options of the constructor (``mode``, ``tta``, ...); those not
+        given are the checkpoint's recorded inference config (see :mod:`.options`).
         """
         return cls.from_loaded(model_from_checkpoint(path), device, batch_size, **options)
 
@@ -127,7 +130,8 @@ class Segmenter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         **options: object,
     ) -> Segmenter:
-        """The Segmenter of a model already rebuilt by ``model_from_checkpoint``."""
+        """The Segmenter of a model already rebuilt by ``model_from_checkpoint``, run as its
+        checkpoint records unless ``options`` say otherwise."""
         return cls(
             loaded.model,
             loaded.task,
@@ -135,7 +139,7 @@ class Segmenter:
             loaded.preprocessing,
             device=device,
             batch_size=batch_size,
-            **options,  # type: ignore[arg-type]
+            **recorded_options(loaded.checkpoint, "the checkpoint", **options),
         )
 
     @overload
@@ -176,6 +180,20 @@ class Segmenter:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(probabilities, mask)`` per image in one pass: what evaluation needs of each image."""
         return [(p.cpu().numpy(), self._labels(p)) for p in self._probabilities(list(images))]
+
+    def inference_config(self) -> InferenceConfig:
+        """How this Segmenter runs, with the window it uses and the execution as asked (what
+        ``auto`` chose is :attr:`execution_choice`): the record that reproduces its results."""
+        precision, channels_last = self.asked_execution
+        return InferenceConfig(
+            self.mode,
+            self.window_size,
+            self.overlap,
+            self.tta,
+            self.postprocess,
+            precision,
+            channels_last,
+        )
 
     def slides_over(self, height: int, width: int) -> bool:
         """Whether an image of this size is predicted by sliding windows (see ``modes``)."""

@@ -262,14 +262,12 @@ def _epoch_line(row: dict[str, Any], monitor: str, improved: bool) -> str:
 
 
 def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
-    """Evaluate ``best.pt`` on the test split at original resolution; write metrics and report."""
+    """Evaluate ``best.pt`` on the test split at original resolution; write metrics and report.
+
+    It runs as the checkpoint records (:func:`~unetkit.training.saving.final_test_inference`)."""
     best = parts.run_dir / "checkpoints" / "best.pt"
     segmenter = Segmenter.from_checkpoint(
-        best,
-        device=parts.device,
-        batch_size=parts.cfg.train.batch_size,
-        tta=parts.cfg.eval.tta,
-        **_inference_execution(parts.cfg),
+        best, device=parts.device, batch_size=parts.cfg.train.batch_size
     )
     evaluation = evaluate_source(
         segmenter,
@@ -283,16 +281,6 @@ def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
     _log(parts, describe(evaluation.metrics))
     for path in written.values():
         _log(parts, f"wrote {path}")
-
-
-def _inference_execution(cfg: Config) -> dict[str, Any]:
-    """The test evaluation's precision: measured (``auto``) unless the run was given an exact
-    one, which is then kept, so ``--precision fp32 --no-channels-last`` reproduces metrics.json
-    on any machine."""
-    asked = (cfg.train.execution or {}).get("asked") or {}
-    if asked.get("precision", "auto") != "auto" and asked.get("channels_last", "auto") != "auto":
-        return {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
-    return {"precision": "auto", "channels_last": "auto"}
 
 
 def _log(parts: RunParts, message: str) -> None:

@@ -8,6 +8,11 @@ half-written, and ``last.pt`` is written last: it is the commit point of an epoc
 killed between the files (``kill -9``, a power cut) leaves either the previous epoch's
 ``last.pt``, and a resume repeats the epoch and rewrites ``best.pt`` / ``ema.pt`` as they were,
 or this epoch's complete set.
+
+Every checkpoint records (key ``inference``) the inference config the final test evaluation runs
+``best.pt`` with (:func:`final_test_inference`); the test reads it back from the file, and so do
+``evaluate``, ``predict`` and ``export`` of any of these checkpoints, so without flags they run
+as the test did.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from unetkit.checkpoint import Preprocessing, model_metadata, save_checkpoint
+from unetkit.config import Config
+from unetkit.inference.options import RECORD_KEY, InferenceConfig
 from unetkit.training.setup import RunParts
 from unetkit.training.state import GENERATOR_KEYS, TrainingState
 
@@ -50,7 +57,30 @@ def _model_payload(parts: RunParts, record: dict[str, Any]) -> dict[str, Any]:
     metadata = model_metadata(
         cfg.model.name, cfg.model.options, parts.task, cfg.task.class_names, preprocessing
     )
-    return {**metadata, "model": parts.model.state_dict(), "config": cfg.to_dict(), **record}
+    inference = final_test_inference(cfg, preprocessing).to_dict()
+    return {
+        **metadata,
+        RECORD_KEY: inference,
+        "model": parts.model.state_dict(),
+        "config": cfg.to_dict(),
+        **record,
+    }
+
+
+def final_test_inference(cfg: Config, preprocessing: Preprocessing) -> InferenceConfig:
+    """How the final test runs the model: windows of its input size, TTA as ``eval.tta``, and
+    the precision measured (``auto``) unless the run was given an exact one, which is then kept,
+    so ``--precision fp32 --no-channels-last`` reproduces metrics.json on any machine."""
+    asked = (cfg.train.execution or {}).get("asked") or {}
+    exact = (
+        asked.get("precision", "auto") != "auto" and asked.get("channels_last", "auto") != "auto"
+    )
+    return InferenceConfig(
+        window_size=preprocessing.img_size,
+        tta=cfg.eval.tta,
+        precision=cfg.train.precision if exact else "auto",
+        channels_last=cfg.train.channels_last if exact else "auto",
+    )
 
 
 def _optimisation_state(parts: RunParts) -> dict[str, Any]:

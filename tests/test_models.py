@@ -34,8 +34,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def test_registry_lists_both_models() -> None:
-    assert list_models() == ["resnet34-unet", "unet"]
+def test_registry_lists_the_models_sorted() -> None:
+    names = list_models()
+    assert names == sorted(names)
+    assert {"attention-unet", "resenc-unet", "resnet34-unet", "unet", "unet-plus-plus"} <= set(
+        names
+    )
     assert model_options("unet")["base_width"] == 64
 
 
@@ -154,7 +158,7 @@ def test_every_model_overfits_one_batch(name: str, num_classes: int, lr: float, 
 
 
 def test_unknown_model_and_option_are_explained() -> None:
-    with pytest.raises(ValueError, match=r"'unte'.*did you mean 'unet'.*resnet34-unet, unet"):
+    with pytest.raises(ValueError, match=r"'unte'.*did you mean 'unet'.*resnet34-unet, unet\b"):
         build_model("unte", 3, 1)
     with pytest.raises(ValueError, match=r"'base_widht'.*did you mean 'base_width'.*depth"):
         build_model("unet", 3, 1, base_widht=8)

@@ -19,7 +19,7 @@ from unetkit.inference.options import InferenceConfig
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
 from unetkit.inference.segmenter import Segmenter
-from unetkit.models import list_models
+from unetkit.models import list_models, model_description
 from unetkit.training.history import read_history_csv
 from unetkit.training.resume import resolve_resume
 
@@ -175,7 +175,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def list_things(args: argparse.Namespace) -> int:
-    print("models:   " + ", ".join(list_models()))
+    print("models:")
+    names = list_models()
+    column = max(map(len, names))
+    for name in names:
+        print(f"  {name:<{column}}  {model_description(name)}")
     print("presets:  " + ", ".join(available_presets()))
     print("datasets: " + ", ".join(sorted(DATASETS)))
     return 0

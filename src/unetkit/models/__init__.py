@@ -8,7 +8,27 @@ Importing the architecture modules below registers them.
 
 from __future__ import annotations
 
-from unetkit.models import resnet_unet, unet  # noqa: F401  (registers the models)
-from unetkit.models.registry import build_model, list_models, model_options, register_model
+from unetkit.models import (  # noqa: F401  (registers the models)
+    attention_unet,
+    resenc_unet,
+    resnet_unet,
+    unet,
+    unet_plus_plus,
+)
+from unetkit.models.deep_supervision import DeepSupervisionOutput
+from unetkit.models.registry import (
+    build_model,
+    list_models,
+    model_description,
+    model_options,
+    register_model,
+)
 
-__all__ = ["build_model", "list_models", "model_options", "register_model"]
+__all__ = [
+    "DeepSupervisionOutput",
+    "build_model",
+    "list_models",
+    "model_description",
+    "model_options",
+    "register_model",
+]

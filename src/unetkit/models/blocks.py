@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
@@ -98,3 +99,43 @@ def init_kaiming(module: nn.Module, activation: str = "relu", leaky_slope: float
             )
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+
+
+class ResidualBlock(nn.Module):
+    """Residual basic block, ResNet-D style (He et al. 2019), as nnU-Net's ResEnc encoder uses.
+
+    Two 3x3 conv-norm layers (the first with ``stride`` and an activation) added to a shortcut,
+    then an activation. The shortcut is the identity, or where the stride or width changes an
+    average pool (``stride``) followed by a 1x1 conv + norm. The last norm starts at zero (its
+    weight, when it has one), so every block begins as its shortcut (nnU-Net does the same).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        norm: str = "instance",
+        activation: str = "leaky_relu",
+        leaky_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv_norm_act(in_channels, out_channels, norm, activation, leaky_slope, stride)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm == "none"),
+            make_norm(norm, out_channels),
+        )
+        shortcut: list[nn.Module] = [nn.AvgPool2d(stride)] if stride > 1 else []
+        if in_channels != out_channels:
+            shortcut += [
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                make_norm(norm, out_channels),
+            ]
+        self.shortcut = nn.Sequential(*shortcut)  # empty: the identity
+        self.activation = make_activation(activation, leaky_slope)
+        last_norm = self.conv2[1]
+        if getattr(last_norm, "weight", None) is not None:
+            nn.init.zeros_(last_norm.weight)  # the residual branch starts at zero
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.conv2(self.conv1(features)) + self.shortcut(features))

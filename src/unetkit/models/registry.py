@@ -17,20 +17,32 @@ from torch import nn
 
 _FIXED_ARGUMENTS = ("in_channels", "out_channels")
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
 
 FactoryT = TypeVar("FactoryT", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str) -> Callable[[FactoryT], FactoryT]:
-    """Decorator that makes a model factory buildable by ``build_model(name, ...)``."""
+def register_model(name: str, description: str | None = None) -> Callable[[FactoryT], FactoryT]:
+    """Decorator that makes a model factory buildable by ``build_model(name, ...)``.
+
+    ``description`` is the line ``unetkit list`` prints; by default the factory docstring's first.
+    """
 
     def decorator(factory: FactoryT) -> FactoryT:
         if name in _REGISTRY:
             raise ValueError(f"a model named {name!r} is already registered ({_REGISTRY[name]!r})")
         _REGISTRY[name] = factory
+        first_line = (inspect.getdoc(factory) or "").strip().split("\n")[0]
+        _DESCRIPTIONS[name] = description or first_line
         return factory
 
     return decorator
+
+
+def model_description(name: str) -> str:
+    """One line saying what the model ``name`` is (empty if it has no docstring)."""
+    _lookup(name)
+    return _DESCRIPTIONS[name]
 
 
 def list_models() -> list[str]:

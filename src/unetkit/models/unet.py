@@ -7,22 +7,27 @@ from torch import nn
 
 from unetkit.models.blocks import ConvBlock, check_choice, conv_norm_act, init_kaiming
 from unetkit.models.blocks import squeeze_excitation as make_squeeze_excitation
-from unetkit.models.padding import AnySizeSegmenter
+from unetkit.models.deep_supervision import DeepSupervisedSegmenter, aux_head_layers
 from unetkit.models.registry import register_model
 
 DOWNSAMPLERS = ("maxpool", "strided")
 UPSAMPLERS = ("transpose", "bilinear", "nearest")
 
 
-@register_model("unet")
-class UNet(AnySizeSegmenter):
+@register_model(
+    "unet",
+    "classic U-Net (Ronneberger et al. 2015); norm, activation, down/up-sampling, SE options",
+)
+class UNet(DeepSupervisedSegmenter):
     """Encoder of ``depth`` down-samplings with widths ``base_width * 2**i``, mirrored decoder.
 
     ``down``: ``maxpool`` (classic) or ``strided`` (3x3 stride-2 conv + norm + activation).
     ``up``: ``transpose`` (2x2 transposed conv) or ``bilinear``/``nearest`` interpolation followed
     by a 3x3 conv; either way the channels are halved before the skip is concatenated.
     ``dropout`` acts inside every conv block, ``bottleneck_dropout`` after the deepest one, where
-    ``se_bottleneck`` adds squeeze-and-excitation. Defaults give the ~31M-parameter original.
+    ``se_bottleneck`` adds squeeze-and-excitation. ``deep_supervision`` adds a 1x1 head on each
+    decoder level but the last (1/2 ... 1/2**(depth-1) resolution), used in training only (see
+    :mod:`unetkit.models.deep_supervision`). Defaults give the ~31M-parameter original.
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class UNet(AnySizeSegmenter):
         up: str = "transpose",
         se_bottleneck: bool = False,
         leaky_slope: float = 0.01,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, size_multiple=2**depth)
         _check_options(base_width, depth, dropout, bottleneck_dropout, down, up)
@@ -69,17 +75,32 @@ class UNet(AnySizeSegmenter):
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
         init_kaiming(self, activation, leaky_slope)
         self.head.reset_parameters()  # the head feeds no activation: keep torch's small default
+        self.widths, self.norm = widths, norm  # what subclasses build on
+        self.deep_supervision = deep_supervision
+        self.aux_heads = aux_head_layers(widths[1:depth], out_channels, deep_supervision)
 
-    def forward_padded(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_heads(self, images: torch.Tensor, aux: bool) -> list[torch.Tensor]:
+        return self.heads_of_levels(self.decode(images), aux)
+
+    def decode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every decoder block, coarsest first."""
         skips = []
         features = images
         for stage in self.encoder:
             features = stage(features)
             skips.append(features)
         features = self.bottleneck(skips.pop())
-        for upsample, block in zip(self.upsamplers, self.decoder, strict=True):
-            features = block(torch.cat([upsample(features), skips.pop()], dim=1))
-        return self.head(features)
+        levels = []
+        for level, (upsample, block) in enumerate(zip(self.upsamplers, self.decoder, strict=True)):
+            skip = self.gate_skip(level, skips.pop(), features)
+            features = block(torch.cat([upsample(features), skip], dim=1))
+            levels.append(features)
+        return levels
+
+    def gate_skip(self, level: int, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
+        """The skip that decoder block ``level`` (0: deepest) concatenates; the plain U-Net
+        passes it unchanged, :class:`~unetkit.models.attention_unet.AttentionUNet` gates it."""
+        return skip
 
 
 def _upsampler(kind: str, in_channels: int, out_channels: int) -> nn.Module:

@@ -14,7 +14,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from unetkit.losses.deep_supervision import deep_supervision_loss
 from unetkit.metrics import ConfusionMatrix, summarize
+from unetkit.models.deep_supervision import forward_options
 from unetkit.training.setup import RunParts
 from unetkit.training.signals import GracefulStop
 
@@ -108,8 +110,9 @@ def _accumulate_gradients(
     skip_sync = replica is not None and not synchronise
     with replica.no_sync() if skip_sync else nullcontext():
         with autocast(parts):
-            logits = (parts.forward if replica is None else replica)(images)
-        loss = parts.criterion(logits.float(), masks)  # the loss in fp32 whatever the precision
+            model = parts.forward if replica is None else replica
+            logits = model(images, **forward_options(parts.model))  # + deep supervision heads
+        loss = deep_supervision_loss(parts.criterion, logits, masks)  # fp32 whatever the precision
         parts.scaler.scale(loss / parts.cfg.train.accum_steps).backward()
     return loss.detach()
 

@@ -13,7 +13,8 @@ concatenated, one 3x3 conv-norm-LeakyReLU; a 1x1 head. Instance norm by default,
   differ by GPU-memory target, which its planner spends on patch and batch size; the number of
   stages follows the patch (down to a 4-pixel map). Here ``m`` has the 7 stages it plans for a
   256x256 patch, ``l`` the 8 stages of a 512x512 patch.
-* ``cpu``: 5 stages, widths 16 ... 256, blocks 1, 2, 2, 2, 2: a few GFLOPs at 256x256.
+* ``cpu``: 5 stages, widths 16 ... 256, blocks 1, 2, 2, 2, 2: 3.4M parameters, 7.6 GFLOPs at
+  256x256 (``m``: 106M, 65 GFLOPs; ``l``: 140M, 65 GFLOPs).
 """
 
 from __future__ import annotations

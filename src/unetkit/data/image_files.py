@@ -88,11 +88,14 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def unreadable(source: ImageSource, error: Exception) -> UnreadableFileError:
-    """The error for a file that PIL cannot decode; names the file and PIL's reason."""
+def unreadable(
+    source: ImageSource, error: Exception, *, page: int | None = None
+) -> UnreadableFileError:
+    """The error for a file (or ``page`` of a multi-page file) that PIL cannot decode; names the
+    file, the page and PIL's reason."""
+    where = describe_source(source) if page is None else f"{describe_source(source)} page {page}"
     return UnreadableFileError(
-        f"{describe_source(source)}: cannot be read as an image ({type(error).__name__}: {error})",
-        fix=_REEXPORT,
+        f"{where}: cannot be read as an image ({type(error).__name__}: {error})", fix=_REEXPORT
     )
 
 

@@ -26,7 +26,8 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from unetkit.data.folder import read_image
-from unetkit.data.sources import DataError
+from unetkit.data.image_files import open_lazily
+from unetkit.data.sources import DataError, UnreadableFileError
 
 ACCEPTED_CHANNELS = range(1, 5)
 """Channel counts an upload may have: grey, grey + alpha, RGB, RGBA (alpha is dropped)."""
@@ -53,7 +54,7 @@ def decode_image(data: bytes, in_channels: int, max_pixels: int) -> np.ndarray:
         raise UploadError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the file is empty; {_FORMATS_HINT}")
     _check_header(data, max_pixels)
     try:
-        # read_image opens whatever PIL.Image.open takes, an in-memory file included
+        # read_image opens in-memory files too (through data.image_files, as for files)
         return read_image(io.BytesIO(data), in_channels)
     except DataError as error:
         reason = error.__cause__ or error
@@ -66,24 +67,10 @@ def decode_image(data: bytes, in_channels: int, max_pixels: int) -> np.ndarray:
 def _check_header(data: bytes, max_pixels: int) -> None:
     """Refuse non-images, and images too large to answer, from the file's header alone."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_lazily(io.BytesIO(data)) as image:
             width, height = image.size
-    except Image.DecompressionBombError as error:
-        raise UploadError(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            f"the image is too large to decode ({error}); send a smaller image",
-        ) from error
-    except UnidentifiedImageError as error:
-        _explain_unreadable_tiff(data)
-        raise UploadError(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            f"the file is not an image that can be read (unknown format); {_FORMATS_HINT}",
-        ) from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise UploadError(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            f"the file is not an image that can be read ({error}); {_FORMATS_HINT}",
-        ) from error
+    except UnreadableFileError as error:
+        raise _header_refusal(data, error.__cause__ or error) from error
     if width * height > max_pixels:
         raise UploadError(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -91,6 +78,25 @@ def _check_header(data: bytes, max_pixels: int) -> None:
             f"service's limit of {max_pixels}; send a smaller image, or raise the limit when "
             f"starting the server (unetkit serve --max-megapixels)",
         )
+
+
+def _header_refusal(data: bytes, reason: BaseException) -> UploadError:
+    """The answer to a header that :func:`open_lazily` refused; ``reason`` is PIL's error."""
+    if isinstance(reason, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return UploadError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the image is too large to decode ({reason}); send a smaller image",
+        )
+    if isinstance(reason, UnidentifiedImageError):
+        _explain_unreadable_tiff(data)
+        return UploadError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"the file is not an image that can be read (unknown format); {_FORMATS_HINT}",
+        )
+    return UploadError(
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        f"the file is not an image that can be read ({reason}); {_FORMATS_HINT}",
+    )
 
 
 def _explain_unreadable_tiff(data: bytes) -> None:

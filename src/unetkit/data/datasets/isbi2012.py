@@ -29,9 +29,9 @@ from unetkit.config import Config
 from unetkit.data.builders import folder_contents, require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
 from unetkit.data.folder import MaskEncoding
-from unetkit.data.image_files import DECODE_ERRORS, open_lazily
+from unetkit.data.image_files import DECODE_ERRORS, open_lazily, unreadable
 from unetkit.data.registry import DATASETS
-from unetkit.data.sources import DataError, SampleSource, UnreadableFileError
+from unetkit.data.sources import DataError, SampleSource
 
 NAME = "isbi2012"
 LAYOUT = (
@@ -84,9 +84,7 @@ def page_count(path: Path) -> int:
         try:
             return sum(1 for _ in ImageSequence.Iterator(stack))
         except DECODE_ERRORS as error:
-            raise UnreadableFileError(
-                f"{path}: its pages cannot be read ({error}); re-export or replace the file"
-            ) from error
+            raise unreadable(path, error) from error
 
 
 def read_page(path: Path, index: int, *, labels: bool = False) -> np.ndarray:
@@ -100,9 +98,7 @@ def read_page(path: Path, index: int, *, labels: bool = False) -> np.ndarray:
             page = ImageSequence.Iterator(stack)[index]
             page.load()
         except DECODE_ERRORS as error:
-            raise UnreadableFileError(
-                f"{path} page {index}: cannot be read ({error}); re-export or replace the file"
-            ) from error
+            raise unreadable(path, error, page=index) from error
         if not labels and page.mode in ("RGB", "P"):
             page = page.convert("L")
         if page.mode not in ("L", "P"):

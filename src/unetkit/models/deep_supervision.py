@@ -60,7 +60,11 @@ class DeepSupervisedSegmenter(AnySizeSegmenter):
     def forward(
         self, images: torch.Tensor, aux_heads: bool = False
     ) -> torch.Tensor | DeepSupervisionOutput:
-        """Main logits; with ``aux_heads`` in training mode, every head (see the module doc)."""
+        """Main logits; with ``aux_heads`` in training mode, every head (see the module doc).
+
+        That training path skips the base class's shape message: its batches come from checked
+        data, and a wrong channel count still stops at the first conv, naming both counts.
+        """
         if not (aux_heads and self.training and self.deep_supervision):
             return super().forward(images)
         padded, padding = pad_to_multiple(images, self.size_multiple)

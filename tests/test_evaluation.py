@@ -11,7 +11,7 @@ import pytest
 from unetkit.config import EvalConfig
 from unetkit.evaluation.evaluate import Evaluation, write_evaluation, write_per_image_csv
 from unetkit.metrics.split import SplitMetrics
-from unetkit.metrics.summary import summarize
+from unetkit.metrics.summary import summarise
 from unetkit.tasks import IGNORE_INDEX
 from unetkit.training.history import read_history_csv, write_history_csv
 
@@ -71,7 +71,7 @@ def test_sections_agree_with_the_pooled_summary_and_ignore_pixels():
     keep = truth != IGNORE_INDEX
     pooled = np.zeros((3, 3), dtype=np.int64)
     np.add.at(pooled, (truth[keep], guess[keep]), 1)
-    expected = summarize(pooled, NAMES)
+    expected = summarise(pooled, NAMES)
     assert result["dataset"]["mean_iou"] == pytest.approx(expected["mean_iou"])
     assert result["dataset"]["confusion_matrix"] == pooled.tolist()
     assert "boundary" not in result and "instance" not in result

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from unetkit.metrics import ConfusionMatrix, format_table, summarize
+from unetkit.metrics import ConfusionMatrix, format_table, summarise
 from unetkit.metrics.confusion import as_tensor
 from unetkit.metrics.summary import HEADLINE_METRICS, headline_arrays
 from unetkit.tasks import IGNORE_INDEX
@@ -57,7 +57,7 @@ def test_hand_worked_matrix_and_metrics():
     confusion = hand_confusion()
     assert confusion.matrix.dtype == torch.int64
     assert confusion.matrix.tolist() == HAND_MATRIX
-    summary = summarize(confusion.matrix, ["sky", "road", "car"], binary=False)
+    summary = summarise(confusion.matrix, ["sky", "road", "car"], binary=False)
     assert summary["pixel_accuracy"] == pytest.approx(9 / 13)
     assert summary["mean_iou"] == pytest.approx((3 / 5 + 3 / 6 + 3 / 6) / 3)
     assert summary["mean_dice"] == pytest.approx((6 / 8 + 6 / 9 + 6 / 9) / 3)
@@ -72,7 +72,7 @@ def test_hand_worked_matrix_and_metrics():
 
 
 def test_summary_is_json_ready_python_floats():
-    summary = summarize(hand_confusion().matrix, None, binary=False)
+    summary = summarise(hand_confusion().matrix, None, binary=False)
     assert json.loads(json.dumps(summary)) == summary
     assert type(summary["mean_iou"]) is float
     assert type(summary["per_class"][0]["support"]) is int
@@ -83,20 +83,20 @@ def test_agrees_with_scikit_learn_on_random_data_with_ignore():
     torch.manual_seed(0)
     num_classes = 5
     target = torch.randint(0, num_classes - 1, (3, 16, 16))  # class 4 never in the ground truth
-    pred = torch.randint(0, num_classes, (3, 16, 16))
+    prediction = torch.randint(0, num_classes, (3, 16, 16))
     target[torch.rand(target.shape) < 0.15] = IGNORE_INDEX
     confusion = ConfusionMatrix(num_classes)
-    confusion.update(pred, target)
+    confusion.update(prediction, target)
 
     keep = target.flatten() != IGNORE_INDEX
-    y_true, y_pred = target.flatten()[keep].numpy(), pred.flatten()[keep].numpy()
+    y_true, y_pred = target.flatten()[keep].numpy(), prediction.flatten()[keep].numpy()
     labels = list(range(num_classes))
     assert (
         confusion.matrix.numpy().tolist()
         == confusion_matrix(y_true, y_pred, labels=labels).tolist()
     )
 
-    summary = summarize(confusion.matrix, None, binary=False)
+    summary = summarise(confusion.matrix, None, binary=False)
     rows = summary["per_class"]
     iou = jaccard_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
@@ -116,7 +116,7 @@ def test_agrees_with_scikit_learn_on_random_data_with_ignore():
 def test_class_never_seen_nor_predicted_is_none_and_left_out():
     confusion = ConfusionMatrix(4)
     confusion.update(torch.tensor(HAND_PRED), torch.tensor(HAND_TARGET))  # class 3 nowhere
-    summary = summarize(confusion.matrix, None, binary=False)
+    summary = summarise(confusion.matrix, None, binary=False)
     absent = summary["per_class"][3]
     assert absent == {
         "name": "class_3",
@@ -131,7 +131,7 @@ def test_class_never_seen_nor_predicted_is_none_and_left_out():
 
 def test_predicted_only_class_counts_zero_iou():
     # ground truth all class 0; one pixel predicted as class 1
-    summary = summarize(np.array([[3, 1], [0, 0]]), ["bg", "fg"], binary=True)
+    summary = summarise(np.array([[3, 1], [0, 0]]), ["bg", "fg"], binary=True)
     fg = summary["per_class"][1]
     assert fg["iou"] == 0.0 and fg["dice"] == 0.0 and fg["recall"] is None
     assert summary["foreground_iou"] == 0.0
@@ -143,7 +143,7 @@ def test_empty_mask_all_background():
     confusion = ConfusionMatrix(2)
     zeros = torch.zeros(2, 8, 8, dtype=torch.long)
     confusion.update(zeros, zeros)
-    summary = summarize(confusion.matrix, ["background", "lesion"], binary=True)
+    summary = summarise(confusion.matrix, ["background", "lesion"], binary=True)
     assert summary["pixel_accuracy"] == 1.0
     assert summary["mean_iou"] == 1.0  # the foreground is undefined, not counted as 0 or 1
     assert summary["foreground_iou"] is None and summary["foreground_dice"] is None
@@ -154,7 +154,7 @@ def test_all_ignore_input():
     confusion = ConfusionMatrix(3)
     confusion.update(torch.zeros(4, 4, dtype=torch.long), torch.full((4, 4), IGNORE_INDEX))
     assert int(confusion.matrix.sum()) == 0
-    summary = summarize(confusion.matrix, None, binary=False)
+    summary = summarise(confusion.matrix, None, binary=False)
     for key in ("pixel_accuracy", "mean_pixel_accuracy", "mean_iou", "mean_dice"):
         assert summary[key] is None
     assert all(row["iou"] is None and row["support"] == 0 for row in summary["per_class"])
@@ -163,14 +163,14 @@ def test_all_ignore_input():
 
 def test_merge_equals_one_big_update():
     torch.manual_seed(1)
-    pred = torch.randint(0, 3, (4, 10, 10))
+    prediction = torch.randint(0, 3, (4, 10, 10))
     target = torch.randint(0, 3, (4, 10, 10))
     target[:, 0] = IGNORE_INDEX
     whole = ConfusionMatrix(3)
-    whole.update(pred, target)
+    whole.update(prediction, target)
     first, second = ConfusionMatrix(3), ConfusionMatrix(3)
-    first.update(pred[:1], target[:1])
-    second.update(pred[1:], target[1:])
+    first.update(prediction[:1], target[:1])
+    second.update(prediction[1:], target[1:])
     combined = first + second
     assert torch.equal(combined.matrix, whole.matrix)
     assert not torch.equal(first.matrix, whole.matrix)  # + made a new matrix
@@ -181,12 +181,12 @@ def test_merge_equals_one_big_update():
     assert int(whole.matrix.sum()) == 0
 
 
-def test_roi_excludes_pixels():
+def test_valid_mask_excludes_pixels():
     target = torch.tensor([[0, 1], [1, 1]])
-    pred = torch.tensor([[1, 1], [0, 1]])
-    roi = torch.tensor([[True, True], [False, True]])
+    prediction = torch.tensor([[1, 1], [0, 1]])
+    valid = torch.tensor([[True, True], [False, True]])
     confusion = ConfusionMatrix(2)
-    confusion.update(pred, target, roi=roi)
+    confusion.update(prediction, target, valid=valid)
     assert confusion.matrix.tolist() == [[0, 1], [0, 2]]
 
 
@@ -210,13 +210,13 @@ def test_bad_updates_are_explained():
         confusion.merge(ConfusionMatrix(2))
     assert int(confusion.matrix.sum()) == 0  # failed updates counted nothing
     with pytest.raises(ValueError, match="class names"):
-        summarize(confusion.matrix, ["a", "b"], binary=False)
+        summarise(confusion.matrix, ["a", "b"], binary=False)
     with pytest.raises(ValueError, match="2x2"):
-        summarize(confusion.matrix, None, binary=True)
+        summarise(confusion.matrix, None, binary=True)
 
 
 def test_format_table():
-    summary = summarize(np.array([[3, 1], [0, 0]]), ["background", "lesion"], binary=True)
+    summary = summarise(np.array([[3, 1], [0, 0]]), ["background", "lesion"], binary=True)
     table = format_table(summary)
     assert "mean_iou " in table and "foreground_iou " in table and "mean_iou_no_background" in table
     background_row = next(line for line in table.splitlines() if line.startswith("background"))
@@ -226,7 +226,7 @@ def test_format_table():
 
 
 def test_precision_specificity_and_background_free_headline_by_hand():
-    summary = summarize(np.array(HAND_MATRIX), None, binary=False)
+    summary = summarise(np.array(HAND_MATRIX), None, binary=False)
     rows = summary["per_class"]
     assert [row["precision"] for row in rows] == pytest.approx([3 / 4, 3 / 5, 3 / 4])
     # specificity = tn / negatives: class 0 (8/9), class 1 (7/9), class 2 (7/8)
@@ -244,7 +244,7 @@ def test_precision_and_specificity_agree_with_scikit_learn():
     rng = np.random.default_rng(3)
     y_true = rng.integers(0, 4, 500)
     y_pred = np.where(rng.random(500) < 0.6, y_true, rng.integers(0, 4, 500))
-    summary = summarize(confusion_matrix(y_true, y_pred, labels=range(4)), None)
+    summary = summarise(confusion_matrix(y_true, y_pred, labels=range(4)), None)
     precision = precision_score(y_true, y_pred, labels=range(4), average=None)
     assert [row["precision"] for row in summary["per_class"]] == pytest.approx(precision.tolist())
     for c, row in enumerate(summary["per_class"]):
@@ -256,7 +256,7 @@ def test_precision_and_specificity_agree_with_scikit_learn():
 
 def test_binary_summary_names_the_foreground():
     # truth: 6 foreground, 4 background; prediction: 5 true positives, 2 false positives
-    summary = summarize(np.array([[2, 2], [1, 5]]), ["background", "vessel"], binary=True)
+    summary = summarise(np.array([[2, 2], [1, 5]]), ["background", "vessel"], binary=True)
     assert summary["foreground_iou"] == pytest.approx(5 / 8)
     assert summary["foreground_dice"] == pytest.approx(10 / 13)
     assert summary["foreground_precision"] == pytest.approx(5 / 7)
@@ -272,22 +272,22 @@ def test_stacked_headline_equals_one_matrix_at_a_time():
     stack[3, 2, :] = stack[3, :, 2] = 0  # class 2 absent from truth and prediction
     arrays = headline_arrays(stack)
     for i, counts in enumerate(stack):
-        one = summarize(counts)
+        one = summarise(counts)
         for key in HEADLINE_METRICS:
             expected = one[key]
             value = arrays[key][i]
             assert (np.isnan(value) and expected is None) or value == pytest.approx(expected)
-    assert summarize(stack[2])["mean_iou"] is None
+    assert summarise(stack[2])["mean_iou"] is None
 
 
 def test_read_only_arrays_are_counted_from_a_copy():
-    pred = np.array(HAND_PRED, dtype=np.uint8)
+    prediction = np.array(HAND_PRED, dtype=np.uint8)
     target = np.array(HAND_TARGET, dtype=np.uint8)
-    pred.flags.writeable = target.flags.writeable = False  # as np.asarray(PIL image) gives
+    prediction.flags.writeable = target.flags.writeable = False  # as np.asarray(PIL image) gives
     confusion = ConfusionMatrix(3)
-    confusion.update(pred, target)
+    confusion.update(prediction, target)
     assert confusion.matrix.tolist() == HAND_MATRIX
     # torch's "not writable" warning comes once per process, so a warning check here could pass
     # vacuously; what prevents it is the copy: as_tensor never views a read-only array
-    tensor = as_tensor(pred)
-    assert not np.shares_memory(tensor.numpy(), pred) and tensor.tolist() == HAND_PRED
+    tensor = as_tensor(prediction)
+    assert not np.shares_memory(tensor.numpy(), prediction) and tensor.tolist() == HAND_PRED

@@ -34,18 +34,18 @@ def found_missed_invented(invented_score: float) -> tuple[np.ndarray, np.ndarray
     ``invented_score``. Returns probabilities, prediction and target."""
     target = np.zeros((10, 10), int)
     target[0:2, 0:2] = target[5:7, 5:7] = 1
-    pred = np.zeros((10, 10), int)
-    pred[0:2, 0:2] = pred[8:10, 0:2] = 1
+    prediction = np.zeros((10, 10), int)
+    prediction[0:2, 0:2] = prediction[8:10, 0:2] = 1
     probs = probs_with([(np.s_[0:2, 0:2], 0.9), (np.s_[8:10, 0:2], invented_score)])
-    return probs, pred, target
+    return probs, prediction, target
 
 
 def test_one_object_found_one_missed_and_a_false_positive_ranked_below():
     # C scores 0.8. Ranked: A (TP), C (FP) -> precision 1 up to recall 1/2 = the 51 recall points
     # 0, 0.01, .., 0.50 -> AP = 51/101 at every threshold. PQ: TP 1 (IoU 1), FP 1, FN 1.
-    probs, pred, target = found_missed_invented(0.8)
+    probs, prediction, target = found_missed_invented(0.8)
     accumulator = InstanceAccumulator(3)
-    image = accumulator.update(probs, pred, target)
+    image = accumulator.update(probs, prediction, target)
     assert image == {"pq": pytest.approx(1 / (1 + 1 / 2 + 1 / 2))}
     np.testing.assert_allclose(accumulator.average_precisions(1), np.full(10, 51 / 101))
     summary = accumulator.summary(NAMES)
@@ -63,9 +63,9 @@ def test_one_object_found_one_missed_and_a_false_positive_ranked_below():
 
 def test_false_positive_ranked_first_halves_precision():
     # As above but C scores 0.95 > A's 0.9: ranked C (FP), A (TP): precision 1/2 at recall 1/2.
-    probs, pred, target = found_missed_invented(0.95)
+    probs, prediction, target = found_missed_invented(0.95)
     accumulator = InstanceAccumulator(3)
-    accumulator.update(probs, pred, target)
+    accumulator.update(probs, prediction, target)
     np.testing.assert_allclose(accumulator.average_precisions(1), np.full(10, 0.5 * 51 / 101))
 
 
@@ -77,11 +77,11 @@ def test_split_object_matches_only_at_low_thresholds():
     # PQ: TP 1 with IoU 2/3, FP 1, FN 0 -> PQ = (2/3) / 1.5 = 4/9, SQ = 2/3, RQ = 2/3.
     target = np.zeros((4, 8), int)
     target[0:2, 0:6] = 1
-    pred = np.zeros((4, 8), int)
-    pred[0:2, 0:4] = pred[0:2, 5] = 1
+    prediction = np.zeros((4, 8), int)
+    prediction[0:2, 0:4] = prediction[0:2, 5] = 1
     probs = probs_with([(np.s_[0:2, 0:4], 0.6), (np.s_[0:2, 5], 0.9)], shape=(4, 8))
     accumulator = InstanceAccumulator(3)
-    accumulator.update(probs, pred, target)
+    accumulator.update(probs, prediction, target)
     np.testing.assert_allclose(accumulator.average_precisions(1), [0.5] * 4 + [0.0] * 6)
     cell = accumulator.summary(NAMES)["per_class"][0]
     assert (cell["ap"], cell["ap_50"], cell["ap_75"]) == pytest.approx((1 / 5, 1 / 2, 0.0))
@@ -94,11 +94,11 @@ def test_min_area_drops_small_predictions_but_keeps_small_ground_truth():
     target = np.zeros((8, 8), int)
     target[0, 0:2] = 1
     target[4:7, 4:7] = 1
-    pred = target.copy()
-    pred[7, 0] = 1
+    prediction = target.copy()
+    prediction[7, 0] = 1
     probs = probs_with([(np.s_[0:8, 0:8], 0.7)], shape=(8, 8))
     accumulator = InstanceAccumulator(3, min_area=3)
-    assert accumulator.update(probs, pred, target) == {"pq": pytest.approx(1 / 1.5)}
+    assert accumulator.update(probs, prediction, target) == {"pq": pytest.approx(1 / 1.5)}
     cell = accumulator.summary(NAMES)["per_class"][0]
     assert (cell["gt_instances"], cell["pred_instances"]) == (2, 1)
     assert cell["ap"] == pytest.approx(51 / 101)
@@ -126,10 +126,12 @@ def test_empty_and_all_ignore_images_change_nothing():
     accumulator.update(probs_with([(np.s_[1:3, 1:3], 0.8)], shape=(5, 5)), target, target)
     before = accumulator.summary(NAMES)
     empty, full, all_ignore = np.zeros((5, 5), int), np.ones((5, 5), int), np.full((5, 5), X)
-    outside_roi = np.zeros((5, 5), bool)
-    counting_nothing = [(empty, empty, None), (full, all_ignore, None), (full, full, outside_roi)]
-    for pred, target, valid in counting_nothing:
-        assert accumulator.update(probs_with([], shape=(5, 5)), pred, target, valid) == {"pq": None}
+    outside_valid = np.zeros((5, 5), bool)
+    counting_nothing = [(empty, empty, None), (full, all_ignore, None), (full, full, outside_valid)]
+    for prediction, target, valid in counting_nothing:
+        assert accumulator.update(probs_with([], shape=(5, 5)), prediction, target, valid) == {
+            "pq": None
+        }
     assert accumulator.summary(NAMES) == before
     assert before["map"] == 1.0 and before["pq"] == 1.0
 
@@ -139,24 +141,26 @@ def test_pixels_outside_valid_never_form_join_or_enlarge_instances():
     # the bar and spills into an invalid region: both cut, both pieces match exactly.
     target = np.zeros((6, 7), int)
     target[0:2, 0:7] = 1
-    pred = np.zeros((6, 7), int)
-    pred[0:4, 0:7] = 1
+    prediction = np.zeros((6, 7), int)
+    prediction[0:4, 0:7] = 1
     valid = np.ones((6, 7), bool)
     valid[:, 3] = False
     valid[2:, :] = False
     target[5, 5] = X  # ignored pixels count nowhere either
     accumulator = InstanceAccumulator(3)
-    assert accumulator.update(probs_with([], shape=(6, 7)), pred, target, valid) == {"pq": 1.0}
+    assert accumulator.update(probs_with([], shape=(6, 7)), prediction, target, valid) == {
+        "pq": 1.0
+    }
     cell = accumulator.summary(NAMES)["per_class"][0]
     assert (cell["gt_instances"], cell["pred_instances"], cell["ap"]) == (2, 2, 1.0)
 
 
 def test_class_only_predicted_has_no_ap_but_zero_pq():
     target = np.zeros((5, 5), int)
-    pred = np.zeros((5, 5), int)
-    pred[1:3, 1:3] = 2
+    prediction = np.zeros((5, 5), int)
+    prediction[1:3, 1:3] = 2
     accumulator = InstanceAccumulator(3)
-    assert accumulator.update(probs_with([], shape=(5, 5)), pred, target) == {"pq": 0.0}
+    assert accumulator.update(probs_with([], shape=(5, 5)), prediction, target) == {"pq": 0.0}
     nucleus = accumulator.summary(NAMES)["per_class"][1]
     assert nucleus["ap"] is None and nucleus["sq"] is None
     assert nucleus["pq"] == 0.0 and nucleus["rq"] == 0.0
@@ -170,15 +174,15 @@ def test_ties_in_iou_go_to_the_lowest_ground_truth_label():
     # (Were the tie given to label 2: hits 1, 0, 1 -> AP (51 + 50 * 2/3) / 101.)
     target = np.zeros((5, 5), int)
     target[:, 0:2] = target[:, 3:5] = 1
-    pred = np.zeros((5, 5), int)
-    pred[0:2, :] = pred[3:5, 3:5] = pred[3:5, 0:2] = 1
+    prediction = np.zeros((5, 5), int)
+    prediction[0:2, :] = prediction[3:5, 3:5] = prediction[3:5, 0:2] = 1
     scores = [
         (np.s_[0:2, 0:5], 0.9),
         (np.s_[3:5, 3:5], 0.8),
         (np.s_[3:5, 0:2], 0.7),
     ]
     accumulator = InstanceAccumulator(3, iou_thresholds=[0.25])
-    accumulator.update(probs_with(scores, shape=(5, 5)), pred, target)
+    accumulator.update(probs_with(scores, shape=(5, 5)), prediction, target)
     np.testing.assert_allclose(accumulator.average_precisions(1), [1.0])
     assert accumulator.summary(NAMES)["map_50"] is None  # 0.5 is not among the thresholds
 
@@ -191,9 +195,9 @@ def test_ties_in_iou_go_to_the_lowest_ground_truth_label():
     ],
 )
 def test_bad_shapes_are_explained(shapes, message):
-    probs, pred, target = (np.zeros(shape) for shape in shapes)
+    probs, prediction, target = (np.zeros(shape) for shape in shapes)
     with pytest.raises(ValueError, match=message):
-        InstanceAccumulator(3).update(probs, pred.astype(int), target.astype(int))
+        InstanceAccumulator(3).update(probs, prediction.astype(int), target.astype(int))
 
 
 def test_bad_class_ids_are_explained():
@@ -208,7 +212,7 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def random_blob_images(seed: int, count: int = 6) -> list[tuple[np.ndarray, ...]]:
-    """(probs, pred, target, valid) of images with rectangles of several classes.
+    """(probs, prediction, target, valid) of images with rectangles of several classes.
 
     The prediction is the ground truth shifted and partly repainted, and each is cut by its own
     background lines, so that objects are found, missed, split, merged and invented; an ignore
@@ -221,29 +225,31 @@ def random_blob_images(seed: int, count: int = 6) -> list[tuple[np.ndarray, ...]
         for _ in range(rng.integers(4, 10)):
             (row, col), (height, width) = rng.integers(0, SIZE - 4, 2), rng.integers(2, 11, 2)
             target[row : row + height, col : col + width] = rng.integers(1, CLASSES)
-        pred = np.roll(target, rng.integers(-2, 3, 2), axis=(0, 1))
+        prediction = np.roll(target, rng.integers(-2, 3, 2), axis=(0, 1))
         for _ in range(rng.integers(2, 7)):
             (row, col), (height, width) = rng.integers(0, SIZE - 3, 2), rng.integers(1, 9, 2)
-            pred[row : row + height, col : col + width] = rng.integers(0, CLASSES)
-        for mask in (target, pred):  # cuts in one but not the other: splits and merges
+            prediction[row : row + height, col : col + width] = rng.integers(0, CLASSES)
+        for mask in (target, prediction):  # cuts in one but not the other: splits and merges
             mask[rng.integers(0, SIZE, 3), :] = 0
             mask[:, rng.integers(0, SIZE, 3)] = 0
         row = rng.integers(0, SIZE - 3)
         target[row : row + 2, :] = X
         valid = np.ones((SIZE, SIZE), dtype=bool)
         valid[:, :2] = False
-        images.append((rng.random((CLASSES, SIZE, SIZE)), pred, target, valid))
+        images.append((rng.random((CLASSES, SIZE, SIZE)), prediction, target, valid))
     return images
 
 
 def reference_components(image, c: int, min_area: int):
     """Ground-truth masks and (mask, score) predictions of class ``c``, by the definition."""
-    probs, pred, target, valid = image
-    counted = valid & (target != X)
-    gt_labels, num_gt = ndimage.label(counted & (target == c), structure=EIGHT_CONNECTED)
-    pred_labels, num_pred = ndimage.label(counted & (pred == c), structure=EIGHT_CONNECTED)
-    gts = [gt_labels == k for k in range(1, num_gt + 1)]
-    preds = [pred_labels == k for k in range(1, num_pred + 1)]
+    probs, prediction, target, valid = image
+    valid = valid & (target != X)
+    target_labels, num_targets = ndimage.label(valid & (target == c), structure=EIGHT_CONNECTED)
+    prediction_labels, num_predictions = ndimage.label(
+        valid & (prediction == c), structure=EIGHT_CONNECTED
+    )
+    gts = [target_labels == k for k in range(1, num_targets + 1)]
+    preds = [prediction_labels == k for k in range(1, num_predictions + 1)]
     return gts, [(mask, probs[c][mask].mean()) for mask in preds if mask.sum() >= min_area]
 
 
@@ -348,9 +354,9 @@ def test_panoptic_quality_equals_brute_force():
         assert accumulator.update(*image) == {"pq": pytest.approx(expected, abs=1e-12)}
     rows = accumulator.summary(["bg", "a", "b", "c"])["per_class"]
     for c, row in enumerate(rows, start=1):
-        true_pos, matched_iou, num_gt, num_pred = totals[c]
-        base = true_pos + (num_gt + num_pred - 2 * true_pos) / 2
-        assert (row["gt_instances"], row["pred_instances"]) == (num_gt, num_pred)
+        true_pos, matched_iou, num_targets, num_predictions = totals[c]
+        base = true_pos + (num_targets + num_predictions - 2 * true_pos) / 2
+        assert (row["gt_instances"], row["pred_instances"]) == (num_targets, num_predictions)
         assert row["pq"] == pytest.approx(matched_iou / base, abs=1e-12)
         assert row["sq"] == pytest.approx(matched_iou / true_pos, abs=1e-12)
         assert row["rq"] == pytest.approx(true_pos / base, abs=1e-12)
@@ -373,7 +379,7 @@ def test_labelled_objects_are_the_ground_truth_where_the_dataset_gives_them():
     assert summary["ground_truth"] == "labelled objects"
     # IoU exactly 0.5 with each: at COCO's 0.50 one of two found (AP 51/101), none above it
     assert summary["map"] == pytest.approx(51 / 101 / 10)
-    assert as_objects.gt_instances[1] == 2 and as_objects.pred_instances[1] == 1
+    assert as_objects.num_target_instances[1] == 2 and as_objects.num_predicted_instances[1] == 1
     assert as_components.summary(["background", "nucleus"])["ground_truth"] == (
         "connected components"
     )

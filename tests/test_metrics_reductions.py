@@ -7,7 +7,7 @@ import pytest
 
 from unetkit.metrics.bootstrap import bootstrap_intervals, resample_weights
 from unetkit.metrics.per_image import per_image_rows, per_image_section, spread
-from unetkit.metrics.summary import summarize
+from unetkit.metrics.summary import summarise
 
 NAMES = ["background", "cell", "nucleus"]
 
@@ -45,7 +45,7 @@ def test_per_image_differs_from_pooled_when_images_differ_in_size():
     big = [[90, 0], [0, 10]]  # perfect
     small = [[1, 1], [1, 1]]  # foreground IoU 1/3
     matrices = np.array([big, small])
-    pooled = summarize(matrices.sum(0), binary=True)["foreground_iou"]
+    pooled = summarise(matrices.sum(0), binary=True)["foreground_iou"]
     per_image = per_image_section(matrices, ["bg", "fg"], binary=True)["foreground_iou"]
     assert pooled == pytest.approx(11 / 13)
     assert per_image["mean"] == pytest.approx((1 + 1 / 3) / 2)
@@ -54,7 +54,7 @@ def test_per_image_differs_from_pooled_when_images_differ_in_size():
 def test_per_image_rows_match_one_summary_per_image():
     rows = per_image_rows(stack(), NAMES, binary=False)
     for row, matrix in zip(rows, stack(), strict=True):
-        alone = summarize(matrix, NAMES)
+        alone = summarise(matrix, NAMES)
         assert row["mean_iou"] == alone["mean_iou"]
         assert row["iou/cell"] == alone["per_class"][1]["iou"]
         assert row["dice/nucleus"] == alone["per_class"][2]["dice"]
@@ -82,7 +82,7 @@ def test_bootstrap_matches_a_slow_reference_loop():
     pooled, means = [], []
     for w in weights:
         chosen = np.repeat(np.arange(12), w.astype(int))
-        pooled.append(summarize(matrices[chosen].sum(0), binary=True)["foreground_iou"])
+        pooled.append(summarise(matrices[chosen].sum(0), binary=True)["foreground_iou"])
         means.append(np.nanmean(values[chosen]))
     intervals = result["intervals"]
     assert intervals["dataset.foreground_iou"] == pytest.approx(np.quantile(pooled, [0.025, 0.975]))
@@ -93,7 +93,7 @@ def test_bootstrap_matches_a_slow_reference_loop():
 def test_bootstrap_interval_brackets_estimate_and_collapses_on_identical_images():
     rng = np.random.default_rng(2)
     matrices = rng.integers(0, 50, size=(40, 3, 3))
-    estimate = summarize(matrices.sum(0))["mean_iou"]
+    estimate = summarise(matrices.sum(0))["mean_iou"]
     low, high = bootstrap_intervals(matrices, False, ["mean_iou"], {}, resamples=400)["intervals"][
         "dataset.mean_iou"
     ]

@@ -57,7 +57,9 @@ def random_pairs(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     for index in range(count):
         shape = canvas if index % 2 == 0 else (12, 15)
         pairs.append((blobs(rng, shape, canvas), blobs(rng, shape, canvas)))
-    return [(pred, truth) for pred, truth in pairs if pred.any() and truth.any()]
+    return [
+        (prediction, target) for prediction, target in pairs if prediction.any() and target.any()
+    ]
 
 
 # ---- independent references -------------------------------------------------------------------
@@ -69,11 +71,13 @@ def reference_boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
 
 
-def reference_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reference_distances(
+    prediction: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """All pairwise distances between boundary pixels, then the minimum per pixel."""
-    pred_points = np.argwhere(reference_boundary(pred))
-    truth_points = np.argwhere(reference_boundary(truth))
-    pairwise = cdist(pred_points, truth_points)
+    prediction_points = np.argwhere(reference_boundary(prediction))
+    target_points = np.argwhere(reference_boundary(target))
+    pairwise = cdist(prediction_points, target_points)
     return pairwise.min(axis=1), pairwise.min(axis=0)
 
 
@@ -85,10 +89,12 @@ def reference_band(mask: np.ndarray, width: int) -> np.ndarray:
     return band
 
 
-def reference_cl_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    pred_skeleton, truth_skeleton = skeletonize(pred), skeletonize(truth)
-    precision = np.count_nonzero(pred_skeleton & truth) / np.count_nonzero(pred_skeleton)
-    sensitivity = np.count_nonzero(truth_skeleton & pred) / np.count_nonzero(truth_skeleton)
+def reference_cl_dice(prediction: np.ndarray, target: np.ndarray) -> float:
+    prediction_skeleton, target_skeleton = skeletonize(prediction), skeletonize(target)
+    precision = np.count_nonzero(prediction_skeleton & target) / np.count_nonzero(
+        prediction_skeleton
+    )
+    sensitivity = np.count_nonzero(target_skeleton & prediction) / np.count_nonzero(target_skeleton)
     if precision + sensitivity == 0:
         return 0.0
     return 2 * precision * sensitivity / (precision + sensitivity)
@@ -126,63 +132,65 @@ def test_a_pixel_whose_only_outside_neighbour_is_diagonal_is_interior():
 
 
 def test_crop_keeps_a_one_pixel_background_frame_around_the_union():
-    pred = box((10, 12), slice(2, 4), slice(3, 5))
-    truth = box((10, 12), slice(5, 6), slice(7, 9))
-    cropped_pred, cropped_truth = crop_to_union(pred, truth)
-    assert cropped_pred.shape == (4 + 2, 6 + 2)
-    assert cropped_pred.sum() == 4 and cropped_truth.sum() == 2
-    assert not (cropped_pred | cropped_truth)[[0, -1], :].any()
+    prediction = box((10, 12), slice(2, 4), slice(3, 5))
+    target = box((10, 12), slice(5, 6), slice(7, 9))
+    cropped_prediction, cropped_target = crop_to_union(prediction, target)
+    assert cropped_prediction.shape == (4 + 2, 6 + 2)
+    assert cropped_prediction.sum() == 4 and cropped_target.sum() == 2
+    assert not (cropped_prediction | cropped_target)[[0, -1], :].any()
     empty = np.zeros((3, 3), dtype=bool)
     assert crop_to_union(empty, empty)[0].shape == (3, 3)
 
 
 # ---- hand-worked distances --------------------------------------------------------------------
 
-# Two 5x5 squares, the truth two columns right of the prediction (relative columns 0..4 and
-# 2..6). Distances from the prediction's outline to the truth's:
-#   top and bottom rows, columns 0..4:  2, 1, 0, 0, 0  (columns 2..4 lie on the truth's rows)
-#   left side, rows 1..3:               2, 2, 2        (to the truth's left side, column 2)
-#   right side, rows 1..3:              1, 2, 1        (rows 1 and 3 are one step from a truth row)
+# Two 5x5 squares, the target two columns right of the prediction (relative columns 0..4 and
+# 2..6). Distances from the prediction's outline to the target's:
+#   top and bottom rows, columns 0..4:  2, 1, 0, 0, 0  (columns 2..4 lie on the target's rows)
+#   left side, rows 1..3:               2, 2, 2        (to the target's left side, column 2)
+#   right side, rows 1..3:              1, 2, 1        (rows 1 and 3 are one step from a target row)
 # 16 distances: six 0, four 1, six 2; sum 16. The reverse direction is the mirror image.
 SQUARE_DISTANCES = sorted([2, 1, 0, 0, 0] * 2 + [2, 2, 2] + [1, 2, 1])
 
 
 def offset_squares() -> tuple[np.ndarray, np.ndarray]:
-    pred = box((9, 12), slice(2, 7), slice(1, 6))
-    truth = box((9, 12), slice(2, 7), slice(3, 8))
-    return pred, truth
+    prediction = box((9, 12), slice(2, 7), slice(1, 6))
+    target = box((9, 12), slice(2, 7), slice(3, 8))
+    return prediction, target
 
 
 def test_squares_offset_by_two_columns():
-    pred, truth = offset_squares()
-    pred_to_truth, truth_to_pred = surface_distances(pred, truth)
-    assert sorted(pred_to_truth) == SQUARE_DISTANCES
-    assert sorted(truth_to_pred) == SQUARE_DISTANCES
-    assert hausdorff_distance(pred, truth, percentile=100) == 2.0
-    assert hausdorff_distance(pred, truth) == 2.0  # rank 0.95 * 15 = 14.25 falls among the 2s
-    assert average_symmetric_surface_distance(pred, truth) == (16 + 16) / (16 + 16)
+    prediction, target = offset_squares()
+    prediction_to_target, target_to_prediction = surface_distances(prediction, target)
+    assert sorted(prediction_to_target) == SQUARE_DISTANCES
+    assert sorted(target_to_prediction) == SQUARE_DISTANCES
+    assert hausdorff_distance(prediction, target, percentile=100) == 2.0
+    assert (
+        hausdorff_distance(prediction, target) == 2.0
+    )  # rank 0.95 * 15 = 14.25 falls among the 2s
+    assert average_symmetric_surface_distance(prediction, target) == (16 + 16) / (16 + 16)
 
 
 def test_a_stray_pixel_moves_hd95_by_interpolation_and_hd100_fully():
-    truth = box((10, 12), slice(1, 4), slice(1, 4))  # 3x3: 8 boundary pixels
-    pred = truth.copy()
-    pred[1, 9] = True  # 6 columns right of the truth's corner (1, 3)
-    # pred -> truth: eight 0s and one 6; rank 0.95 * 8 = 7.6 -> 0 + 0.6 * (6 - 0) = 3.6
-    assert hausdorff_distance(pred, truth) == pytest.approx(3.6, abs=1e-12)
-    assert hausdorff_distance(pred, truth, percentile=100) == 6.0
-    assert average_symmetric_surface_distance(pred, truth) == pytest.approx(6 / (9 + 8))
+    target = box((10, 12), slice(1, 4), slice(1, 4))  # 3x3: 8 boundary pixels
+    prediction = target.copy()
+    prediction[1, 9] = True  # 6 columns right of the target's corner (1, 3)
+    # prediction -> target: eight 0s and one 6; rank 0.95 * 8 = 7.6 -> 0 + 0.6 * (6 - 0) = 3.6
+    assert hausdorff_distance(prediction, target) == pytest.approx(3.6, abs=1e-12)
+    assert hausdorff_distance(prediction, target, percentile=100) == 6.0
+    assert average_symmetric_surface_distance(prediction, target) == pytest.approx(6 / (9 + 8))
 
 
 def test_one_pixel_lines():
-    pred = box((8, 10), slice(2, 3), slice(1, 9))  # a line of 8 pixels, all boundary
+    prediction = box((8, 10), slice(2, 3), slice(1, 9))  # a line of 8 pixels, all boundary
     shifted = box((8, 10), slice(5, 6), slice(1, 9))  # the same line 3 rows lower
-    assert hausdorff_distance(pred, shifted, percentile=100) == 3.0
-    assert average_symmetric_surface_distance(pred, shifted) == 3.0
+    assert hausdorff_distance(prediction, shifted, percentile=100) == 3.0
+    assert average_symmetric_surface_distance(prediction, shifted) == 3.0
     end = box((8, 10), slice(2, 3), slice(1, 2))  # the line's left end alone
     # line -> end: 0, 1, ..., 7; end -> line: 0. HD95 of 0..7: rank 0.95 * 7 = 6.65.
-    assert hausdorff_distance(pred, end, percentile=100) == 7.0
-    assert hausdorff_distance(pred, end) == pytest.approx(6.65)
-    assert average_symmetric_surface_distance(pred, end) == pytest.approx(28 / 9)
+    assert hausdorff_distance(prediction, end, percentile=100) == 7.0
+    assert hausdorff_distance(prediction, end) == pytest.approx(6.65)
+    assert average_symmetric_surface_distance(prediction, end) == pytest.approx(28 / 9)
 
 
 def test_a_mask_filling_the_image_has_the_image_frame_as_outline():
@@ -200,14 +208,14 @@ def test_a_mask_filling_the_image_has_the_image_frame_as_outline():
 
 
 def test_boundary_iou_of_offset_squares_layer_by_layer():
-    pred, truth = offset_squares()
+    prediction, target = offset_squares()
     # width 1: the 16-pixel outlines share 3 pixels on the top and bottom rows -> 6 / 26
-    assert boundary_iou(pred, truth, width=1) == pytest.approx(6 / 26)
+    assert boundary_iou(prediction, target, width=1) == pytest.approx(6 / 26)
     # width 2: each square but its centre (24 pixels); the 15-pixel overlap loses both centres
-    assert boundary_iou(pred, truth, width=2) == pytest.approx(13 / 35)
+    assert boundary_iou(prediction, target, width=2) == pytest.approx(13 / 35)
     # width 3 covers the whole squares: plain IoU 15 / 35
-    assert boundary_iou(pred, truth, width=3) == pytest.approx(15 / 35)
-    assert boundary_iou(pred, truth, width=50) == pytest.approx(15 / 35)
+    assert boundary_iou(prediction, target, width=3) == pytest.approx(15 / 35)
+    assert boundary_iou(prediction, target, width=50) == pytest.approx(15 / 35)
 
 
 @pytest.mark.parametrize("width", [1, 3, 10])
@@ -238,64 +246,71 @@ def test_both_masks_empty_are_undefined():
     assert cl_dice(empty, empty) is None
 
 
-@pytest.mark.parametrize("empty_side", ["pred", "truth"])
+@pytest.mark.parametrize("empty_side", ["prediction", "target"])
 def test_one_empty_mask_scores_the_worst_value(empty_side):
     empty = np.zeros((6, 8), dtype=bool)
     present = box((6, 8), slice(1, 3), slice(2, 5))
-    pred, truth = (empty, present) if empty_side == "pred" else (present, empty)
-    assert hausdorff_distance(pred, truth) == 10.0  # the diagonal of a 6x8 image
-    assert hausdorff_distance(pred, truth, percentile=100) == 10.0
-    assert average_symmetric_surface_distance(pred, truth) == 10.0
-    assert boundary_iou(pred, truth, width=1) == 0.0
-    assert cl_dice(pred, truth) == 0.0
+    prediction, target = (empty, present) if empty_side == "prediction" else (present, empty)
+    assert hausdorff_distance(prediction, target) == 10.0  # the diagonal of a 6x8 image
+    assert hausdorff_distance(prediction, target, percentile=100) == 10.0
+    assert average_symmetric_surface_distance(prediction, target) == 10.0
+    assert boundary_iou(prediction, target, width=1) == 0.0
+    assert cl_dice(prediction, target) == 0.0
     with pytest.raises(ValueError, match="non-empty"):
-        surface_distances(pred, truth)
+        surface_distances(prediction, target)
 
 
 # ---- agreement with brute force on random masks -----------------------------------------------
 
 
 def test_distances_match_pairwise_brute_force_on_random_blobs():
-    for pred, truth in random_pairs(16, seed=0):
-        pred_to_truth, truth_to_pred = surface_distances(pred, truth)
-        expected_forward, expected_back = reference_distances(pred, truth)
-        np.testing.assert_allclose(pred_to_truth, expected_forward, rtol=0, atol=1e-9)
-        np.testing.assert_allclose(truth_to_pred, expected_back, rtol=0, atol=1e-9)
+    for prediction, target in random_pairs(16, seed=0):
+        prediction_to_target, target_to_prediction = surface_distances(prediction, target)
+        expected_forward, expected_back = reference_distances(prediction, target)
+        np.testing.assert_allclose(prediction_to_target, expected_forward, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(target_to_prediction, expected_back, rtol=0, atol=1e-9)
         hd95 = max(np.percentile(expected_forward, 95), np.percentile(expected_back, 95))
-        assert hausdorff_distance(pred, truth) == pytest.approx(hd95, abs=1e-9)
+        assert hausdorff_distance(prediction, target) == pytest.approx(hd95, abs=1e-9)
         assd = (expected_forward.sum() + expected_back.sum()) / (
             expected_forward.size + expected_back.size
         )
-        assert average_symmetric_surface_distance(pred, truth) == pytest.approx(assd, abs=1e-9)
+        assert average_symmetric_surface_distance(prediction, target) == pytest.approx(
+            assd, abs=1e-9
+        )
 
 
 def test_classic_hausdorff_matches_scipy_directed_hausdorff():
-    for pred, truth in random_pairs(16, seed=1):
-        pred_points = np.argwhere(reference_boundary(pred))
-        truth_points = np.argwhere(reference_boundary(truth))
+    for prediction, target in random_pairs(16, seed=1):
+        prediction_points = np.argwhere(reference_boundary(prediction))
+        target_points = np.argwhere(reference_boundary(target))
         expected = max(
-            directed_hausdorff(pred_points, truth_points)[0],
-            directed_hausdorff(truth_points, pred_points)[0],
+            directed_hausdorff(prediction_points, target_points)[0],
+            directed_hausdorff(target_points, prediction_points)[0],
         )
-        assert hausdorff_distance(pred, truth, percentile=100) == pytest.approx(expected, abs=1e-9)
+        assert hausdorff_distance(prediction, target, percentile=100) == pytest.approx(
+            expected, abs=1e-9
+        )
 
 
 def test_boundary_iou_matches_brute_force_bands_on_random_blobs():
-    for index, (pred, truth) in enumerate(random_pairs(12, seed=2)):
+    for index, (prediction, target) in enumerate(random_pairs(12, seed=2)):
         width = 1 + index % 4
-        pred_band, truth_band = reference_band(pred, width), reference_band(truth, width)
-        expected = (pred_band & truth_band).sum() / (pred_band | truth_band).sum()
-        assert boundary_iou(pred, truth, width=width) == pytest.approx(expected, abs=1e-12)
+        prediction_band, target_band = (
+            reference_band(prediction, width),
+            reference_band(target, width),
+        )
+        expected = (prediction_band & target_band).sum() / (prediction_band | target_band).sum()
+        assert boundary_iou(prediction, target, width=width) == pytest.approx(expected, abs=1e-12)
 
 
 def test_surface_scores_gives_all_three_at_its_percentile_and_width():
-    pred, truth = random_pairs(2, seed=3)[0]
-    scores = surface_scores(pred, truth, width=2, percentile=90)
-    forward, back = reference_distances(pred, truth)
+    prediction, target = random_pairs(2, seed=3)[0]
+    scores = surface_scores(prediction, target, width=2, percentile=90)
+    forward, back = reference_distances(prediction, target)
     hd90 = max(np.percentile(forward, 90), np.percentile(back, 90))
     assd = (forward.sum() + back.sum()) / (forward.size + back.size)
-    pred_band, truth_band = reference_band(pred, 2), reference_band(truth, 2)
-    band_iou = (pred_band & truth_band).sum() / (pred_band | truth_band).sum()
+    prediction_band, target_band = reference_band(prediction, 2), reference_band(target, 2)
+    band_iou = (prediction_band & target_band).sum() / (prediction_band | target_band).sum()
     assert scores.hausdorff == pytest.approx(hd90, abs=1e-9)
     assert scores.assd == pytest.approx(assd, abs=1e-9)
     assert scores.boundary_iou == pytest.approx(band_iou, abs=1e-12)
@@ -329,8 +344,10 @@ def test_cl_dice_of_a_line_inside_a_bar():
 
 
 def test_cl_dice_matches_the_formula_on_full_image_skeletons():
-    for pred, truth in random_pairs(16, seed=4):
-        assert cl_dice(pred, truth) == pytest.approx(reference_cl_dice(pred, truth), abs=1e-12)
+    for prediction, target in random_pairs(16, seed=4):
+        assert cl_dice(prediction, target) == pytest.approx(
+            reference_cl_dice(prediction, target), abs=1e-12
+        )
 
 
 # ---- one image, all classes -------------------------------------------------------------------
@@ -344,22 +361,22 @@ def random_label_maps(
     edges = np.quantile(field, np.linspace(0, 1, num_classes + 1)[1:-1])
     target = np.digitize(field, edges).astype(np.uint8)
     noisy = field + ndimage.gaussian_filter(rng.normal(size=field.shape), sigma=2) * 0.01
-    pred = np.digitize(noisy, edges).astype(np.uint8)
-    return pred, target
+    prediction = np.digitize(noisy, edges).astype(np.uint8)
+    return prediction, target
 
 
 def test_entry_point_equals_per_class_calls_and_background_is_none():
-    pred, target = random_label_maps(seed=5, num_classes=4, shape=(60, 80))
-    pred[pred == 3] = 1  # class 3 exists only in the truth
+    prediction, target = random_label_maps(seed=5, num_classes=4, shape=(60, 80))
+    prediction[prediction == 3] = 1  # class 3 exists only in the target
     target[target == 2] = 0
-    pred[pred == 2] = 0  # class 2 absent from both -> undefined
-    metrics = boundary_metrics(pred, target, num_classes=5)
+    prediction[prediction == 2] = 0  # class 2 absent from both -> undefined
+    metrics = boundary_metrics(prediction, target, num_classes=5)
     assert sorted(metrics) == ["assd", "boundary_iou", "cldice", "hd95"]
     assert all(len(values) == 5 and values[0] is None for values in metrics.values())
     width = default_boundary_width(60, 80)
     assert width == 2  # 2 % of the diagonal 100
     for c in range(1, 5):
-        p, t = pred == c, target == c
+        p, t = prediction == c, target == c
         assert metrics["hd95"][c] == hausdorff_distance(p, t, percentile=95)
         assert metrics["assd"][c] == average_symmetric_surface_distance(p, t)
         assert metrics["boundary_iou"][c] == boundary_iou(p, t, width=width)
@@ -372,41 +389,43 @@ def test_entry_point_equals_per_class_calls_and_background_is_none():
 
 
 def test_width_and_cldice_switch_are_honoured():
-    pred, target = random_label_maps(seed=6, num_classes=3)
-    metrics = boundary_metrics(pred, target, num_classes=3, width=1, with_cldice=False)
+    prediction, target = random_label_maps(seed=6, num_classes=3)
+    metrics = boundary_metrics(prediction, target, num_classes=3, width=1, with_cldice=False)
     assert "cldice" not in metrics
-    assert metrics["boundary_iou"][1] == boundary_iou(pred == 1, target == 1, width=1)
+    assert metrics["boundary_iou"][1] == boundary_iou(prediction == 1, target == 1, width=1)
 
 
 def test_ignored_and_invalid_pixels_become_background_in_both_maps():
     target = np.zeros((12, 14), dtype=np.uint8)
     target[2:6, 2:6] = 1
     target[8:, :] = IGNORE_INDEX
-    pred = target.copy()
-    pred[8:, :] = 0
-    pred[9:11, 3:7] = 1  # a spurious object under the ignore label
-    pred[2:6, 10:13] = 200  # junk ids outside the region of interest
+    prediction = target.copy()
+    prediction[8:, :] = 0
+    prediction[9:11, 3:7] = 1  # a spurious object under the ignore label
+    prediction[2:6, 10:13] = 200  # junk ids outside the region of interest
     valid = np.ones_like(target, dtype=bool)
     valid[:, 9:] = False
-    metrics = boundary_metrics(pred, target, num_classes=2, valid=valid)
+    metrics = boundary_metrics(prediction, target, num_classes=2, valid=valid)
     perfect = {"hd95": [None, 0.0], "assd": [None, 0.0], "boundary_iou": [None, 1.0]}
     assert metrics == {**perfect, "cldice": [None, 1.0]}
-    unmasked = boundary_metrics(np.where(pred == 200, 0, pred), np.where(target == 1, 1, 0), 2)
+    unmasked = boundary_metrics(
+        np.where(prediction == 200, 0, prediction), np.where(target == 1, 1, 0), 2
+    )
     assert unmasked["hd95"][1] > 0  # without the ignore rule the spurious object would count
 
 
 def test_entry_point_rejects_bad_inputs_with_the_value_seen():
-    pred, target = random_label_maps(seed=7, num_classes=3)
+    prediction, target = random_label_maps(seed=7, num_classes=3)
     with pytest.raises(ValueError, match=r"\[7\]"):
-        boundary_metrics(np.where(pred == 1, 7, pred), target, num_classes=3)
+        boundary_metrics(np.where(prediction == 1, 7, prediction), target, num_classes=3)
     with pytest.raises(ValueError, match="shape"):
-        boundary_metrics(pred[:-1], target, num_classes=3)
+        boundary_metrics(prediction[:-1], target, num_classes=3)
     with pytest.raises(ValueError, match="integer class ids"):
-        boundary_metrics(pred.astype(np.float32), target, num_classes=3)
+        boundary_metrics(prediction.astype(np.float32), target, num_classes=3)
     with pytest.raises(ValueError, match="valid"):
-        boundary_metrics(pred, target, num_classes=3, valid=np.ones((2, 2), dtype=bool))
+        boundary_metrics(prediction, target, num_classes=3, valid=np.ones((2, 2), dtype=bool))
     with pytest.raises(ValueError, match=">= 2"):
-        boundary_metrics(pred, target, num_classes=1)
+        boundary_metrics(prediction, target, num_classes=1)
 
 
 def test_mask_functions_reject_bad_inputs():

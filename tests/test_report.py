@@ -31,7 +31,7 @@ from unetkit.evaluation.panels import (
     panel_row,
 )
 from unetkit.evaluation.report import write_report
-from unetkit.palette import colorize
+from unetkit.palette import colourise
 
 NASTY_NAME = "<b>cat&dog</b>"
 DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -445,8 +445,8 @@ def test_panel_row_places_image_truth_prediction_and_errors_side_by_side():
     assert row.dtype == np.uint8 and row.shape == (30, 4 * 40 + 3 * 4, 3)
     tiles = [row[:, i * 44 : i * 44 + 40] for i in range(4)]
     np.testing.assert_array_equal(tiles[0], panel.image)
-    np.testing.assert_array_equal(tiles[1], colorize(panel.target, 2))
-    np.testing.assert_array_equal(tiles[2], colorize(panel.prediction, 2))
+    np.testing.assert_array_equal(tiles[1], colourise(panel.target, 2))
+    np.testing.assert_array_equal(tiles[2], colourise(panel.prediction, 2))
     np.testing.assert_array_equal(tiles[3], error_map(panel.target, panel.prediction))
     assert (row[:, 40:44] == 255).all()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["class_palette", "colorize", "overlay"]
+__all__ = ["class_palette", "colourise", "overlay"]
 
 _BASE_COLOURS = [
     (0, 0, 0),
@@ -39,7 +39,7 @@ def class_palette(num_classes: int) -> np.ndarray:
     return np.asarray(colours[:num_classes], dtype=np.uint8)
 
 
-def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
+def colourise(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """An RGB picture of a class-id mask (ignore pixels white)."""
     palette = np.vstack([class_palette(max(num_classes, 1)), np.zeros((256 - num_classes, 3))])
     palette[255] = 255
@@ -55,7 +55,7 @@ def overlay(
         if image.ndim == 3 and image.shape[2] == 3
         else np.repeat(image.reshape(*mask.shape, 1), 3, 2)
     )
-    colours = colorize(mask, num_classes).astype(np.float32)
+    colours = colourise(mask, num_classes).astype(np.float32)
     blended = rgb.astype(np.float32)
     foreground = mask > 0
     blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]

@@ -7,6 +7,24 @@ outside a region of interest). ``num_classes`` always counts the background, so 
 ``num_classes`` channels with a softmax. Nothing else in the package makes that choice. A model's
 output channels are :attr:`Task.out_channels` (``build_model``'s ``out_channels``), never
 ``num_classes``.
+
+Glossary (one word per idea, the same in code, config, CLI and docs):
+
+* ``num_classes``: the classes of the task, background included (2 = binary);
+  ``out_channels``: the logit channels of a model head (1 for binary, else ``num_classes``).
+* **binary** vs **multiclass**: ``num_classes == 2`` (one sigmoid channel, ``task.threshold``)
+  vs more (softmax over ``num_classes`` channels). **foreground**: every class id ``>= 1``.
+* **target**: the ground-truth mask of class ids (``IGNORE_INDEX`` where unlabelled).
+  **prediction**: predicted class ids, the same shape. **logits**: the raw head outputs
+  ``(N, out_channels, H, W)``; **probs**: :meth:`Task.probabilities`, ``(N, num_classes, H, W)``.
+* **valid**: a boolean mask of the pixels that count (for a loss or a metric); a pixel counts
+  when ``valid`` is True there and its target is not ``IGNORE_INDEX``.
+* **tile**: a training crop cut at native resolution from a large image (``data.tile_size``);
+  **window**: the patch the Segmenter slides over an image at inference (``--window-size``).
+* ``img_size``: the network's input ``[H, W]`` (``data.img_size``); ``image_size``: an image's
+  own ``(height, width)``.
+* **mode**: the dataset variant (``data.mode``, ``--mode`` of train and evaluate, e.g. ``trimap``);
+  **inference mode**: how a model meets an image (``--inference-mode auto | resize | sliding``).
 """
 
 from __future__ import annotations
@@ -73,17 +91,17 @@ def check_class_ids(
     labels: torch.Tensor | np.ndarray,
     num_classes: int,
     where: str,
-    counted: torch.Tensor | np.ndarray | None = None,
+    valid: torch.Tensor | np.ndarray | None = None,
 ) -> None:
     """Raise a ValueError naming the values when ``labels`` (NumPy or torch) hold ids outside
-    ``0 .. num_classes - 1`` at the ``counted`` pixels (default: every pixel).
+    ``0 .. num_classes - 1`` at the ``valid`` pixels (default: every pixel).
 
     The one check of class ids that losses and every metric share; ``where`` says who checks
     what, e.g. ``"loss: the target"``.
     """
     outside = (labels < 0) | (labels >= num_classes)
-    if counted is not None:
-        outside &= counted
+    if valid is not None:
+        outside &= valid
     if bool(outside.any()):
         found = labels[outside]
         found = found.cpu().numpy() if isinstance(found, torch.Tensor) else np.asarray(found)

@@ -75,7 +75,7 @@ def class_iou_chart(
 
 
 def confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> bytes:
-    """Row-normalised confusion matrix: each truth row shows where its pixels were predicted."""
+    """Row-normalised confusion matrix: each target row shows where its pixels were predicted."""
     counts = np.asarray(matrix, dtype=np.float64)
     count = len(class_names)
     if counts.shape != (count, count):
@@ -89,7 +89,7 @@ def confusion_heatmap(matrix: Sequence[Sequence[int]], class_names: Sequence[str
     ax = fig.add_subplot()
     cmap = _colormap("Blues")
     image = ax.imshow(shares, cmap=cmap, vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the truth row")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the ground-truth row")
     if count <= _ANNOTATE_UP_TO:
         _annotate_cells(ax, shares)
     ticks = np.arange(count)

@@ -1,13 +1,13 @@
 """Example panels for the report: one image, its ground truth, the prediction and where they differ.
 
-The error map reads a prediction against its ground truth pixel by pixel, with class 0 as
+The error map reads a prediction against its target (ground truth) pixel by pixel, with class 0 as
 background:
 
-* correct: prediction equals the truth (any class), drawn black so the errors stand out;
-* false positive: truth is background, the prediction is a foreground class;
-* false negative: truth is a foreground class, the prediction is background;
-* wrong class: truth and prediction are both foreground, but different classes (multi-class only);
-* ignore: the truth is :data:`~unetkit.tasks.IGNORE_INDEX`; these pixels never count, whatever the
+* correct: prediction equals the target (any class), drawn black so the errors stand out;
+* false positive: the target is background, the prediction is a foreground class;
+* false negative: the target is a foreground class, the prediction is background;
+* wrong class: target and prediction are both foreground, but different classes (multi-class only);
+* ignore: the target is :data:`~unetkit.tasks.IGNORE_INDEX`; these pixels never count, whatever the
   prediction, and are drawn grey.
 
 The three error colours come from the Okabe–Ito palette, chosen to stay apart under the common
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from unetkit.palette import colorize
+from unetkit.palette import colourise
 from unetkit.tasks import IGNORE_INDEX
 
 __all__ = ["ERROR_LEGEND", "MAX_TILE_SIDE", "Panel", "error_map", "panel_row"]
@@ -51,7 +51,7 @@ _GAP = 4  # white pixels between the pictures of a row
 
 @dataclass(frozen=True)
 class Panel:
-    """One example image with its truth and prediction, ranked by ``score`` in the report."""
+    """One example image with its target and prediction, ranked by ``score`` in the report."""
 
     name: str
     image: np.ndarray  # (H, W, 3), (H, W) or (H, W, 1) uint8
@@ -63,13 +63,13 @@ class Panel:
 def error_map(target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8 picture of where ``prediction`` disagrees with ``target``."""
     _check_same_shape(target, prediction.shape, "prediction")
-    truth_foreground = target > 0
-    predicted_foreground = prediction > 0
+    target_foreground = target > 0
+    prediction_foreground = prediction > 0
     picture = np.empty((*target.shape, 3), dtype=np.uint8)
     picture[...] = CORRECT_COLOUR
-    picture[~truth_foreground & predicted_foreground] = FALSE_POSITIVE_COLOUR
-    picture[truth_foreground & ~predicted_foreground] = FALSE_NEGATIVE_COLOUR
-    picture[truth_foreground & predicted_foreground & (target != prediction)] = WRONG_CLASS_COLOUR
+    picture[~target_foreground & prediction_foreground] = FALSE_POSITIVE_COLOUR
+    picture[target_foreground & ~prediction_foreground] = FALSE_NEGATIVE_COLOUR
+    picture[target_foreground & prediction_foreground & (target != prediction)] = WRONG_CLASS_COLOUR
     picture[target == IGNORE_INDEX] = IGNORE_COLOUR
     return picture
 
@@ -91,8 +91,8 @@ def panel_row(panel: Panel, num_classes: int, class_names: Sequence[str]) -> np.
     _check_same_shape(panel.target, panel.image.shape[:2], "image")
     tiles = [
         _as_rgb(panel.image, panel.name),
-        colorize(panel.target, num_classes),
-        colorize(panel.prediction, num_classes),
+        colourise(panel.target, num_classes),
+        colourise(panel.prediction, num_classes),
         error_map(panel.target, panel.prediction),
     ]
     return _side_by_side([_shrink(tile) for tile in tiles])
@@ -136,6 +136,6 @@ def _side_by_side(tiles: list[np.ndarray]) -> np.ndarray:
 def _check_same_shape(target: np.ndarray, shape: tuple[int, ...], what: str) -> None:
     if target.ndim != 2 or tuple(shape) != target.shape:
         raise ValueError(
-            f"the {what} is {tuple(shape)} but the ground truth is {target.shape}; "
+            f"the {what} is {tuple(shape)} but the target is {target.shape}; "
             f"both must be (H, W) at the mask's own resolution (resize the {what} first)"
         )

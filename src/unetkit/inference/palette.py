@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from unetkit.palette import class_palette, colorize, overlay
+from unetkit.palette import class_palette, colourise, overlay
 
-__all__ = ["class_palette", "colorize", "overlay"]
+__all__ = ["class_palette", "colourise", "overlay"]

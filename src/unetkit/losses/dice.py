@@ -35,10 +35,10 @@ class SoftDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid, safe_target = split_ignored(target)
-        counted = valid.unsqueeze(1).float()
-        probs = self.task.probabilities(logits) * counted
-        one_hot = _one_hot(safe_target, self.task.num_classes) * counted
-        predicted = _one_hot(self.task.labels(logits), self.task.num_classes) * counted
+        weight = valid.unsqueeze(1).float()  # 1 where a pixel counts, 0 where it is ignored
+        probs = self.task.probabilities(logits) * weight
+        one_hot = _one_hot(safe_target, self.task.num_classes) * weight
+        predicted = _one_hot(self.task.labels(logits), self.task.num_classes) * weight
         dims = (0, 2, 3)
         intersection = (probs * one_hot).sum(dims)
         denominator = probs.sum(dims) + one_hot.sum(dims)

@@ -1,6 +1,6 @@
 """Outline and topology metrics of every class of one image: the per-image entry point.
 
-For each foreground class ``c`` the masks ``pred == c`` and ``target == c`` are compared with
+For each foreground class ``c`` the masks ``prediction == c`` and ``target == c`` are compared with
 HD95, ASSD and Boundary IoU (:mod:`unetkit.metrics.surface`) and clDice
 (:mod:`unetkit.metrics.topology`); those modules state the definitions and the empty-mask rules
 (both masks empty -> ``None``).
@@ -23,7 +23,7 @@ from unetkit.tasks import IGNORE_INDEX, check_class_ids
 
 
 def boundary_metrics(
-    pred: np.ndarray,
+    prediction: np.ndarray,
     target: np.ndarray,
     num_classes: int,
     valid: np.ndarray | None = None,
@@ -38,11 +38,11 @@ def boundary_metrics(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background, so it is >= 2; got {num_classes}")
-    pred, target = _label_map(pred, "prediction"), _label_map(target, "target")
-    counted = _counted_pixels(pred, target, valid)
-    for name, labels in (("prediction", pred), ("target", target)):
-        check_class_ids(labels, num_classes, f"boundary metrics: the {name}", counted)
-    pred, target = np.where(counted, pred, 0), np.where(counted, target, 0)
+    prediction, target = _label_map(prediction, "prediction"), _label_map(target, "target")
+    valid = _valid_pixels(prediction, target, valid)
+    for name, labels in (("prediction", prediction), ("target", target)):
+        check_class_ids(labels, num_classes, f"boundary metrics: the {name}", valid)
+    prediction, target = np.where(valid, prediction, 0), np.where(valid, target, 0)
     if width is None:
         width = default_boundary_width(*target.shape)
     metrics: dict[str, list[float | None]] = {
@@ -53,13 +53,13 @@ def boundary_metrics(
     if with_cldice:
         metrics["cldice"] = [None]
     for class_id in range(1, num_classes):
-        predicted, true = pred == class_id, target == class_id
-        scores = surface_scores(predicted, true, width=width, percentile=95.0)
+        predicted, expected = prediction == class_id, target == class_id
+        scores = surface_scores(predicted, expected, width=width, percentile=95.0)
         metrics["hd95"].append(scores.hausdorff)
         metrics["assd"].append(scores.assd)
         metrics["boundary_iou"].append(scores.boundary_iou)
         if with_cldice:
-            metrics["cldice"].append(cl_dice(predicted, true))
+            metrics["cldice"].append(cl_dice(predicted, expected))
     return metrics
 
 
@@ -73,19 +73,21 @@ def _label_map(labels: np.ndarray, name: str) -> np.ndarray:
     return labels
 
 
-def _counted_pixels(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    if pred.shape != target.shape:
+def _valid_pixels(
+    prediction: np.ndarray, target: np.ndarray, valid: np.ndarray | None
+) -> np.ndarray:
+    if prediction.shape != target.shape:
         raise ValueError(
-            f"boundary metrics: prediction shape {pred.shape} differs from target shape "
+            f"boundary metrics: prediction shape {prediction.shape} differs from target shape "
             f"{target.shape}; resize the prediction to the mask first"
         )
-    counted = target != IGNORE_INDEX
+    not_ignored = target != IGNORE_INDEX
     if valid is None:
-        return counted
+        return not_ignored
     valid = np.asarray(valid)
     if valid.shape != target.shape or valid.dtype != np.bool_:
         raise ValueError(
             f"boundary metrics: valid must be a boolean mask of the target's shape {target.shape}; "
             f"got dtype {valid.dtype}, shape {valid.shape}"
         )
-    return counted & valid
+    return not_ignored & valid

@@ -1,9 +1,9 @@
 """A confusion matrix accumulated over many predictions: the raw count every metric comes from.
 
-Rows are ground-truth classes, columns predicted classes, entries pixel counts (int64). Counting
-is one ``bincount`` on the tensors' own device, so evaluation on a GPU does not copy masks back.
-The matrix is a plain tensor (:attr:`ConfusionMatrix.state`) so distributed runs can all-reduce it
-and rebuild with :meth:`ConfusionMatrix.from_matrix`.
+Rows are target (ground-truth) classes, columns predicted classes, entries pixel counts (int64).
+Counting is one ``bincount`` on the tensors' own device, so evaluation on a GPU does not copy
+masks back. The matrix is a plain tensor (:attr:`ConfusionMatrix.state`) so distributed runs can
+all-reduce it and rebuild with :meth:`ConfusionMatrix.from_matrix`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def as_tensor(values: Any, device: torch.device | str | None = None) -> torch.Te
 
 
 class ConfusionMatrix:
-    """Pixel counts ``matrix[true, predicted]`` over every :meth:`update` since the last reset."""
+    """Pixel counts ``matrix[target, prediction]`` over every :meth:`update` since a reset."""
 
     def __init__(self, num_classes: int, device: torch.device | str | None = None) -> None:
         if num_classes < 2:
@@ -52,32 +52,30 @@ class ConfusionMatrix:
         """The count tensor itself (not a copy), for in-place all-reduce."""
         return self.matrix
 
-    def update(self, pred: Any, target: Any, roi: Any = None) -> None:
-        """Count ``pred`` (class ids) against ``target`` (class ids, 255 = ignore).
+    def update(self, prediction: Any, target: Any, valid: Any = None) -> None:
+        """Count ``prediction`` (class ids) against ``target`` (class ids, 255 = ignore).
 
-        Any shape, as long as ``pred``, ``target`` and the optional boolean ``roi`` agree; pixels
-        whose target is 255 or whose ``roi`` is False are not counted.
+        Any shape, as long as ``prediction``, ``target`` and the optional boolean ``valid`` agree;
+        pixels whose target is 255 or whose ``valid`` is False are not counted.
         """
-        pred, target = as_tensor(pred), as_tensor(target)
-        if pred.shape != target.shape:
+        prediction, target = as_tensor(prediction), as_tensor(target)
+        if prediction.shape != target.shape:
             raise ValueError(
-                f"confusion update: prediction shape {tuple(pred.shape)} differs from target shape "
-                f"{tuple(target.shape)}; resize the prediction to the mask first"
+                f"confusion update: prediction shape {tuple(prediction.shape)} differs from target "
+                f"shape {tuple(target.shape)}; resize the prediction to the mask first"
             )
-        for name, labels in (("prediction", pred), ("target", target)):
+        for name, labels in (("prediction", prediction), ("target", target)):
             if labels.dtype.is_floating_point or labels.dtype == torch.bool:
                 raise ValueError(
                     f"confusion update: the {name} must hold integer class ids; got dtype "
                     f"{labels.dtype} (turn logits into ids with Task.labels)"
                 )
-        counted = target != IGNORE_INDEX
-        if roi is not None:
-            counted &= self._roi_mask(roi, target)
-        truth = target[counted].long().to(self.matrix.device)
-        predicted = pred.to(target.device)[counted].long().to(self.matrix.device)
-        check_class_ids(truth, self.num_classes, "confusion update: the target")
-        check_class_ids(predicted, self.num_classes, "confusion update: the prediction")
-        index = truth * self.num_classes + predicted
+        valid = self._valid_mask(valid, target) & (target != IGNORE_INDEX)
+        target_ids = target[valid].long().to(self.matrix.device)
+        prediction_ids = prediction.to(target.device)[valid].long().to(self.matrix.device)
+        check_class_ids(target_ids, self.num_classes, "confusion update: the target")
+        check_class_ids(prediction_ids, self.num_classes, "confusion update: the prediction")
+        index = target_ids * self.num_classes + prediction_ids
         counts = torch.bincount(index, minlength=self.num_classes**2)
         self.matrix += counts.view(self.num_classes, self.num_classes)
 
@@ -97,14 +95,17 @@ class ConfusionMatrix:
     def __repr__(self) -> str:
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.matrix.sum())})"
 
-    def _roi_mask(self, roi: Any, target: torch.Tensor) -> torch.Tensor:
-        roi = as_tensor(roi, device=target.device)
-        if roi.shape != target.shape:
+    def _valid_mask(self, valid: Any, target: torch.Tensor) -> torch.Tensor:
+        """``valid`` as a boolean tensor beside ``target`` (every pixel when ``None``)."""
+        if valid is None:
+            return torch.ones_like(target, dtype=torch.bool)
+        valid = as_tensor(valid, device=target.device)
+        if valid.shape != target.shape:
             raise ValueError(
-                f"confusion update: roi shape {tuple(roi.shape)} differs from target shape "
+                f"confusion update: valid shape {tuple(valid.shape)} differs from target shape "
                 f"{tuple(target.shape)}"
             )
-        return roi.bool()
+        return valid.bool()
 
     def _check_compatible(self, other: ConfusionMatrix) -> None:
         if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:

@@ -73,15 +73,15 @@ class ScoreHistogram:
 
         Pixels whose target is 255 or whose optional boolean ``valid`` is False are not counted.
         """
-        probs, target, counted = self._batched(probs, target, valid)
-        self._check_values(probs, target, counted)
+        probs, target, valid = self._batched(probs, target, valid)
+        self._check_values(probs, target, valid)
         bin_index = (probs.double() * self.bins).floor_().long().clamp_(max=self.bins - 1)
         classes = torch.arange(self.num_classes, device=self.counts.device).view(1, -1, 1, 1)
         is_positive = target[:, None] == classes
         index = (classes * 2 + is_positive) * self.bins + bin_index
-        not_counted = self.counts.numel()
-        index = torch.where(counted[:, None], index, not_counted)
-        counts = torch.bincount(index.flatten(), minlength=not_counted + 1)[:not_counted]
+        dropped = self.counts.numel()  # one bin past the end, for the pixels that do not count
+        index = torch.where(valid[:, None], index, dropped)
+        counts = torch.bincount(index.flatten(), minlength=dropped + 1)[:dropped]
         self.counts += counts.view_as(self.counts)
 
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
@@ -195,7 +195,8 @@ class ScoreHistogram:
     def _batched(
         self, probs: Any, target: Any, valid: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inputs as (N, C, H, W) probabilities, (N, H, W) targets and the counted-pixel mask."""
+        """Inputs as (N, C, H, W) probabilities, (N, H, W) targets and ``valid``, the mask of
+        the pixels that count (``valid`` and not ignored)."""
         device = self.counts.device
         probs = as_tensor(probs, device=device)
         target = as_tensor(target, device=device)
@@ -214,19 +215,16 @@ class ScoreHistogram:
                 f"C = {self.num_classes}, and target and valid (H, W) or (N, H, W) of the same "
                 f"images; got {given}"
             )
-        counted = (target != IGNORE_INDEX) & valid
-        return probs, target, counted
+        return probs, target, (target != IGNORE_INDEX) & valid
 
-    def _check_values(
-        self, probs: torch.Tensor, target: torch.Tensor, counted: torch.Tensor
-    ) -> None:
-        outside = ~((probs >= 0) & (probs <= 1)) & counted[:, None]
+    def _check_values(self, probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
+        outside = ~((probs >= 0) & (probs <= 1)) & valid[:, None]
         if bool(outside.any()):
             raise ValueError(
                 f"score histogram update: probabilities must lie in [0, 1]; got values such as "
                 f"{probs[outside][:5].tolist()}; pass softmax/sigmoid outputs, not logits"
             )
-        check_class_ids(target, self.num_classes, "score histogram update: the target", counted)
+        check_class_ids(target, self.num_classes, "score histogram update: the target", valid)
 
 
 def _thinned(length: int, max_points: int) -> np.ndarray:

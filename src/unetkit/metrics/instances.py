@@ -74,8 +74,8 @@ class InstanceAccumulator:
         self.iou_thresholds = np.asarray(iou_thresholds, dtype=np.float64)
         self._scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
         self._matches: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-        self.gt_instances = np.zeros(num_classes, dtype=np.int64)
-        self.pred_instances = np.zeros(num_classes, dtype=np.int64)
+        self.num_target_instances = np.zeros(num_classes, dtype=np.int64)
+        self.num_predicted_instances = np.zeros(num_classes, dtype=np.int64)
         self.true_positives = np.zeros(num_classes, dtype=np.int64)
         self.true_positive_iou = np.zeros(num_classes, dtype=np.float64)
         self.given_instances = False  # ground truth from labelled objects, not components
@@ -83,50 +83,50 @@ class InstanceAccumulator:
     def update(
         self,
         probs: np.ndarray,
-        pred: np.ndarray,
+        prediction: np.ndarray,
         target: np.ndarray,
         valid: np.ndarray | None = None,
         target_instances: np.ndarray | None = None,
     ) -> dict[str, float | None]:
-        """Add one image: ``probs`` (C, H, W), ``pred`` and ``target`` (H, W) class ids, and
+        """Add one image: ``probs`` (C, H, W), ``prediction`` and ``target`` (H, W) class ids, and
         where known the ground truth's object ids ``target_instances`` (H, W, 0 = none).
 
         Returns the image's ``{"pq": ...}``: the mean over classes with ``TP + FP + FN > 0`` of
         the image's own PQ, ``None`` if the image has no instance at all.
         """
-        probs, pred, target = self._checked(probs, pred, target, valid)
+        probs, prediction, target = self._checked(probs, prediction, target, valid)
         if target_instances is not None:
             self.given_instances = True
             target_instances = np.where(target > 0, np.asarray(target_instances), 0)
-        present = np.bincount(pred.ravel(), minlength=self.num_classes) > 0
+        present = np.bincount(prediction.ravel(), minlength=self.num_classes) > 0
         present |= np.bincount(target.ravel(), minlength=self.num_classes) > 0
         image_pq = []
         for c in np.flatnonzero(present[1:]) + 1:
             objects = None if target_instances is None else target_instances * (target == c)
-            iou, scores = self._components(target == c, pred == c, probs[c], objects)
-            num_gt, num_pred = iou.shape
-            if num_gt + num_pred == 0:
+            iou, scores = self._components(target == c, prediction == c, probs[c], objects)
+            num_targets, num_predictions = iou.shape
+            if num_targets + num_predictions == 0:
                 continue
             self._scores[c].append(scores)
             self._matches[c].append(_greedy_matches(iou, scores, self.iou_thresholds))
             panoptic = iou > PANOPTIC_MATCH_IOU
             true_pos, matched_iou = int(panoptic.sum()), float(iou[panoptic].sum())
-            self.gt_instances[c] += num_gt
-            self.pred_instances[c] += num_pred
+            self.num_target_instances[c] += num_targets
+            self.num_predicted_instances[c] += num_predictions
             self.true_positives[c] += true_pos
             self.true_positive_iou[c] += matched_iou
-            image_pq.append(matched_iou / _panoptic_denominator(num_gt, num_pred))
+            image_pq.append(matched_iou / _panoptic_denominator(num_targets, num_predictions))
         return {"pq": mean_defined(image_pq)}
 
     def average_precisions(self, c: int) -> np.ndarray | None:
         """Class ``c``'s AP at each IoU threshold; ``None`` without a ground-truth instance."""
-        if self.gt_instances[c] == 0:
+        if self.num_target_instances[c] == 0:
             return None
         scores = np.concatenate([np.zeros(0), *self._scores[c]])
         matches = np.concatenate([np.zeros((0, len(self.iou_thresholds)), bool), *self._matches[c]])
         hits = matches[np.argsort(-scores, kind="stable")]
         true_pos = np.cumsum(hits, axis=0)
-        recall = true_pos / self.gt_instances[c]
+        recall = true_pos / self.num_target_instances[c]
         precision = true_pos / np.arange(1, len(hits) + 1)[:, None]
         envelope = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
         result = np.zeros(len(self.iou_thresholds))
@@ -157,7 +157,9 @@ class InstanceAccumulator:
     def _class_row(self, c: int, name: str) -> dict[str, Any]:
         ap = self.average_precisions(c)
         true_pos = int(self.true_positives[c])
-        denominator = _panoptic_denominator(int(self.gt_instances[c]), int(self.pred_instances[c]))
+        denominator = _panoptic_denominator(
+            int(self.num_target_instances[c]), int(self.num_predicted_instances[c])
+        )
         return {
             "name": name,
             "ap": None if ap is None else float(ap.mean()),
@@ -166,8 +168,8 @@ class InstanceAccumulator:
             "pq": _ratio(float(self.true_positive_iou[c]), denominator),
             "sq": _ratio(float(self.true_positive_iou[c]), true_pos),
             "rq": _ratio(true_pos, denominator),
-            "gt_instances": int(self.gt_instances[c]),
-            "pred_instances": int(self.pred_instances[c]),
+            "gt_instances": int(self.num_target_instances[c]),
+            "pred_instances": int(self.num_predicted_instances[c]),
         }
 
     def _ap_at(self, ap: np.ndarray | None, threshold: float) -> float | None:
@@ -176,54 +178,57 @@ class InstanceAccumulator:
 
     def _components(
         self,
-        gt_mask: np.ndarray,
-        pred_mask: np.ndarray,
+        target_mask: np.ndarray,
+        prediction_mask: np.ndarray,
         prob: np.ndarray,
-        gt_objects: np.ndarray | None = None,
+        target_objects: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """IoU (ground truth x kept prediction) and the kept predictions' scores, for one class;
-        the ground truth's instances are ``gt_objects``' ids where given, else its components."""
-        if gt_objects is None:
-            gt_labels, num_gt = ndimage.label(gt_mask, structure=_NEIGHBOURS)
+        the target's instances are ``target_objects``' ids where given, else its components."""
+        if target_objects is None:
+            target_labels, num_targets = ndimage.label(target_mask, structure=_NEIGHBOURS)
         else:  # ids renumbered 1..N in order, objects without a pixel of this class dropped
-            ids, gt_labels = np.unique(gt_objects, return_inverse=True)
-            gt_labels = gt_labels.reshape(gt_objects.shape) + (0 if ids[0] == 0 else 1)
-            num_gt = int(np.count_nonzero(ids))
-        pred_labels, num_pred = ndimage.label(pred_mask, structure=_NEIGHBOURS)
-        either = np.flatnonzero(gt_mask | pred_mask)
-        gt_ids = gt_labels.ravel()[either].astype(np.int64)
-        pred_ids = pred_labels.ravel()[either].astype(np.int64)
+            ids, target_labels = np.unique(target_objects, return_inverse=True)
+            target_labels = target_labels.reshape(target_objects.shape) + (0 if ids[0] == 0 else 1)
+            num_targets = int(np.count_nonzero(ids))
+        prediction_labels, num_predictions = ndimage.label(prediction_mask, structure=_NEIGHBOURS)
+        either = np.flatnonzero(target_mask | prediction_mask)
+        target_ids = target_labels.ravel()[either].astype(np.int64)
+        prediction_ids = prediction_labels.ravel()[either].astype(np.int64)
         pairs = np.bincount(
-            gt_ids * (num_pred + 1) + pred_ids, minlength=(num_gt + 1) * (num_pred + 1)
+            target_ids * (num_predictions + 1) + prediction_ids,
+            minlength=(num_targets + 1) * (num_predictions + 1),
         )
-        pairs = pairs.reshape(num_gt + 1, num_pred + 1)
-        score_sums = np.bincount(pred_ids, weights=prob.ravel()[either], minlength=num_pred + 1)
-        gt_area, pred_area = pairs[1:, :].sum(axis=1), pairs[:, 1:].sum(axis=0)
-        kept = pred_area >= self.min_area
+        pairs = pairs.reshape(num_targets + 1, num_predictions + 1)
+        score_sums = np.bincount(
+            prediction_ids, weights=prob.ravel()[either], minlength=num_predictions + 1
+        )
+        target_area, prediction_area = pairs[1:, :].sum(axis=1), pairs[:, 1:].sum(axis=0)
+        kept = prediction_area >= self.min_area
         overlap = pairs[1:, 1:][:, kept]
-        iou = overlap / (gt_area[:, None] + pred_area[kept][None, :] - overlap)
-        return iou, score_sums[1:][kept] / pred_area[kept]
+        iou = overlap / (target_area[:, None] + prediction_area[kept][None, :] - overlap)
+        return iou, score_sums[1:][kept] / prediction_area[kept]
 
     def _checked(
-        self, probs: Any, pred: Any, target: Any, valid: Any
+        self, probs: Any, prediction: Any, target: Any, valid: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inputs as arrays, with ignored and invalid pixels set to background in both masks."""
-        probs, pred, target = np.asarray(probs), np.asarray(pred), np.asarray(target)
+        probs, prediction, target = np.asarray(probs), np.asarray(prediction), np.asarray(target)
         valid = np.ones(target.shape, bool) if valid is None else np.asarray(valid, dtype=bool)
         if (
             probs.ndim != 3
             or probs.shape[0] != self.num_classes
-            or not (pred.shape == target.shape == valid.shape == probs.shape[1:])
+            or not (prediction.shape == target.shape == valid.shape == probs.shape[1:])
         ):
             raise ValueError(
                 f"instance update: expected probabilities (C, H, W) with C = {self.num_classes} "
-                f"and pred, target, valid (H, W) of the same image; got {probs.shape}, "
-                f"{pred.shape}, {target.shape}, {valid.shape}"
+                f"and prediction, target, valid (H, W) of the same image; got {probs.shape}, "
+                f"{prediction.shape}, {target.shape}, {valid.shape}"
             )
-        counted = valid & (target != IGNORE_INDEX)
-        for name, labels in (("prediction", pred), ("target", target)):
-            check_class_ids(labels, self.num_classes, f"instance update: the {name}", counted)
-        return probs, np.where(counted, pred, 0), np.where(counted, target, 0)
+        valid = valid & (target != IGNORE_INDEX)
+        for name, labels in (("prediction", prediction), ("target", target)):
+            check_class_ids(labels, self.num_classes, f"instance update: the {name}", valid)
+        return probs, np.where(valid, prediction, 0), np.where(valid, target, 0)
 
 
 def _greedy_matches(iou: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -247,9 +252,9 @@ def _greedy_matches(iou: np.ndarray, scores: np.ndarray, thresholds: np.ndarray)
     return matched
 
 
-def _panoptic_denominator(num_gt: int, num_pred: int) -> float:
+def _panoptic_denominator(num_targets: int, num_predictions: int) -> float:
     """``TP + FP/2 + FN/2``, which is ``(ground truths + predictions) / 2`` whatever TP is."""
-    return (num_gt + num_pred) / 2
+    return (num_targets + num_predictions) / 2
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

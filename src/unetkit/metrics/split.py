@@ -35,7 +35,7 @@ from unetkit.metrics.per_image import (
     per_image_section,
     spread,
 )
-from unetkit.metrics.summary import headline_arrays, headline_keys, summarize
+from unetkit.metrics.summary import headline_arrays, headline_keys, summarise
 
 BOUNDARY_METRICS = ("hd95", "assd", "boundary_iou", "cldice")
 _CI_KEYS = ("pixel_accuracy", "mean_iou", "mean_dice", "foreground_iou", "foreground_dice")
@@ -122,7 +122,7 @@ class SplitMetrics:
         if not self._matrices:
             raise ValueError("no image was added: there is nothing to summarise")
         matrices = self.matrices
-        dataset = summarize(matrices.sum(0), self.class_names, binary=self.binary)
+        dataset = summarise(matrices.sum(0), self.class_names, binary=self.binary)
         dataset["confusion_matrix"] = matrices.sum(0).tolist()
         result: dict[str, Any] = {
             "dataset": dataset,

@@ -15,7 +15,7 @@ Headline values, each in two versions: over all classes, and with ``_no_backgrou
 ``1 .. C-1`` only (class 0 is the background by unetkit's convention):
 
 * ``pixel_accuracy``      = correct pixels / pixels (without background: of the pixels whose
-  truth is a foreground class, the fraction predicted as that class)
+  target is a foreground class, the fraction predicted as that class)
 * ``mean_pixel_accuracy`` = mean of the defined per-class ``recall``
 * ``mean_iou``, ``mean_dice`` = mean of the defined per-class values
 * ``fw_iou``              = frequency-weighted IoU, sum over classes of support / pixels x IoU
@@ -56,7 +56,7 @@ def headline_keys(binary: bool) -> tuple[str, ...]:
 def class_arrays(counts: np.ndarray) -> dict[str, np.ndarray]:
     """Per-class metrics of a stack of confusion matrices ``(..., C, C)`` as ``(..., C)`` arrays.
 
-    Undefined entries are NaN here (so stacks compute in one go); :func:`summarize` turns them
+    Undefined entries are NaN here (so stacks compute in one go); :func:`summarise` turns them
     into ``None``.
     """
     counts = np.asarray(counts, dtype=np.float64)
@@ -98,7 +98,7 @@ def headline_arrays(counts: np.ndarray, binary: bool = False) -> dict[str, np.nd
     return result
 
 
-def summarize(
+def summarise(
     matrix: torch.Tensor | np.ndarray,
     class_names: Sequence[str] | None = None,
     binary: bool = False,

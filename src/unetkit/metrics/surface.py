@@ -39,8 +39,8 @@ Empty masks (the rule every caller relies on; ``None`` is left out of means):
 * :func:`surface_distances` itself needs two non-empty masks and raises otherwise.
 
 Speed: the work is two distance transforms per pair of masks, shared by all three metrics
-(:func:`surface_scores`), over the bounding box of ``pred | truth`` plus a one-pixel background
-frame (:func:`crop_to_union`) rather than the whole image. The crop is exact, not an
+(:func:`surface_scores`), over the bounding box of ``prediction | target`` plus a one-pixel
+background frame (:func:`crop_to_union`) rather than the whole image. The crop is exact, not an
 approximation: every boundary and band pixel of both masks lies inside it, distances between them
 do not depend on where the window sits, and the frame supplies the outside neighbours that the
 boundary test looks at, exactly as the pixels beyond the crop (or the image border) would.
@@ -63,21 +63,21 @@ class SurfaceScores(NamedTuple):
     boundary_iou: float | None
 
 
-def crop_to_union(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cut to the bounding box of ``pred | truth``, framed by one background pixel.
+def crop_to_union(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the bounding box of ``prediction | target``, framed by a background pixel.
 
     Measurements that look only at mask pixels, their 4 or 8 neighbours and distances between mask
     pixels give the same result on the crop as on the full image (see the module docstring). Two
     empty masks have nothing to crop to and come back unchanged.
     """
-    pred, truth = _check_pair(pred, truth)
-    union = pred | truth
+    prediction, target = _check_pair(prediction, target)
+    union = prediction | target
     if not union.any():
-        return pred, truth
+        return prediction, target
     rows = np.flatnonzero(union.any(axis=1))
     cols = np.flatnonzero(union.any(axis=0))
     window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    return np.pad(pred[window], 1), np.pad(truth[window], 1)
+    return np.pad(prediction[window], 1), np.pad(target[window], 1)
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
@@ -93,39 +93,42 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
     return framed[1:-1, 1:-1] & ~interior
 
 
-def surface_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distances from each boundary pixel of ``pred`` to ``truth``'s boundary, and back (float64).
+def surface_distances(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from each boundary pixel of ``prediction`` to ``target``'s boundary, and back.
+
+    float64, one array per direction.
 
     Both masks must be non-empty (see the module docstring for the empty-mask rules).
     """
-    pred, truth = _check_pair(pred, truth)
-    for name, mask in (("prediction", pred), ("truth", truth)):
+    prediction, target = _check_pair(prediction, target)
+    for name, mask in (("prediction", prediction), ("target", target)):
         if not mask.any():
             raise ValueError(
                 f"surface_distances needs two non-empty masks; the {name} is empty (use "
                 f"hausdorff_distance or average_symmetric_surface_distance, which handle it)"
             )
-    pred_outline, truth_outline = (_Outline(mask) for mask in crop_to_union(pred, truth))
-    return truth_outline.distances_to(pred_outline.boundary), pred_outline.distances_to(
-        truth_outline.boundary
+    prediction_outline, target_outline = (
+        _Outline(mask) for mask in crop_to_union(prediction, target)
     )
+    forward = target_outline.distances_to(prediction_outline.boundary)
+    return forward, prediction_outline.distances_to(target_outline.boundary)
 
 
 def hausdorff_distance(
-    pred: np.ndarray, truth: np.ndarray, percentile: float = 95.0
+    prediction: np.ndarray, target: np.ndarray, percentile: float = 95.0
 ) -> float | None:
     """The larger of the two directed ``percentile``-th surface distances (100: classic HD)."""
-    return surface_scores(pred, truth, width=1, percentile=percentile).hausdorff
+    return surface_scores(prediction, target, width=1, percentile=percentile).hausdorff
 
 
-def average_symmetric_surface_distance(pred: np.ndarray, truth: np.ndarray) -> float | None:
+def average_symmetric_surface_distance(prediction: np.ndarray, target: np.ndarray) -> float | None:
     """Mean distance over the boundary pixels of both masks to the other mask's boundary."""
-    return surface_scores(pred, truth, width=1).assd
+    return surface_scores(prediction, target, width=1).assd
 
 
-def boundary_iou(pred: np.ndarray, truth: np.ndarray, width: int) -> float | None:
+def boundary_iou(prediction: np.ndarray, target: np.ndarray, width: int) -> float | None:
     """IoU of the masks' ``width``-pixel inner bands along their outlines (Cheng et al. 2021)."""
-    return surface_scores(pred, truth, width=width).boundary_iou
+    return surface_scores(prediction, target, width=width).boundary_iou
 
 
 def default_boundary_width(height: int, width: int) -> int:
@@ -136,34 +139,37 @@ def default_boundary_width(height: int, width: int) -> int:
 
 
 def surface_scores(
-    pred: np.ndarray, truth: np.ndarray, width: int, percentile: float = 95.0
+    prediction: np.ndarray, target: np.ndarray, width: int, percentile: float = 95.0
 ) -> SurfaceScores:
     """Hausdorff (at ``percentile``), ASSD and Boundary IoU (at ``width``) from one computation.
 
     The single-metric functions are shortcuts into this; callers wanting several metrics of the
     same pair (per-image evaluation) save the repeated distance transforms.
     """
-    pred, truth = _check_pair(pred, truth)
+    prediction, target = _check_pair(prediction, target)
     _check_width(width)
     _check_percentile(percentile)
-    pred_empty, truth_empty = not pred.any(), not truth.any()
-    if pred_empty and truth_empty:
+    prediction_empty, target_empty = not prediction.any(), not target.any()
+    if prediction_empty and target_empty:
         return SurfaceScores(None, None, None)
-    if pred_empty or truth_empty:
-        worst = math.hypot(*pred.shape)
+    if prediction_empty or target_empty:
+        worst = math.hypot(*prediction.shape)
         return SurfaceScores(worst, worst, 0.0)
-    pred_outline, truth_outline = (_Outline(mask) for mask in crop_to_union(pred, truth))
-    pred_to_truth = truth_outline.distances_to(pred_outline.boundary)
-    truth_to_pred = pred_outline.distances_to(truth_outline.boundary)
-    pred_band, truth_band = pred_outline.band(width), truth_outline.band(width)
+    prediction_outline, target_outline = (
+        _Outline(mask) for mask in crop_to_union(prediction, target)
+    )
+    prediction_to_target = target_outline.distances_to(prediction_outline.boundary)
+    target_to_prediction = prediction_outline.distances_to(target_outline.boundary)
+    prediction_band, target_band = prediction_outline.band(width), target_outline.band(width)
     return SurfaceScores(
         hausdorff=max(
-            float(np.percentile(pred_to_truth, percentile)),
-            float(np.percentile(truth_to_pred, percentile)),
+            float(np.percentile(prediction_to_target, percentile)),
+            float(np.percentile(target_to_prediction, percentile)),
         ),
-        assd=float(pred_to_truth.sum() + truth_to_pred.sum())
-        / (pred_to_truth.size + truth_to_pred.size),
-        boundary_iou=int((pred_band & truth_band).sum()) / int((pred_band | truth_band).sum()),
+        assd=float(prediction_to_target.sum() + target_to_prediction.sum())
+        / (prediction_to_target.size + target_to_prediction.size),
+        boundary_iou=int((prediction_band & target_band).sum())
+        / int((prediction_band | target_band).sum()),
     )
 
 
@@ -193,14 +199,14 @@ class _Outline:
         return (rows - nearest_rows) ** 2 + (cols - nearest_cols) ** 2
 
 
-def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred, truth = _check_mask(pred, "prediction"), _check_mask(truth, "truth")
-    if pred.shape != truth.shape:
+def _check_pair(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    prediction, target = _check_mask(prediction, "prediction"), _check_mask(target, "target")
+    if prediction.shape != target.shape:
         raise ValueError(
-            f"prediction mask shape {pred.shape} differs from truth mask shape {truth.shape}; "
-            f"resize the prediction to the ground truth first"
+            f"prediction mask shape {prediction.shape} differs from target mask shape "
+            f"{target.shape}; resize the prediction to the target first"
         )
-    return pred, truth
+    return prediction, target
 
 
 def _check_mask(mask: np.ndarray, name: str) -> np.ndarray:

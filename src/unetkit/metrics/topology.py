@@ -3,7 +3,7 @@
 On thin structures Dice is dominated by the many pixels of thick segments, so a broken or missed
 thin branch costs almost nothing. clDice compares skeletons with masks instead:
 
-* ``Tprec = |S(P) & G| / |S(P)|``: the fraction of the predicted skeleton inside the truth;
+* ``Tprec = |S(P) & G| / |S(P)|``: the fraction of the predicted skeleton inside the target;
 * ``Tsens = |S(G) & P| / |S(G)|``: the fraction of the true skeleton covered by the prediction;
 * ``clDice = 2 Tprec Tsens / (Tprec + Tsens)``,
 
@@ -28,16 +28,16 @@ from skimage.morphology import skeletonize
 from unetkit.metrics.surface import crop_to_union
 
 
-def cl_dice(pred: np.ndarray, truth: np.ndarray) -> float | None:
+def cl_dice(prediction: np.ndarray, target: np.ndarray) -> float | None:
     """Centreline Dice of two boolean (H, W) masks (see the module docstring for empty masks)."""
-    pred, truth = crop_to_union(pred, truth)
-    pred_empty, truth_empty = not pred.any(), not truth.any()
-    if pred_empty and truth_empty:
+    prediction, target = crop_to_union(prediction, target)
+    prediction_empty, target_empty = not prediction.any(), not target.any()
+    if prediction_empty and target_empty:
         return None
-    if pred_empty or truth_empty:
+    if prediction_empty or target_empty:
         return 0.0
-    precision = _fraction_inside(skeletonize(pred), truth)
-    sensitivity = _fraction_inside(skeletonize(truth), pred)
+    precision = _fraction_inside(skeletonize(prediction), target)
+    sensitivity = _fraction_inside(skeletonize(target), prediction)
     if precision + sensitivity == 0.0:
         return 0.0
     return 2.0 * precision * sensitivity / (precision + sensitivity)

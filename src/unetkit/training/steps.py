@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from unetkit.losses.deep_supervision import deep_supervision_loss
-from unetkit.metrics import ConfusionMatrix, summarize
+from unetkit.metrics import ConfusionMatrix, summarise
 from unetkit.models.deep_supervision import forward_options
 from unetkit.training.setup import RunParts
 from unetkit.training.signals import GracefulStop
@@ -152,7 +152,7 @@ def validate(parts: RunParts, model: Any) -> dict[str, Any]:
         confusion.update(parts.task.labels(logits), masks)
     total, count = parts.processes.sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     parts.processes.sum(confusion.state)
-    summary = summarize(confusion.matrix, parts.cfg.task.class_names, binary=parts.task.is_binary)
+    summary = summarise(confusion.matrix, parts.cfg.task.class_names, binary=parts.task.is_binary)
     row = {"val_loss": total / max(count, 1)}
     row.update({f"val_{k}": v for k, v in summary.items() if not isinstance(v, (list, dict))})
     return row

@@ -62,15 +62,15 @@ def test_sections_agree_with_the_pooled_summary_and_ignore_pixels():
     for seed in range(4):
         target, prediction = blobs(seed), blobs(seed + 10)
         target[:5] = IGNORE_INDEX
-        prediction[:5] = 2  # wrong everywhere the truth is ignored: must not count
+        prediction[:5] = 2  # wrong everywhere the target is ignored: must not count
         metrics.add(str(seed), one_hot_probs(prediction, 3), prediction, target)
         targets.append(target)
         predictions.append(prediction)
     result = metrics.result()
-    truth, guess = np.stack(targets), np.stack(predictions)
-    keep = truth != IGNORE_INDEX
+    all_targets, all_predictions = np.stack(targets), np.stack(predictions)
+    keep = all_targets != IGNORE_INDEX
     pooled = np.zeros((3, 3), dtype=np.int64)
-    np.add.at(pooled, (truth[keep], guess[keep]), 1)
+    np.add.at(pooled, (all_targets[keep], all_predictions[keep]), 1)
     expected = summarise(pooled, NAMES)
     assert result["dataset"]["mean_iou"] == pytest.approx(expected["mean_iou"])
     assert result["dataset"]["confusion_matrix"] == pooled.tolist()

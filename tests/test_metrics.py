@@ -82,7 +82,7 @@ def test_summary_is_json_ready_python_floats():
 def test_agrees_with_scikit_learn_on_random_data_with_ignore():
     torch.manual_seed(0)
     num_classes = 5
-    target = torch.randint(0, num_classes - 1, (3, 16, 16))  # class 4 never in the ground truth
+    target = torch.randint(0, num_classes - 1, (3, 16, 16))  # class 4 never in the target
     prediction = torch.randint(0, num_classes, (3, 16, 16))
     target[torch.rand(target.shape) < 0.15] = IGNORE_INDEX
     confusion = ConfusionMatrix(num_classes)
@@ -130,7 +130,7 @@ def test_class_never_seen_nor_predicted_is_none_and_left_out():
 
 
 def test_predicted_only_class_counts_zero_iou():
-    # ground truth all class 0; one pixel predicted as class 1
+    # target all class 0; one pixel predicted as class 1
     summary = summarise(np.array([[3, 1], [0, 0]]), ["bg", "fg"], binary=True)
     fg = summary["per_class"][1]
     assert fg["iou"] == 0.0 and fg["dice"] == 0.0 and fg["recall"] is None
@@ -255,7 +255,7 @@ def test_precision_and_specificity_agree_with_scikit_learn():
 
 
 def test_binary_summary_names_the_foreground():
-    # truth: 6 foreground, 4 background; prediction: 5 true positives, 2 false positives
+    # target: 6 foreground, 4 background; prediction: 5 true positives, 2 false positives
     summary = summarise(np.array([[2, 2], [1, 5]]), ["background", "vessel"], binary=True)
     assert summary["foreground_iou"] == pytest.approx(5 / 8)
     assert summary["foreground_dice"] == pytest.approx(10 / 13)
@@ -269,7 +269,7 @@ def test_stacked_headline_equals_one_matrix_at_a_time():
     rng = np.random.default_rng(4)
     stack = rng.integers(0, 20, (6, 3, 3))
     stack[2] = 0  # an all-ignore image: everything undefined
-    stack[3, 2, :] = stack[3, :, 2] = 0  # class 2 absent from truth and prediction
+    stack[3, 2, :] = stack[3, :, 2] = 0  # class 2 absent from target and prediction
     arrays = headline_arrays(stack)
     for i, counts in enumerate(stack):
         one = summarise(counts)

@@ -116,10 +116,10 @@ def test_quantised_scores_match_sklearn_exactly(bins):
     histogram = ScoreHistogram(3, bins=bins)
     histogram.update(probs, target)
     for c in range(3):
-        truth = (target == c).ravel()
+        is_positive = (target == c).ravel()
         scores = probs[:, c].ravel()
-        assert histogram.roc_auc(c) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
-        expected_ap = average_precision_score(truth, scores)
+        assert histogram.roc_auc(c) == pytest.approx(roc_auc_score(is_positive, scores), abs=1e-12)
+        expected_ap = average_precision_score(is_positive, scores)
         assert histogram.average_precision(c) == pytest.approx(expected_ap, abs=1e-12)
 
 
@@ -151,9 +151,9 @@ def test_unquantised_scores_close_to_sklearn_within_bin_ties():
     histogram.update(torch.from_numpy(probs), torch.from_numpy(target))
     auc_bound, ap_bound = within_bin_bounds(histogram, 1)
     assert 0 < auc_bound < 1e-3 and 0 < ap_bound < 0.02  # the bounds are informative
-    truth, scores = target.ravel() == 1, foreground.ravel()
-    assert abs(histogram.roc_auc(1) - roc_auc_score(truth, scores)) <= auc_bound + 1e-12
-    assert abs(histogram.average_precision(1) - average_precision_score(truth, scores)) <= (
+    is_positive, scores = target.ravel() == 1, foreground.ravel()
+    assert abs(histogram.roc_auc(1) - roc_auc_score(is_positive, scores)) <= auc_bound + 1e-12
+    assert abs(histogram.average_precision(1) - average_precision_score(is_positive, scores)) <= (
         ap_bound + 1e-12
     )
 

@@ -11,8 +11,8 @@ from unetkit.metrics.summary import summarise
 
 NAMES = ["background", "cell", "nucleus"]
 
-# Three images' confusion matrices (rows truth, columns prediction).
-IMAGE_A = [[4, 0, 0], [2, 2, 0], [0, 0, 0]]  # nucleus absent from truth and prediction
+# Three images' confusion matrices (rows target, columns prediction).
+IMAGE_A = [[4, 0, 0], [2, 2, 0], [0, 0, 0]]  # nucleus absent from target and prediction
 IMAGE_B = [[2, 2, 0], [0, 0, 0], [0, 0, 4]]  # cell predicted, never true: cell IoU 0
 IMAGE_C = [[0, 0, 0], [0, 0, 0], [0, 0, 0]]  # every pixel ignored
 

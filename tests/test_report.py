@@ -379,13 +379,13 @@ def test_error_map_matches_a_pixel_by_pixel_reference_on_random_masks():
     target = rng.choice([0, 1, 2, 3, 255], size=(23, 31)).astype(np.uint8)
     prediction = rng.integers(0, 4, size=(23, 31)).astype(np.uint8)
     reference = np.zeros((23, 31, 3), dtype=np.uint8)
-    for (row, col), truth in np.ndenumerate(target):
+    for (row, col), expected in np.ndenumerate(target):
         guess = prediction[row, col]
-        if truth == 255:
+        if expected == 255:
             reference[row, col] = IGNORE_COLOUR
-        elif truth == guess:
+        elif expected == guess:
             reference[row, col] = (0, 0, 0)
-        elif truth == 0:
+        elif expected == 0:
             reference[row, col] = FALSE_POSITIVE_COLOUR
         elif guess == 0:
             reference[row, col] = FALSE_NEGATIVE_COLOUR

@@ -1,7 +1,7 @@
 """Threshold-free metrics (ROC AUC, average precision) from probability histograms of bounded size.
 
 For every class ``c`` a :class:`ScoreHistogram` counts the probability ``p = probs[c]`` of the
-counted pixels in bin ``min(floor(p * bins), bins - 1)``, separately for pixels whose ground truth
+counted pixels in bin ``min(floor(p * bins), bins - 1)``, separately for pixels whose target
 is ``c`` (positives) and for all others (negatives): ``C x 2 x bins`` integers however large the
 split, which add up across images, batches and processes (all-reduce :attr:`~ScoreHistogram.state`).
 

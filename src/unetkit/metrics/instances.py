@@ -1,36 +1,36 @@
 """Instance metrics from connected components: COCO-style mask AP and panoptic quality.
 
 An instance is a connected component of one class ``c >= 1`` (the background has none), found
-separately in the prediction and in the ground truth of each image with 8-connectivity (pixels
+separately in the prediction and in the target of each image with 8-connectivity (pixels
 touching by an edge or a corner belong together, so thin diagonal structures stay whole). Where
 the dataset labels its objects one by one (``target_instances``, e.g. one mask file per nucleus),
-the ground-truth instances are those objects instead, so two touching nuclei are two objects to
+the target instances are those objects instead, so two touching nuclei are two objects to
 find rather than one component; predictions are still components of the predicted mask. Pixels
 whose target is 255 or whose ``valid`` is False are set to background in both first: they never
 form, join or enlarge an instance. Predicted components smaller than ``min_area`` pixels are
-dropped as speckle; ground-truth components are all kept, so a missed small object stays a miss.
+dropped as speckle; target components are all kept, so a missed small object stays a miss.
 A predicted component's score is the mean probability of its class over its pixels.
 
-Per image and class, the IoU of every (ground truth, prediction) pair comes from one ``bincount``
+Per image and class, the IoU of every (target, prediction) pair comes from one ``bincount``
 of label pairs. The accumulator then keeps per-component numbers only (scores, matches, counts),
 never masks, so memory grows with the number of components, not of pixels.
 
 AP follows COCO's ``segm`` evaluation. For each IoU threshold, within each image, predictions in
-descending score order each take the unmatched ground-truth component of highest IoU >= the
+descending score order each take the unmatched target component of highest IoU >= the
 threshold (the lowest label among equals). Pooled over the split, predictions are ranked by score
 (stable: ties keep image order, then label order), precision is made non-increasing in recall and
 read at COCO's 101 recall points ``linspace(0, 1, 101)`` (0 where recall never gets there); AP is
 their mean. ``ap`` averages the thresholds; ``map`` averages ``ap`` over the classes with at least
-one ground-truth instance in the split; ``map_50`` / ``map_75`` do the same at IoU 0.5 / 0.75.
+one target instance in the split; ``map_50`` / ``map_75`` do the same at IoU 0.5 / 0.75.
 
 PQ follows Kirillov et al. (2019): components match when their IoU exceeds 0.5 (such a match is
 unique). Pooled over the split, per class: ``PQ = sum IoU(TP) / (TP + FP/2 + FN/2)``,
 ``SQ = sum IoU(TP) / TP``, ``RQ = TP / (TP + FP/2 + FN/2)``.
 
-Undefined values are ``None``: ``ap`` of a class without a ground-truth instance (there is nothing
+Undefined values are ``None``: ``ap`` of a class without a target instance (there is nothing
 to find; its false positives still lower its PQ); ``pq`` and ``rq`` of a class with
 ``TP + FP + FN = 0``; ``sq`` of a class with ``TP = 0`` (panopticapi counts it as 0). Headlines
-average the defined per-class values, so ``map`` spans the classes with ground truth, ``pq`` and
+average the defined per-class values, so ``map`` spans the classes with target instances, ``pq`` and
 ``rq`` those with ``TP + FP + FN > 0``, ``sq`` those with ``TP > 0``; ``None`` when none is defined.
 """
 
@@ -78,7 +78,7 @@ class InstanceAccumulator:
         self.num_predicted_instances = np.zeros(num_classes, dtype=np.int64)
         self.true_positives = np.zeros(num_classes, dtype=np.int64)
         self.true_positive_iou = np.zeros(num_classes, dtype=np.float64)
-        self.given_instances = False  # ground truth from labelled objects, not components
+        self.given_instances = False  # target instances from labelled objects, not components
 
     def update(
         self,
@@ -89,7 +89,7 @@ class InstanceAccumulator:
         target_instances: np.ndarray | None = None,
     ) -> dict[str, float | None]:
         """Add one image: ``probs`` (C, H, W), ``prediction`` and ``target`` (H, W) class ids, and
-        where known the ground truth's object ids ``target_instances`` (H, W, 0 = none).
+        where known the target's object ids ``target_instances`` (H, W, 0 = none).
 
         Returns the image's ``{"pq": ...}``: the mean over classes with ``TP + FP + FN > 0`` of
         the image's own PQ, ``None`` if the image has no instance at all.
@@ -119,7 +119,7 @@ class InstanceAccumulator:
         return {"pq": mean_defined(image_pq)}
 
     def average_precisions(self, c: int) -> np.ndarray | None:
-        """Class ``c``'s AP at each IoU threshold; ``None`` without a ground-truth instance."""
+        """Class ``c``'s AP at each IoU threshold; ``None`` without a target instance."""
         if self.num_target_instances[c] == 0:
             return None
         scores = np.concatenate([np.zeros(0), *self._scores[c]])
@@ -183,7 +183,7 @@ class InstanceAccumulator:
         prob: np.ndarray,
         target_objects: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """IoU (ground truth x kept prediction) and the kept predictions' scores, for one class;
+        """IoU (target x kept prediction) and the kept predictions' scores, for one class;
         the target's instances are ``target_objects``' ids where given, else its components."""
         if target_objects is None:
             target_labels, num_targets = ndimage.label(target_mask, structure=_NEIGHBOURS)
@@ -232,7 +232,7 @@ class InstanceAccumulator:
 
 
 def _greedy_matches(iou: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Whether each prediction (in label order) matches a ground truth, at each threshold.
+    """Whether each prediction (in label order) matches a target instance, at each threshold.
 
     Two components of one mask cannot both overlap a third by IoU >= 0.5, so at COCO's thresholds
     every candidate pair is uncontested; the greedy walk in score order settles lower thresholds.
@@ -253,7 +253,7 @@ def _greedy_matches(iou: np.ndarray, scores: np.ndarray, thresholds: np.ndarray)
 
 
 def _panoptic_denominator(num_targets: int, num_predictions: int) -> float:
-    """``TP + FP/2 + FN/2``, which is ``(ground truths + predictions) / 2`` whatever TP is."""
+    """``TP + FP/2 + FN/2``, which is ``(targets + predictions) / 2`` whatever TP is."""
     return (num_targets + num_predictions) / 2
 
 

@@ -6,7 +6,7 @@ image". Both are reported, under those two names.
 
 Rules for undefined values, the same as for pooled metrics:
 
-* within an image, a class absent from both its ground truth and its prediction has no IoU or Dice
+* within an image, a class absent from both its target and its prediction has no IoU or Dice
   for that image and is left out of that image's means (never counted as 1 or 0);
 * an image on which a metric is undefined (e.g. ``foreground_iou`` of an image with neither
   foreground nor a prediction of it, or an image whose pixels are all ignored) is left out of that

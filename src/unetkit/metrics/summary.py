@@ -1,8 +1,8 @@
 """Pixel metrics from confusion matrices, and a readable table of them.
 
 Every pixel metric unetkit reports is computed here, from the counts of a
-:class:`~unetkit.metrics.confusion.ConfusionMatrix` (rows = ground truth, columns = prediction).
-For class ``c`` with ``tp`` = matrix[c, c], ``support`` = row sum (ground-truth pixels),
+:class:`~unetkit.metrics.confusion.ConfusionMatrix` (rows = target, columns = prediction).
+For class ``c`` with ``tp`` = matrix[c, c], ``support`` = row sum (target pixels),
 ``predicted`` = column sum and ``total`` = all counted pixels:
 
 * ``iou``         = tp / (support + predicted - tp)
@@ -24,9 +24,9 @@ Binary tasks add ``foreground_iou``, ``foreground_dice``, ``foreground_precision
 ``foreground_recall`` and ``foreground_specificity`` (class 1).
 
 Undefined values are ``None`` (JSON null), never guessed: a ratio whose denominator is 0 is
-undefined. So a class absent from both ground truth and prediction has no IoU or Dice, and it is
+undefined. So a class absent from both target and prediction has no IoU or Dice, and it is
 left out of every mean: counting it as 1 would reward, and as 0 punish, a class that was never
-tested. A class absent from the ground truth but predicted has IoU = Dice = 0 (its pixels are all
+tested. A class absent from the target but predicted has IoU = Dice = 0 (its pixels are all
 false positives) and recall ``None``. With no counted pixel at all every value is ``None``.
 
 The same rules give per-image metrics (one confusion matrix per image) and dataset metrics (one

@@ -12,8 +12,9 @@ Glossary (one word per idea, the same in code, config, CLI and docs):
 
 * ``num_classes``: the classes of the task, background included (2 = binary);
   ``out_channels``: the logit channels of a model head (1 for binary, else ``num_classes``).
-* **binary** vs **multiclass**: ``num_classes == 2`` (one sigmoid channel, ``task.threshold``)
-  vs more (softmax over ``num_classes`` channels). **foreground**: every class id ``>= 1``.
+* **binary** vs **multi-class** (``"multiclass"`` in JSON): ``num_classes == 2`` (one sigmoid
+  channel, cut at ``task.threshold``) vs more (a softmax over ``num_classes`` channels).
+  **foreground**: every class id ``>= 1``; class 0 is the background.
 * **target**: the ground-truth mask of class ids (``IGNORE_INDEX`` where unlabelled).
   **prediction**: predicted class ids, the same shape. **logits**: the raw head outputs
   ``(N, out_channels, H, W)``; **probs**: :meth:`Task.probabilities`, ``(N, num_classes, H, W)``.

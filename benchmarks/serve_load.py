@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 
 from unetkit.checkpoint import Preprocessing, model_metadata, save_checkpoint
+from unetkit.data.datasets.synthetic import SyntheticSource
 from unetkit.data.preprocess import default_mean_std
-from unetkit.data.synthetic import SyntheticSource
 from unetkit.models import build_model
 from unetkit.tasks import Task
 

@@ -345,7 +345,7 @@ def test_bad_data_root_is_a_clear_error(tmp_path, capsys):
 
 def _write_binary_folder(root, count=12, size=(36, 44)):
     """A folder dataset with binary 0/255 masks, made from the synthetic generator."""
-    from unetkit.data.synthetic import SyntheticSource
+    from unetkit.data.datasets.synthetic import SyntheticSource
 
     source = SyntheticSource(count, size=size, num_classes=2, seed=3)
     (root / "images").mkdir(parents=True)

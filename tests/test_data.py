@@ -9,6 +9,7 @@ import pytest
 
 from unetkit.config import Config
 from unetkit.data.contents import resolve_class_names
+from unetkit.data.datasets.synthetic import SyntheticSource, synthetic_class_names
 from unetkit.data.registry import build_splits, list_datasets
 from unetkit.data.sources import DataError
 from unetkit.data.splits import (
@@ -20,7 +21,6 @@ from unetkit.data.splits import (
     split_from_list_files,
     validate_split_record,
 )
-from unetkit.data.synthetic import SyntheticSource, synthetic_class_names
 
 # --- synthetic --------------------------------------------------------------------------------
 

@@ -9,14 +9,10 @@ import pytest
 from PIL import Image
 
 from unetkit.config import Config
-from unetkit.data.builders import folder_contents
-from unetkit.data.folder import (
-    MaskEncoding,
-    pair_by_stem,
-    read_image,
-    read_mask,
-    read_raw_mask,
-)
+from unetkit.data.datasets.common import folder_contents
+from unetkit.data.datasets.paired_files import pair_by_stem
+from unetkit.data.image_files import read_image
+from unetkit.data.mask_files import MaskEncoding, read_mask, read_raw_mask
 from unetkit.data.registry import build_splits
 from unetkit.data.sources import DataError
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from unetkit.config import Config
 from unetkit.data.dataset import SegmentationDataset, build_datasets
+from unetkit.data.datasets.synthetic import SyntheticSource
 from unetkit.data.preprocess import (
     default_mean_std,
     resize_image,
@@ -20,7 +21,6 @@ from unetkit.data.preprocess import (
 )
 from unetkit.data.registry import build_splits
 from unetkit.data.sources import DataError
-from unetkit.data.synthetic import SyntheticSource
 from unetkit.data.transforms import AUGMENT_LEVELS, build_eval_transform, build_train_transform
 
 

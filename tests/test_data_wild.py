@@ -20,9 +20,9 @@ from PIL import Image
 
 from unetkit.cli.main import main
 from unetkit.config import Config
-from unetkit.data.builders import build_folder
-from unetkit.data.folder import MaskEncoding, read_image, read_mask, read_stored_mask
-from unetkit.data.image_files import header_size
+from unetkit.data.datasets.folder import build_folder
+from unetkit.data.image_files import header_size, read_image
+from unetkit.data.mask_files import MaskEncoding, read_mask, read_stored_mask
 from unetkit.data.registry import build_splits
 from unetkit.data.sources import DataError, UnreadableFileError
 from unetkit.inference.image_input import as_image_array

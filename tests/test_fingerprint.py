@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from unetkit.data.datasets.synthetic import SyntheticSource
 from unetkit.data.sources import SampleSource
-from unetkit.data.synthetic import SyntheticSource
 from unetkit.planning.fingerprint import (
     ClassProfile,
     DatasetFingerprint,

@@ -12,10 +12,10 @@ from dataset_helpers import save_image as _save
 
 import unetkit.data.registry as registry
 from unetkit.config import Config
+from unetkit.data.datasets.synthetic import SyntheticSource
 from unetkit.data.registry import DatasetSplits, build_splits
 from unetkit.data.sources import DataError
 from unetkit.data.splits import load_split_record, save_split_record
-from unetkit.data.synthetic import SyntheticSource
 from unetkit.data.tiles import (
     TiledSource,
     expand_split,

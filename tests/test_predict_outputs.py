@@ -13,7 +13,7 @@ from model_helpers import checkpoint_payload, preprocessing, save_rgb, tiny_mode
 from PIL import Image
 
 from unetkit.checkpoint import save_checkpoint
-from unetkit.data.folder import read_image
+from unetkit.data.image_files import read_image
 from unetkit.inference.predict import output_paths, predict_files
 from unetkit.inference.segmenter import Segmenter
 from unetkit.palette import class_palette

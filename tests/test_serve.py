@@ -33,7 +33,7 @@ from model_helpers import rgb
 from PIL import Image
 from test_inference import assert_same_labels, write_checkpoint
 
-from unetkit.data.folder import read_image
+from unetkit.data.image_files import read_image
 from unetkit.inference.segmenter import Segmenter
 from unetkit.palette import class_palette
 from unetkit.serve import build_server, create_app

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from unetkit.config import TaskConfig
+from unetkit.config import Config, TaskConfig
 from unetkit.data.sources import DataError, DataProblem, SampleSource
 
 
@@ -72,3 +72,7 @@ def resolve_class_names(
             f"num_classes must be at least 2 (background + one class); got {num_classes}"
         )
     return list(task.class_names or dataset_names or default_names(num_classes))
+
+
+DatasetBuilder = Callable[[Config], "DatasetContents"]
+"""What a dataset module registers under its name: ``Config -> DatasetContents``."""

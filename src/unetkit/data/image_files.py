@@ -11,6 +11,11 @@ evaluation, ``predict`` and ``serve`` agree on what a user's folder can throw at
   limit, about 89 million) is refused before any pixel is decoded, naming the file and the limit.
 * Failure: an empty file, a truncated one, or bytes no decoder understands raise
   :class:`UnreadableFileError` naming the file; PIL's own exceptions never escape.
+
+:func:`read_image` gives an image's pixels in canonical form: RGB (or L for ``in_channels == 1``);
+palette, RGBA and CMYK images are converted, 16-bit and float images are stretched to 0..255 by
+their own range (their useful range varies with the sensor), and multi-frame files give their first
+frame. Masks are read by :mod:`unetkit.data.mask_files`, through the same opener.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from unetkit.data.sources import UnreadableFileError
+from unetkit.data.sources import DataError, UnreadableFileError
 
 ImageSource = str | Path | BinaryIO
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"})
+HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 # What PIL's decoders raise on malformed bytes. OSError is the documented one; the others come out
 # of individual plugins on corrupt headers (found by tests/test_data_wild.py's generated files).
@@ -64,6 +73,35 @@ def open_image(source: ImageSource) -> Image.Image:
         turned.format = image.format  # a turned copy has none; lossy_masks asks for JPEG
         image.close()
     return turned
+
+
+def read_image(path: ImageSource, in_channels: int = 3, *, allow_colour: bool = True) -> np.ndarray:
+    """The image at ``path`` as ``H x W x in_channels`` uint8.
+
+    With ``in_channels == 1`` colour images are converted to luminance, unless ``allow_colour`` is
+    False: then an image whose channels differ raises :class:`DataError`, because feeding colour
+    data to a one-channel model is usually a configuration mistake.
+    """
+    if in_channels not in (1, 3):
+        raise DataError(f"in_channels must be 1 (grey) or 3 (RGB); got {in_channels}")
+    with open_image(path) as image:
+        if image.mode in HIGH_BIT_DEPTH_MODES:
+            grey = _stretch_to_uint8(np.asarray(image))
+            array = grey[..., None] if in_channels == 1 else np.repeat(grey[..., None], 3, 2)
+            return np.ascontiguousarray(array)
+        try:
+            rgb = np.asarray(_to_rgb(image))
+        except DECODE_ERRORS as error:  # a mode PIL decodes but cannot convert (LAB TIFFs ...)
+            raise unreadable(path, error) from error
+    if in_channels == 3:
+        return rgb
+    if not allow_colour and is_colour(rgb):
+        raise DataError(
+            f"{path}: colour image but in_channels=1",
+            fix="set data.in_channels=3, or convert the images to greyscale first",
+        )
+    grey = Image.fromarray(rgb, mode="RGB").convert("L")
+    return np.asarray(grey)[..., None]
 
 
 def header_size(source: ImageSource) -> tuple[int, int]:
@@ -142,3 +180,22 @@ def _is_empty(source: ImageSource) -> bool:
         with source.getbuffer() as view:
             return view.nbytes == 0
     return False
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def is_colour(rgb: np.ndarray) -> bool:
+    """Whether the ``H x W x 3`` pixels ``rgb`` hold a pixel whose channels differ."""
+    return bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 0] != rgb[..., 2]))

@@ -11,7 +11,7 @@ quarter of the pixels of a 24 x 32 mask at quality 75, 2 % of a 256 x 256 one). 
 * Anything else cannot be told from noise and is refused with the fix "save masks as PNG": class
   ids 1, 2, 3 all lie within JPEG noise of black, and several grey levels blur into each other.
 
-A snapped JPEG mask is only used in a binary dataset: :func:`unetkit.data.folder.read_mask`
+A snapped JPEG mask is only used in a binary dataset: :func:`unetkit.data.mask_files.read_mask`
 refuses one with white pixels otherwise, because white (255) would mean *ignore* there.
 """
 

@@ -1,7 +1,7 @@
 """Settling how a dataset's masks are encoded, from one look at every mask.
 
-The rules are in :mod:`unetkit.data.folder`; this module applies them. A dataset is read as binary
-(1, 255 and 65535 all foreground) when every mask holds 0 and at most one of 1, 255 or 65535,
+The rules are in :mod:`unetkit.data.mask_files`; this module applies them. A dataset is read as
+binary (1, 255 and 65535 all foreground) when every mask holds 0 and at most one of 1, 255 or 65535,
 judged per mask, so 0/1 and 0/255 masks, and 8- and 16-bit ones, may be mixed in one folder.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unetkit.data._progress import tqdm_disable
-from unetkit.data.folder import FULL_SCALE_WHITE, MaskEncoding, read_stored_mask
+from unetkit.data.mask_files import FULL_SCALE_WHITE, MaskEncoding, read_stored_mask
 from unetkit.data.sources import DataError, DataProblem
 from unetkit.tasks import IGNORE_INDEX
 

@@ -1,8 +1,9 @@
 """Datasets by name, and the one entry point that turns a config into train/val/test sources.
 
-``DATASETS`` is a plain dict from ``data.dataset`` to a builder ``Config -> DatasetContents``;
-adding a dataset is adding an entry. :func:`build_splits` picks the split (a saved record, list
-files, the dataset's official lists, or seeded ratios, in that order) and applies it.
+``DATASETS`` (built in :mod:`unetkit.data.datasets`, one table per dataset module) maps
+``data.dataset`` to a builder ``Config -> DatasetContents``. :func:`build_splits` picks the split
+(a saved record, list files, the dataset's official lists, or seeded ratios, in that order) and
+applies it.
 
 ``data.tile_size`` works for every dataset: when the builder did not tile the samples itself
 (CCAgT and DRIVE do, their own way), :func:`build_splits` draws the split over the whole-image
@@ -12,13 +13,12 @@ stays whole images (see :mod:`unetkit.data.tiles`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from unetkit.config import Config, DataConfig
-from unetkit.data.builders import build_folder, build_synthetic
 from unetkit.data.contents import DatasetContents
+from unetkit.data.datasets import DATASETS
 from unetkit.data.sources import DataError, DataProblem, SampleSource
 from unetkit.data.splits import (
     SplitRecord,
@@ -30,12 +30,7 @@ from unetkit.data.splits import (
 )
 from unetkit.data.tiles import TiledSource, expand_split, tile_every_image
 
-DatasetBuilder = Callable[[Config], DatasetContents]
-
-DATASETS: dict[str, DatasetBuilder] = {
-    "synthetic": build_synthetic,
-    "folder": build_folder,
-}
+__all__ = ["DATASETS", "DatasetSplits", "build_contents", "build_splits", "list_datasets"]
 
 
 @dataclass
@@ -159,8 +154,3 @@ def _find_list(path: str | None, root: str | None) -> Path | None:
     if not given.is_file() and root and (Path(root) / given).is_file():
         return Path(root) / given
     return given
-
-
-# The built-in datasets register themselves into DATASETS when their package is imported; the
-# import sits here, after DATASETS exists, so either module can be imported first.
-import unetkit.data.datasets  # noqa: E402, F401

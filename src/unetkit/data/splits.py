@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.folder import IMAGE_EXTENSIONS
+from unetkit.data.image_files import IMAGE_EXTENSIONS
 from unetkit.data.sources import DataError, SampleSource
 from unetkit.data.text_files import read_text
 

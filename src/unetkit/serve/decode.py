@@ -1,6 +1,6 @@
 """An uploaded file becomes the array the model reads, exactly as ``unetkit predict`` reads files.
 
-Decoding goes through :func:`unetkit.data.folder.read_image`, so the service answers what
+Decoding goes through :func:`unetkit.data.image_files.read_image`, so the service answers what
 ``unetkit predict`` writes for the same file: palette, CMYK and alpha images become RGB (alpha
 dropped), 16-bit and float images are stretched to 0..255, multi-frame files give their first
 frame, and a one-channel model sees luminance.
@@ -25,8 +25,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from unetkit.data.folder import read_image
-from unetkit.data.image_files import open_lazily
+from unetkit.data.image_files import open_lazily, read_image
 from unetkit.data.sources import DataError, UnreadableFileError
 
 ACCEPTED_CHANNELS = range(1, 5)

@@ -18,11 +18,10 @@ folders in the release. The list files of the release (``train.txt`` ...) are no
 from __future__ import annotations
 
 from unetkit.config import Config
-from unetkit.data.builders import require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.folder import FolderSource, MaskEncoding
-from unetkit.data.folder_layouts import pair_split_folders
-from unetkit.data.registry import DATASETS
+from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.paired_files import FolderSource, pair_split_folders
+from unetkit.data.mask_files import MaskEncoding
 from unetkit.data.sources import DataError
 from unetkit.tasks import IGNORE_INDEX
 
@@ -77,4 +76,4 @@ def build_camvid(cfg: Config) -> DatasetContents:
     return DatasetContents(source, names, scan.problems, predefined_split=split)
 
 
-DATASETS[NAME] = build_camvid
+DATASETS = {NAME: build_camvid}

@@ -28,19 +28,14 @@ import json
 from pathlib import Path
 
 from unetkit.config import Config
-from unetkit.data.builders import require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.folder import (
-    IMAGE_EXTENSIONS,
-    FolderScan,
-    FolderSource,
-    MaskEncoding,
-    match_stems,
-)
-from unetkit.data.registry import DATASETS
+from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.paired_files import FolderScan, FolderSource, match_stems
+from unetkit.data.image_files import IMAGE_EXTENSIONS, header_size
+from unetkit.data.mask_files import MaskEncoding
 from unetkit.data.sources import DataError, DataProblem
 from unetkit.data.splits import split_by_ratios
-from unetkit.data.tiles import TiledSource, header_size
+from unetkit.data.tiles import TiledSource
 
 NAME = "ccagt"
 LAYOUT = (
@@ -182,4 +177,4 @@ def _files_by_stem(
     return found
 
 
-DATASETS[NAME] = build_ccagt
+DATASETS = {NAME: build_ccagt}

@@ -45,13 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.config import Config
-from unetkit.data.builders import require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.folder import list_image_files, read_image, read_raw_mask
-from unetkit.data.registry import DATASETS
+from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.paired_files import list_image_files
+from unetkit.data.image_files import header_size, read_image
+from unetkit.data.mask_files import read_raw_mask
 from unetkit.data.sources import DataError, DataProblem, SampleSource
 from unetkit.data.splits import SplitRecord, split_by_ratios, split_from_name_lists
-from unetkit.data.tiles import TiledSource, header_size, tile_grid, tile_name
+from unetkit.data.tiles import TiledSource, tile_grid, tile_name
 from unetkit.tasks import IGNORE_INDEX
 
 NAME = "drive"
@@ -263,4 +264,4 @@ def fov_tile_names(sample: DriveSample, size: tuple[int, int], tile_size: int) -
     ]
 
 
-DATASETS[NAME] = build_drive
+DATASETS = {NAME: build_drive}

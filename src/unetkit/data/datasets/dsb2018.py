@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.config import Config
-from unetkit.data.builders import require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.folder import list_image_files, read_image, read_raw_mask
-from unetkit.data.registry import DATASETS
+from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.paired_files import list_image_files
+from unetkit.data.image_files import header_size, read_image
+from unetkit.data.mask_files import read_raw_mask
 from unetkit.data.sources import DataError, SampleSource
-from unetkit.data.tiles import header_size
 
 NAME = "dsb2018"
 TRAIN_FOLDER = "stage1_train"
@@ -188,4 +188,4 @@ class NucleiSource(SampleSource):
         return NucleiSource([self.samples[p] for p in positions], self.in_channels)
 
 
-DATASETS[NAME] = build_dsb2018
+DATASETS = {NAME: build_dsb2018}

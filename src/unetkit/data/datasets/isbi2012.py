@@ -26,11 +26,10 @@ import numpy as np
 from PIL import ImageSequence
 
 from unetkit.config import Config
-from unetkit.data.builders import folder_contents, require_root
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.folder import MaskEncoding
+from unetkit.data.datasets.common import folder_contents, require_root
 from unetkit.data.image_files import DECODE_ERRORS, open_lazily, unreadable
-from unetkit.data.registry import DATASETS
+from unetkit.data.mask_files import MaskEncoding
 from unetkit.data.sources import DataError, SampleSource
 
 NAME = "isbi2012"
@@ -164,4 +163,4 @@ class TiffStackSource(SampleSource):
         return TiffStackSource(self.volume, self.labels, self.in_channels, self.encoding, pages)
 
 
-DATASETS[NAME] = build_isbi2012
+DATASETS = {NAME: build_isbi2012}

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetkit.config import Config
-from unetkit.data.builders import folder_contents, require_root
 from unetkit.data.contents import DatasetContents
-from unetkit.data.registry import DATASETS
+from unetkit.data.datasets.common import folder_contents, require_root
 from unetkit.data.sources import DataError
 from unetkit.data.splits import read_name_list, split_from_name_lists
 
@@ -112,4 +111,4 @@ def _official_list(path: Path, available: list[str]) -> list[str]:
     return names
 
 
-DATASETS[NAME] = build_oxford_pet
+DATASETS = {NAME: build_oxford_pet}

@@ -1,16 +1,9 @@
-"""Dataset builders: ``Config -> DatasetContents`` for the built-in layouts (synthetic, folder).
+"""What the dataset modules share: the root check, the mode check, and contents from paired files.
 
 :func:`folder_contents` is the reusable part: any dataset stored as a folder of images and a folder
 of masks paired by name (ISBI 2012, CCAgT, Oxford-IIIT Pet trimaps ...) is built with it, passing
 its own folders, mask suffix, value map and class names; :func:`scan_contents` does the same for
 pairs found another way (several split folders, for instance).
-
-The ``folder`` dataset reads the layouts of :mod:`unetkit.data.folder_layouts` (``images/`` +
-``masks/``, with or without split sub-folders, and MMSegmentation's ``img_dir/`` + ``ann_dir/``).
-With split sub-folders the split is official: a missing ``val/`` is drawn from train by
-``data.split_ratios`` (val share of train + val), and so is a missing ``test/`` (test share of
-train + test). ``data.colour_map`` reads RGB colour masks (see :mod:`unetkit.data.colour_map`);
-its names are the class names.
 """
 
 from __future__ import annotations
@@ -18,97 +11,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from unetkit.config import Config, DataConfig
-from unetkit.data.colour_map import ColourMap, read_colour_map
+from unetkit.config import Config
+from unetkit.data.colour_map import ColourMap
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.folder import (
+from unetkit.data.datasets.paired_files import (
     FolderScan,
     FolderSource,
-    MaskEncoding,
     list_image_files,
     pair_by_stem,
-    read_class_names,
 )
-from unetkit.data.folder_layouts import (
-    FOLDER_LAYOUT,
-    detect_folder_layout,
-    guess_mask_suffix,
-    pair_split_folders,
-)
+from unetkit.data.mask_files import MaskEncoding
 from unetkit.data.mask_scan import (
     MaskValueScan,
     infer_mask_encoding,
     num_classes_from_values,
     scan_mask_values,
 )
-from unetkit.data.preprocess import image_size
 from unetkit.data.sources import DataError
-from unetkit.data.splits import split_from_name_lists
-from unetkit.data.synthetic import DEFAULT_NUM_CLASSES, SyntheticSource, synthetic_class_names
+from unetkit.data.text_files import read_text
 
-
-def build_synthetic(cfg: Config) -> DatasetContents:
-    """The procedural demo dataset at the model's input size (default 4 classes)."""
-    task = cfg.task
-    num_classes = task.num_classes or (len(task.class_names) if task.class_names else None)
-    source = SyntheticSource(
-        count=cfg.data.synthetic_count,
-        size=image_size(cfg.data.img_size),
-        num_classes=num_classes or DEFAULT_NUM_CLASSES,
-        seed=cfg.data.synthetic_seed,
-        in_channels=cfg.data.in_channels,
-    )
-    class_names = resolve_class_names(
-        task, detected_num_classes=source.num_classes, default_names=synthetic_class_names
-    )
-    return DatasetContents(source, class_names)
-
-
-def build_folder(cfg: Config) -> DatasetContents:
-    """``data.root`` in one of the folder layouts, with its official split when it has one."""
-    root = require_root(cfg, FOLDER_LAYOUT)
-    layout = detect_folder_layout(root)
-    suffix = guess_mask_suffix(layout.folder_pairs)
-    colour_map = _colour_map(cfg.data, root)
-    if not layout.splits:
-        scan, official = pair_by_stem(layout.images_dir, layout.masks_dir, suffix), None
-    else:
-        scan, official = pair_split_folders(layout.splits, suffix)
-    scan.problems[:0] = layout.problems
-    if not scan.pairs:
-        raise _nothing_paired(layout.images_dir, layout.masks_dir, FOLDER_LAYOUT)
-    contents = scan_contents(scan, cfg, classes_file=root / "classes.txt", colour_map=colour_map)
-    if official is not None:
-        contents.predefined_split = _complete_official_split(official, cfg.data)
-    return contents
-
-
-def _colour_map(data: DataConfig, root: Path) -> ColourMap | None:
-    """``data.colour_map`` read, as given or relative to the root; None when unset."""
-    if not data.colour_map:
-        return None
-    given = Path(data.colour_map).expanduser()
-    return read_colour_map(given if given.is_file() or given.is_absolute() else root / given)
-
-
-def _complete_official_split(official: dict[str, list[str]], data: DataConfig) -> dict:
-    """The split folders' names; a missing test split is drawn from train (seeded).
-
-    A missing val split is left out here: the registry draws it from train.
-    """
-    split = {name: names for name, names in official.items() if name != "test" or names}
-    if "test" in split:
-        return split
-    train_share, _, test_share = data.split_ratios
-    carved = split_from_name_lists(
-        split["train"],
-        split["train"],
-        test=[],
-        ratios=(train_share, test_share, test_share),  # the "val" drawn here is the test split
-        seed=data.split_seed,
-        where="train folder (no test folder: test is drawn from it)",
-    )
-    return {**split, "train": carved["train"], "test": carved["val"]}
+PAIRED_LAYOUT = (
+    "expected layout: an images folder and a masks folder, each image paired with the mask "
+    "of the same name (pixel values = class ids)"
+)
 
 
 def require_root(cfg: Config, layout: str) -> Path:
@@ -130,7 +55,7 @@ def folder_contents(
     class_names: list[str] | None = None,
     mask_suffix: str = "",
     value_map: Mapping[int, int] | None = None,
-    layout: str = FOLDER_LAYOUT,
+    layout: str = PAIRED_LAYOUT,
 ) -> DatasetContents:
     """Pair ``images_dir`` with ``masks_dir`` and settle the class count and mask encoding.
 
@@ -143,7 +68,7 @@ def folder_contents(
             raise DataError(f"{folder} does not exist or is not a folder; {layout}")
     scan = pair_by_stem(images_dir, masks_dir, mask_suffix)
     if not scan.pairs:
-        raise _nothing_paired(images_dir, masks_dir, layout)
+        raise nothing_paired(images_dir, masks_dir, layout)
     return scan_contents(
         scan, cfg, classes_file=classes_file, class_names=class_names, value_map=value_map
     )
@@ -199,7 +124,7 @@ def _check_names_agree(
         )
 
 
-def _nothing_paired(images_dir: Path, masks_dir: Path, layout: str) -> DataError:
+def nothing_paired(images_dir: Path, masks_dir: Path, layout: str) -> DataError:
     return DataError(
         f"no image in {images_dir} ({len(list_image_files(images_dir))} images) has a mask "
         f"of the same name in {masks_dir} ({len(list_image_files(masks_dir))} masks); {layout}"
@@ -208,3 +133,18 @@ def _nothing_paired(images_dir: Path, masks_dir: Path, layout: str) -> DataError
 
 def _count(names: list[str] | None) -> int | None:
     return len(names) if names is not None else None
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line, background first; blank lines are skipped."""
+    text = read_text(path, "class names file")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{path}: class names must be unique; repeated: {', '.join(duplicates)}")
+    if len(names) < 2:
+        raise DataError(
+            f"{path}: lists {len(names)} class name(s); list the background and at least one "
+            f"more class, one name per line"
+        )
+    return names

@@ -15,6 +15,9 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unetkit.config import Config
+from unetkit.data.contents import DatasetContents, resolve_class_names
+from unetkit.data.preprocess import image_size
 from unetkit.data.sources import DataError, SampleSource
 
 SHAPE_KINDS = ("ellipse", "box", "triangle", "ring", "star", "cross", "hexagon")
@@ -33,6 +36,23 @@ def synthetic_class_names(num_classes: int) -> list[str]:
         variant = style // len(SHAPE_KINDS)
         names.append(kind if variant == 0 else f"{kind}_{variant + 1}")
     return names
+
+
+def build_synthetic(cfg: Config) -> DatasetContents:
+    """The procedural demo dataset at the model's input size (default 4 classes)."""
+    task = cfg.task
+    num_classes = task.num_classes or (len(task.class_names) if task.class_names else None)
+    source = SyntheticSource(
+        count=cfg.data.synthetic_count,
+        size=image_size(cfg.data.img_size),
+        num_classes=num_classes or DEFAULT_NUM_CLASSES,
+        seed=cfg.data.synthetic_seed,
+        in_channels=cfg.data.in_channels,
+    )
+    class_names = resolve_class_names(
+        task, detected_num_classes=source.num_classes, default_names=synthetic_class_names
+    )
+    return DatasetContents(source, class_names)
 
 
 class SyntheticSource(SampleSource):
@@ -252,3 +272,6 @@ def _paint_objects(
     along = xs * np.cos(angle) + ys * np.sin(angle)
     stripes = np.cos(2 * np.pi * along / styles.stripe_periods[style] + phases[numbers])
     image[inside] = colours[numbers] + (amplitudes[numbers] * stripes)[:, None]
+
+
+DATASETS = {"synthetic": build_synthetic}

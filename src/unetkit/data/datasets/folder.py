@@ -1,6 +1,6 @@
-"""Which folder layout a dataset root uses, and pairing images with masks across split folders.
+"""The ``folder`` dataset (``--dataset folder``): a user's images and masks in one of three layouts.
 
-The ``folder`` dataset accepts these layouts, recognised by the folders present under the root
+It accepts these layouts, recognised by the folders present under the root
 (the first pair of folder names found wins; see :data:`FOLDER_LAYOUT`)::
 
     images/<name>.<ext>           + masks/<name>[suffix].<ext>         one pool, split by ratios
@@ -11,16 +11,32 @@ A mask pairs with the image of the same name, optionally followed by a suffix co
 field (``_mask``, ``_labelTrainIds`` ...): the suffix that pairs the most images is used for the
 whole dataset. Split folders may also be called ``training``, ``validation`` and ``testing``
 (as in ADE20K). Sample names are the image stems, so they must be unique across split folders.
+Masks are read by the rules of :mod:`unetkit.data.mask_files`; ``root/classes.txt`` (optional)
+names the classes, one per line, background first.
+
+With split sub-folders the split is official: a missing ``val/`` is drawn from train by
+``data.split_ratios`` (val share of train + val), and so is a missing ``test/`` (test share of
+train + test). ``data.colour_map`` reads RGB colour masks (see :mod:`unetkit.data.colour_map`);
+its names are the class names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unetkit.data.folder import FolderScan, SamplePair, list_image_files, pair_by_stem
+from unetkit.config import Config, DataConfig
+from unetkit.data.colour_map import ColourMap, read_colour_map
+from unetkit.data.contents import DatasetContents
+from unetkit.data.datasets.common import nothing_paired, require_root, scan_contents
+from unetkit.data.datasets.paired_files import (
+    FolderPair,
+    list_image_files,
+    pair_by_stem,
+    pair_split_folders,
+)
 from unetkit.data.sources import DataError, DataProblem
+from unetkit.data.splits import split_from_name_lists
 
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),
@@ -36,8 +52,6 @@ FOLDER_LAYOUT = (
     "<root>/img_dir/{train,val,test}/ with <root>/ann_dir/{train,val,test}/; optional "
     "<root>/classes.txt (one class name per line); colour masks need data.colour_map"
 )
-
-FolderPair = tuple[Path, Path]
 
 
 @dataclass
@@ -113,30 +127,51 @@ def guess_mask_suffix(folder_pairs: list[FolderPair]) -> str:
     return max(MASK_SUFFIXES, key=paired)  # max keeps the first on ties: "" before the others
 
 
-def pair_split_folders(
-    splits: Mapping[str, FolderPair], mask_suffix: str = ""
-) -> tuple[FolderScan, dict[str, list[str]]]:
-    """All pairs of every split folder, and each split's sample names (the official split).
+def build_folder(cfg: Config) -> DatasetContents:
+    """``data.root`` in one of the folder layouts, with its official split when it has one."""
+    root = require_root(cfg, FOLDER_LAYOUT)
+    layout = detect_folder_layout(root)
+    suffix = guess_mask_suffix(layout.folder_pairs)
+    colour_map = _colour_map(cfg.data, root)
+    if not layout.splits:
+        scan, official = pair_by_stem(layout.images_dir, layout.masks_dir, suffix), None
+    else:
+        scan, official = pair_split_folders(layout.splits, suffix)
+    scan.problems[:0] = layout.problems
+    if not scan.pairs:
+        raise nothing_paired(layout.images_dir, layout.masks_dir, FOLDER_LAYOUT)
+    contents = scan_contents(scan, cfg, classes_file=root / "classes.txt", colour_map=colour_map)
+    if official is not None:
+        contents.predefined_split = _complete_official_split(official, cfg.data)
+    return contents
 
-    A name found in two split folders raises :class:`DataError`: a split lists names, so each
-    name must denote one sample.
+
+def _colour_map(data: DataConfig, root: Path) -> ColourMap | None:
+    """``data.colour_map`` read, as given or relative to the root; None when unset."""
+    if not data.colour_map:
+        return None
+    given = Path(data.colour_map).expanduser()
+    return read_colour_map(given if given.is_file() or given.is_absolute() else root / given)
+
+
+def _complete_official_split(official: dict[str, list[str]], data: DataConfig) -> dict:
+    """The split folders' names; a missing test split is drawn from train (seeded).
+
+    A missing val split is left out here: the registry draws it from train.
     """
-    pairs: list[SamplePair] = []
-    problems: list[DataProblem] = []
-    names: dict[str, list[str]] = {}
-    split_of: dict[str, tuple[str, Path]] = {}
-    for split, (images_dir, masks_dir) in splits.items():
-        scan = pair_by_stem(images_dir, masks_dir, mask_suffix)
-        for pair in scan.pairs:
-            if pair.name in split_of:
-                other_split, other = split_of[pair.name]
-                raise DataError(
-                    f"{pair.image} and {other} have the same name {pair.name!r} (in {split} and "
-                    f"{other_split}); sample names must be unique across the split folders",
-                    fix="rename one of the two files (and its mask)",
-                )
-            split_of[pair.name] = (split, pair.image)
-        pairs.extend(scan.pairs)
-        problems.extend(scan.problems)
-        names[split] = [pair.name for pair in scan.pairs]
-    return FolderScan(pairs, problems), names
+    split = {name: names for name, names in official.items() if name != "test" or names}
+    if "test" in split:
+        return split
+    train_share, _, test_share = data.split_ratios
+    carved = split_from_name_lists(
+        split["train"],
+        split["train"],
+        test=[],
+        ratios=(train_share, test_share, test_share),  # the "val" drawn here is the test split
+        seed=data.split_seed,
+        where="train folder (no test folder: test is drawn from it)",
+    )
+    return {**split, "train": carved["train"], "test": carved["val"]}
+
+
+DATASETS = {"folder": build_folder}

@@ -9,6 +9,7 @@ import pytest
 
 from unetkit.config import Config
 from unetkit.data.contents import resolve_class_names
+from unetkit.data.datasets.common import check_mode
 from unetkit.data.datasets.synthetic import SyntheticSource, synthetic_class_names
 from unetkit.data.registry import build_splits, list_datasets
 from unetkit.data.sources import DataError
@@ -223,3 +224,27 @@ def test_resolve_class_names_rules():
     assert resolve_class_names(cfg.task, detected_num_classes=7) == ["sky", "road"]
     with pytest.raises(DataError, match="set task.num_classes"):
         resolve_class_names(Config().task)
+
+
+def test_one_mode_check_names_the_dataset_the_value_and_the_accepted_modes():
+    cfg = Config()
+    assert check_mode(cfg, "camvid") is None
+    assert check_mode(cfg, "drive", ("vessels", "second_observer"), "vessels") == "vessels"
+    cfg.data.mode = "second_observer"
+    assert check_mode(cfg, "drive", ("vessels", "second_observer"), "vessels") == "second_observer"
+    cfg.data.mode = "trimap"
+    with pytest.raises(DataError) as no_modes:
+        check_mode(cfg, "camvid")
+    assert no_modes.value.message == (
+        "data.mode 'trimap' is not a mode of camvid; modes: none (it has one task)"
+    )
+    assert no_modes.value.fix == "leave data.mode unset"
+    with pytest.raises(DataError) as wrong:
+        check_mode(cfg, "drive", ("vessels", "second_observer"), "vessels")
+    assert wrong.value.message == (
+        "data.mode 'trimap' is not a mode of drive; modes: vessels, second_observer "
+        "(default vessels)"
+    )
+    assert wrong.value.fix == (
+        "set data.mode to one of vessels, second_observer, or leave it unset for vessels"
+    )

@@ -222,7 +222,7 @@ def test_isbi_layout_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match=r"train/image does not exist.*train-volume\.tif"):
         build_contents(_config("isbi2012", empty))
-    with pytest.raises(DataError, match="one mode is binary"):
+    with pytest.raises(DataError, match="not a mode of isbi2012; modes: binary"):
         build_contents(_config("isbi2012", _make_isbi_tiff(tmp_path / "d"), mode="trimap"))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.common import check_mode, require_root
 from unetkit.data.datasets.paired_files import FolderSource, pair_split_folders
 from unetkit.data.mask_files import MaskEncoding
 from unetkit.data.sources import DataError
@@ -51,11 +51,7 @@ SPLITS = ("train", "val", "test")
 def build_camvid(cfg: Config) -> DatasetContents:
     """Every annotated frame of the three folders, with the official split."""
     root = require_root(cfg, LAYOUT)
-    if cfg.data.mode is not None:
-        raise DataError(
-            f"data.mode {cfg.data.mode!r} is not a mode of {NAME}: it has one task (11-class "
-            f"semantic segmentation); leave data.mode unset"
-        )
+    check_mode(cfg, NAME)
     folders = {split: (root / split, root / f"{split}annot") for split in SPLITS}
     for pair in folders.values():
         for folder in pair:

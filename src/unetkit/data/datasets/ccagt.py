@@ -29,7 +29,7 @@ from pathlib import Path
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.common import check_mode, require_root
 from unetkit.data.datasets.paired_files import FolderScan, FolderSource, match_stems
 from unetkit.data.image_files import IMAGE_EXTENSIONS, header_size
 from unetkit.data.mask_files import MaskEncoding
@@ -60,11 +60,7 @@ SKIPPED_MASK_FOLDER = "panoptic"
 def build_ccagt(cfg: Config) -> DatasetContents:
     """Images paired with semantic masks; tiles for train/val when ``data.tile_size`` is set."""
     root = require_root(cfg, LAYOUT)
-    if cfg.data.mode is not None:
-        raise DataError(
-            f"data.mode {cfg.data.mode!r} is not a mode of {NAME}: it has one task (8-class "
-            f"semantic segmentation); leave data.mode unset"
-        )
+    check_mode(cfg, NAME)
     images_dir, masks_dir = root / "images", root / "masks"
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():

@@ -1,5 +1,8 @@
 """What the dataset modules share: the root check, the mode check, and contents from paired files.
 
+:func:`check_mode` is the one check of ``data.mode`` (the dataset variant): every dataset says
+which modes it has, and a wrong one gets the same message everywhere (dataset, value, accepted).
+
 :func:`folder_contents` is the reusable part: any dataset stored as a folder of images and a folder
 of masks paired by name (ISBI 2012, CCAgT, Oxford-IIIT Pet trimaps ...) is built with it, passing
 its own folders, mask suffix, value map and class names; :func:`scan_contents` does the same for
@@ -8,7 +11,7 @@ pairs found another way (several split folders, for instance).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from unetkit.config import Config
@@ -44,6 +47,22 @@ def require_root(cfg: Config, layout: str) -> Path:
     if not root.is_dir():
         raise DataError(f"data.root {root} does not exist or is not a folder; {layout}")
     return root
+
+
+def check_mode(
+    cfg: Config, dataset: str, modes: Sequence[str] = (), default: str | None = None
+) -> str | None:
+    """``data.mode``, or ``default`` when unset; a mode not in ``modes`` raises :class:`DataError`
+    naming ``dataset``, the value seen and the accepted modes (none: the dataset has one task)."""
+    mode = cfg.data.mode or default
+    if mode is None or mode in modes:
+        return mode
+    if not modes:
+        accepted, fix = "none (it has one task)", "leave data.mode unset"
+    else:
+        accepted = f"{', '.join(modes)} (default {default})"
+        fix = f"set data.mode to one of {', '.join(modes)}, or leave it unset for {default}"
+    raise DataError(f"data.mode {mode!r} is not a mode of {dataset}; modes: {accepted}", fix=fix)
 
 
 def folder_contents(

@@ -46,7 +46,7 @@ import numpy as np
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.common import check_mode, require_root
 from unetkit.data.datasets.paired_files import list_image_files
 from unetkit.data.image_files import header_size, read_image
 from unetkit.data.mask_files import read_raw_mask
@@ -132,13 +132,7 @@ class DriveSource(SampleSource):
 
 def drive_mode(cfg: Config) -> str:
     """``data.mode``, checked (default ``vessels``)."""
-    mode = cfg.data.mode or DEFAULT_MODE
-    if mode not in MODES:
-        raise DataError(
-            f"data.mode {mode!r} is not a mode of {NAME}; modes: {', '.join(MODES)} "
-            f"(default {DEFAULT_MODE})"
-        )
-    return mode
+    return check_mode(cfg, NAME, MODES, DEFAULT_MODE) or DEFAULT_MODE
 
 
 def build_drive(cfg: Config) -> DatasetContents:

@@ -32,7 +32,7 @@ import numpy as np
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.datasets.common import require_root
+from unetkit.data.datasets.common import check_mode, require_root
 from unetkit.data.datasets.paired_files import list_image_files
 from unetkit.data.image_files import header_size, read_image
 from unetkit.data.mask_files import read_raw_mask
@@ -61,11 +61,7 @@ class NucleiSample:
 def build_dsb2018(cfg: Config) -> DatasetContents:
     """Every id folder under ``stage1_train/`` (or the root itself), split later by ratios."""
     root = require_root(cfg, LAYOUT)
-    if cfg.data.mode is not None:
-        raise DataError(
-            f"data.mode {cfg.data.mode!r} is not a mode of {NAME}: it has one task (nucleus vs "
-            f"background); leave data.mode unset"
-        )
+    check_mode(cfg, NAME)
     folder = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     samples = [scan_sample(path) for path in id_folders(folder)]
     if not samples:

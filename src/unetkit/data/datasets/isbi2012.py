@@ -27,7 +27,7 @@ from PIL import ImageSequence
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.datasets.common import folder_contents, require_root
+from unetkit.data.datasets.common import check_mode, folder_contents, require_root
 from unetkit.data.image_files import DECODE_ERRORS, open_lazily, unreadable
 from unetkit.data.mask_files import MaskEncoding
 from unetkit.data.sources import DataError, SampleSource
@@ -39,6 +39,7 @@ LAYOUT = (
     "or <root>/train/image/<n>.png and <root>/train/label/<n>.png"
 )
 CLASS_NAMES = ["cell_interior", "membrane"]
+MODES = ("binary",)  # membrane vs cell interior
 VALUE_MAP = {0: 1, 255: 0}  # membrane (stored 0) is the foreground
 VOLUME_FILE = "train-volume.tif"
 LABELS_FILE = "train-labels.tif"
@@ -47,11 +48,7 @@ LABELS_FILE = "train-labels.tif"
 def build_isbi2012(cfg: Config) -> DatasetContents:
     """The labelled training slices, from the TIFF stacks when present, else the PNG folders."""
     root = require_root(cfg, LAYOUT)
-    if cfg.data.mode not in (None, "binary"):
-        raise DataError(
-            f"data.mode {cfg.data.mode!r} is not a mode of {NAME}; its one mode is binary "
-            f"(membrane vs cell interior): leave data.mode unset"
-        )
+    check_mode(cfg, NAME, MODES, default=MODES[0])
     volume, labels = root / VOLUME_FILE, root / LABELS_FILE
     if volume.is_file() or labels.is_file():
         return _stack_contents(volume, labels, cfg)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents
-from unetkit.data.datasets.common import folder_contents, require_root
+from unetkit.data.datasets.common import check_mode, folder_contents, require_root
 from unetkit.data.sources import DataError
 from unetkit.data.splits import read_name_list, split_from_name_lists
 
@@ -59,13 +59,7 @@ DEFAULT_MODE = "binary"
 
 def pet_mode(cfg: Config) -> PetMode:
     """The :class:`PetMode` named by ``data.mode`` (default ``binary``)."""
-    name = cfg.data.mode or DEFAULT_MODE
-    if name not in MODES:
-        raise DataError(
-            f"data.mode {name!r} is not a mode of {NAME}; modes: {', '.join(MODES)} "
-            f"(default {DEFAULT_MODE})"
-        )
-    return MODES[name]
+    return MODES[check_mode(cfg, NAME, tuple(MODES), DEFAULT_MODE) or DEFAULT_MODE]
 
 
 def build_oxford_pet(cfg: Config) -> DatasetContents:

@@ -162,6 +162,15 @@ def calibration_data(
     return CalibrationData(inputs, held_out, description)
 
 
+def run_split_record(checkpoint_path: str | Path, root: str | None) -> dict[str, Any] | None:
+    """The training run's own split (``RUN/splits.json`` beside ``RUN/checkpoints/``) when
+    calibrating on the recorded data, so the guard's images are exactly its validation split."""
+    path = Path(checkpoint_path).resolve().parent.parent / "splits.json"
+    if root not in (None, "recorded") or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
 def _data_config(checkpoint: dict[str, Any], root: str | None) -> Any:
     if "config" not in checkpoint:
         raise ValueError(
@@ -314,10 +323,11 @@ def guard(
     candidate: InferenceModel,
     metadata: dict[str, Any],
     held_out: SampleSource,
-    min_agreement: float = MIN_AGREEMENT,
-    max_drop_points: float = MAX_DROP_POINTS,
+    min_agreement: float | None = None,
+    max_drop_points: float | None = None,
 ) -> GuardReport:
-    """Compare the int8 ``candidate`` with the fp32 PyTorch model on ``held_out``."""
+    """Compare the int8 ``candidate`` with the fp32 PyTorch model on ``held_out``; the limits
+    default to :data:`MIN_AGREEMENT` and :data:`MAX_DROP_POINTS`."""
     options = recorded_options(metadata, "the export", precision="fp32", channels_last=False)
     reference = _segmenter(loaded, loaded.model, options)
     quantised = _segmenter(loaded, candidate, options)
@@ -343,8 +353,8 @@ def guard(
         values["fp32"],
         values["int8"],
         drop,
-        min_agreement,
-        max_drop_points,
+        MIN_AGREEMENT if min_agreement is None else min_agreement,
+        MAX_DROP_POINTS if max_drop_points is None else max_drop_points,
     )
 
 

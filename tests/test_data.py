@@ -10,12 +10,15 @@ import pytest
 from unetkit.config import Config
 from unetkit.data.contents import resolve_class_names
 from unetkit.data.datasets.common import check_mode
+from unetkit.data.datasets.folder import _complete_official_split
 from unetkit.data.datasets.synthetic import SyntheticSource, synthetic_class_names
 from unetkit.data.registry import build_splits, list_datasets
 from unetkit.data.sources import DataError
 from unetkit.data.splits import (
     apply_split_record,
+    hold_out,
     load_split_record,
+    pool_share,
     read_name_list,
     save_split_record,
     split_by_ratios,
@@ -248,3 +251,30 @@ def test_one_mode_check_names_the_dataset_the_value_and_the_accepted_modes():
     assert wrong.value.fix == (
         "set data.mode to one of vessels, second_observer, or leave it unset for vessels"
     )
+
+
+def test_hold_out_draws_the_same_names_as_before_for_the_same_seed():
+    # Pinned outputs of the previous code (a "val" draw of split_from_name_lists relabelled):
+    # folder's missing test split, Oxford Pet's 10 % and DRIVE's 15 % validation shares.
+    names = [f"t{i:02d}" for i in range(20)]
+    data = Config().data
+    data.split_ratios, data.split_seed = [0.7, 0.1, 0.2], 3
+    split = _complete_official_split({"train": names, "val": ["v0"], "test": []}, data)
+    assert split["test"] == ["t08", "t12", "t16", "t18"]
+    assert split["val"] == ["v0"] and split["train"] == sorted(set(names) - set(split["test"]))
+    _, pet_val = hold_out([f"p{i:02d}" for i in range(30)], 0.1, seed=0)
+    assert pet_val == ["p02", "p11", "p26"]
+    _, drive_val = hold_out([f"d{i:02d}" for i in range(20)], 0.15, seed=0)
+    assert drive_val == ["d04", "d06", "d19"]
+    # 0.15 / (0.05 + 0.15) of 10 names: the share as the ratio check normalises it rounds to 8
+    # where the naive quotient gives 7; pool_share keeps the old count.
+    kept, held = hold_out([f"t{i:02d}" for i in range(10)], pool_share(0.05, 0.15), seed=0)
+    assert kept == ["t01", "t08"] and len(held) == 8
+
+
+def test_hold_out_keeps_one_and_holds_one_out_at_least():
+    assert hold_out(["a", "b"], 0.01, seed=0)[1] and hold_out(["a", "b"], 0.99, seed=0)[0]
+    with pytest.raises(DataError, match="cannot hold out a share of 1 sample"):
+        hold_out(["a"], 0.5, seed=0, where="train folder")
+    with pytest.raises(DataError, match="between 0 and 1; got 0"):
+        hold_out(["a", "b"], 0, seed=0)

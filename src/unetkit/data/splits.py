@@ -112,7 +112,7 @@ def split_from_name_lists(
     weights = _check_ratios(ratios)
     train = list(train)
     if val is None:
-        train, val = _carve(train, weights[1] / (weights[0] + weights[1]), seed, where)
+        train, val = hold_out(train, weights[1] / (weights[0] + weights[1]), seed, where)
     if test is None:
         listed = set(train) | set(val)
         test = [name for name in all_names if name not in listed]
@@ -120,16 +120,34 @@ def split_from_name_lists(
     return validate_split_record(record, where)
 
 
-def _carve(names: list[str], fraction: float, seed: int, where: str) -> tuple[list[str], list[str]]:
+def hold_out(
+    names: Sequence[str], share: float, seed: int, where: str = "names"
+) -> tuple[list[str], list[str]]:
+    """``(kept, held_out)``: a seeded ``share`` of ``names`` held out, the rest kept.
+
+    The held-out count is ``round(share * len(names))``, at least one and never all; both lists
+    keep the order of ``names``. Used wherever a split is drawn from another (validation from
+    train, a missing test split from train): the same names and seed always give the same cut.
+    """
+    if not 0 < share < 1:
+        raise DataError(f"{where}: the share to hold out must be between 0 and 1; got {share}")
     if len(names) < 2:
         raise DataError(
-            f"{where}: cannot draw a validation split from {len(names)} training sample(s); "
-            f"give a val list too"
+            f"{where}: cannot hold out a share of {len(names)} sample(s); at least 2 are needed "
+            f"(one kept, one held out)",
+            fix="add samples, or give the split as a list (data.val_list / data.test_list)",
         )
-    count = min(len(names) - 1, max(1, round(fraction * len(names))))
+    count = min(len(names) - 1, max(1, round(share * len(names))))
     order = np.random.default_rng(seed).permutation(len(names))
     chosen = {names[i] for i in order[:count]}
     return [n for n in names if n not in chosen], [n for n in names if n in chosen]
+
+
+def pool_share(kept: float, held: float) -> float:
+    """``held / (kept + held)``, computed as the ratio check normalises it (``data.split_ratios``
+    checked), so a cut drawn with it matches one drawn by :func:`split_from_name_lists`."""
+    weights = _check_ratios((kept, held, held))
+    return float(weights[1] / (weights[0] + weights[1]))
 
 
 def split_from_list_files(

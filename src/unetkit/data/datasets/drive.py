@@ -51,7 +51,7 @@ from unetkit.data.datasets.paired_files import list_image_files
 from unetkit.data.image_files import header_size, read_image
 from unetkit.data.mask_files import read_raw_mask
 from unetkit.data.sources import DataError, DataProblem, SampleSource
-from unetkit.data.splits import SplitRecord, split_by_ratios, split_from_name_lists
+from unetkit.data.splits import SplitRecord, hold_out, split_by_ratios
 from unetkit.data.tiles import TiledSource, tile_grid, tile_name
 from unetkit.tasks import IGNORE_INDEX
 
@@ -223,15 +223,8 @@ def _image_split(train: list[str], test: list[str], cfg: Config) -> SplitRecord:
     """Official test folder and a seeded val share of training, else ratios over training."""
     if not test:
         return split_by_ratios(train, cfg.data.split_ratios, cfg.data.split_seed)
-    carved = split_from_name_lists(
-        train,
-        train,
-        test=[],
-        ratios=(1.0 - VAL_FRACTION, VAL_FRACTION, VAL_FRACTION),  # val = VAL_FRACTION of train
-        seed=cfg.data.split_seed,
-        where="DRIVE training images",
-    )
-    return {"train": carved["train"], "val": carved["val"], "test": sorted(test)}
+    kept, val = hold_out(train, VAL_FRACTION, cfg.data.split_seed, "DRIVE training images")
+    return {"train": sorted(kept), "val": sorted(val), "test": sorted(test)}
 
 
 def _fov_tiles(

@@ -36,7 +36,7 @@ from unetkit.data.datasets.paired_files import (
     pair_split_folders,
 )
 from unetkit.data.sources import DataError, DataProblem
-from unetkit.data.splits import split_from_name_lists
+from unetkit.data.splits import hold_out, pool_share
 
 SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),
@@ -155,23 +155,22 @@ def _colour_map(data: DataConfig, root: Path) -> ColourMap | None:
 
 
 def _complete_official_split(official: dict[str, list[str]], data: DataConfig) -> dict:
-    """The split folders' names; a missing test split is drawn from train (seeded).
+    """The split folders' names; with no test folder, a seeded test share of train is held out.
 
-    A missing val split is left out here: the registry draws it from train.
+    The share is test / (train + test) of ``data.split_ratios``. A missing val split is left out
+    here: the registry draws it from train.
     """
     split = {name: names for name, names in official.items() if name != "test" or names}
     if "test" in split:
         return split
     train_share, _, test_share = data.split_ratios
-    carved = split_from_name_lists(
+    train, test = hold_out(
         split["train"],
-        split["train"],
-        test=[],
-        ratios=(train_share, test_share, test_share),  # the "val" drawn here is the test split
-        seed=data.split_seed,
+        pool_share(train_share, test_share),
+        data.split_seed,
         where="train folder (no test folder: test is drawn from it)",
     )
-    return {**split, "train": carved["train"], "test": carved["val"]}
+    return {**split, "train": sorted(train), "test": sorted(test)}
 
 
 DATASETS = {"folder": build_folder}

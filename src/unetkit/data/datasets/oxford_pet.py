@@ -30,7 +30,7 @@ from unetkit.config import Config
 from unetkit.data.contents import DatasetContents
 from unetkit.data.datasets.common import check_mode, folder_contents, require_root
 from unetkit.data.sources import DataError
-from unetkit.data.splits import read_name_list, split_from_name_lists
+from unetkit.data.splits import hold_out, read_name_list
 
 NAME = "oxford-pet"
 LAYOUT = (
@@ -77,15 +77,10 @@ def build_oxford_pet(cfg: Config) -> DatasetContents:
     )
     trainval = _official_list(annotations / "trainval.txt", contents.source.names)
     test = _official_list(annotations / "test.txt", contents.source.names)
-    train_val = split_from_name_lists(
-        trainval,
-        trainval,
-        test=[],
-        ratios=(1.0 - VAL_FRACTION, VAL_FRACTION, VAL_FRACTION),  # val = VAL_FRACTION of train
-        seed=cfg.data.split_seed,
-        where=f"{annotations / 'trainval.txt'}",
+    train, val = hold_out(
+        trainval, VAL_FRACTION, cfg.data.split_seed, str(annotations / "trainval.txt")
     )
-    contents.predefined_split = {"train": train_val["train"], "val": train_val["val"], "test": test}
+    contents.predefined_split = {"train": sorted(train), "val": sorted(val), "test": test}
     return contents
 
 

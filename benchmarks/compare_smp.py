@@ -19,8 +19,9 @@ of one repeat.
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (one multiply-add counts 2 FLOPs;
 convolutions and matrix products only, so the elementwise work of BatchNorm, ReLU and AdamW is not
 counted): per image for a forward pass, and per step for a real training step (forward and
-backward). The fraction of the machine's GEMM throughput (``unetkit.bench.gemm_gflops_per_s``: a
-4096 x 4096 matrix product at the execution's precision) is training GFLOPs per step / median
+backward). The fraction of the machine's GEMM throughput
+(``unetkit.speed.bench.gemm_gflops_per_s``: a 4096 x 4096 matrix product at the execution's
+precision) is training GFLOPs per step / median
 seconds per step / that. The fraction of peak FP32 throughput is training GFLOPs per step / median
 seconds per step, over ``threads x clock x FP32 FLOPs per cycle per core``; see
 :func:`cpu_peak_gflops` for where each number comes from. A figure this script cannot establish (the
@@ -39,10 +40,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from unetkit.bench import gemm_gflops_per_s
 from unetkit.models import build_model
 from unetkit.precision import Execution, choose_execution, detect_capabilities
 from unetkit.precision_probe import training_step_timer
+from unetkit.speed.bench import gemm_gflops_per_s
 
 try:
     import segmentation_models_pytorch as smp

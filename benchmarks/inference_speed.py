@@ -2,7 +2,7 @@
 
     python benchmarks/inference_speed.py --sizes 256 512 --batch-size 2 --steps 3
 
-For each model and size: `unetkit.bench.benchmark` with eager PyTorch fp32, channels-last, and
+For each model and size: `unetkit.speed.bench.benchmark` with eager PyTorch fp32, channels-last, and
 ONNX Runtime (all in this one process, same thread count), then one 2000x2000 image through the
 Segmenter's sliding windows (random weights: speed does not depend on them). Prints JSON lines and
 a table of medians.
@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from unetkit.bench import benchmark
 from unetkit.checkpoint import Preprocessing
 from unetkit.inference.segmenter import Segmenter
 from unetkit.models import build_model
+from unetkit.speed.bench import benchmark
 from unetkit.tasks import Task
 
 VARIANTS = {

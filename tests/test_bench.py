@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from unetkit.bench import benchmark, count_flops
 from unetkit.inference.export import onnx_bytes
 from unetkit.models import build_model
+from unetkit.speed.bench import benchmark, count_flops
 
 TINY = {"base_width": 4, "depth": 2}
 

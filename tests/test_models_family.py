@@ -11,7 +11,6 @@ from test_export import TOLERANCE, raw_onnx_logits, write_checkpoint
 from test_models import count_parameters, overfit
 from torch import nn
 
-from unetkit.bench import count_flops
 from unetkit.checkpoint import model_from_checkpoint
 from unetkit.inference.export import export_model
 from unetkit.losses import build_loss
@@ -21,6 +20,7 @@ from unetkit.models.attention_unet import AttentionGate
 from unetkit.models.blocks import ResidualBlock
 from unetkit.models.deep_supervision import forward_options, halving_weights
 from unetkit.models.resenc_unet import PRESETS
+from unetkit.speed.bench import count_flops
 from unetkit.tasks import Task
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -115,7 +115,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from unetkit.bench import benchmark
+    from unetkit.speed.bench import benchmark
 
     result = benchmark(
         args.model,

@@ -28,6 +28,12 @@ each section's ``execution``. Definitions:
   inference: its ``training`` entry is None (not applicable), with the reason in ``notes``.
 
 Undefined values are None (JSON null), never NaN or 0.
+
+Why here (``unetkit.speed``, not beside ``config`` and ``tasks`` at the package top): a benchmark
+builds models, runs the losses and an optimiser step, and exports to ONNX and runs it through the
+inference backend, so it depends on ``models``, ``losses`` and ``inference`` and belongs with the
+other users of those layers (training, evaluation, serve), below ``cli`` only. The package top
+holds what every layer may import (config, tasks, checkpoint, precision).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from unetkit.models import (  # noqa: F401  (registers the models)
     attention_unet,
     resenc_unet,
     resnet_unet,
+    timm_unet,
     unet,
     unet_plus_plus,
 )

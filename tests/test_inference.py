@@ -11,8 +11,8 @@ from model_helpers import checkpoint_payload, preprocessing, rgb, save_rgb, tiny
 from PIL import Image
 
 from unetkit.checkpoint import Preprocessing, load_checkpoint, save_checkpoint
-from unetkit.data.folder import read_image
-from unetkit.inference.palette import class_palette, colorize, overlay
+from unetkit.data.image_files import read_image
+from unetkit.inference.palette import class_palette, colourise, overlay
 from unetkit.inference.predict import collect_inputs, output_paths, predict_files
 from unetkit.inference.segmenter import Segmenter
 from unetkit.tasks import IGNORE_INDEX, Task
@@ -253,9 +253,9 @@ def test_palette_colours_are_distinct_with_a_black_background():
     np.testing.assert_array_equal(class_palette(40)[:16], class_palette(16))
 
 
-def test_colorize_paints_classes_and_ignore_white():
+def test_colourise_paints_classes_and_ignore_white():
     mask = np.array([[0, 1, 2], [IGNORE_INDEX, 2, 0]], np.uint8)
-    picture = colorize(mask, 3)
+    picture = colourise(mask, 3)
     palette = class_palette(3)
     assert picture.shape == (2, 3, 3) and picture.dtype == np.uint8
     np.testing.assert_array_equal(picture[0], palette[[0, 1, 2]])

@@ -39,9 +39,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from unetkit.data.folder import IMAGE_EXTENSIONS, read_image
+from unetkit.data.image_files import IMAGE_EXTENSIONS, read_image
 from unetkit.inference.segmenter import Segmenter
-from unetkit.palette import colorize, overlay
+from unetkit.palette import colourise, overlay
 
 OVERLAY_SUFFIX = "_overlay"
 COLOUR_SUFFIX = "_colour"
@@ -223,7 +223,7 @@ def _write(item: _Item, segmenter: Segmenter, wanted: _Outputs) -> None:
     item.target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(item.mask).save(item.target)
     if wanted.colour:
-        Image.fromarray(colorize(item.mask, num_classes)).save(colour_path(item.target))
+        Image.fromarray(colourise(item.mask, num_classes)).save(colour_path(item.target))
     if wanted.overlay:
         picture = overlay(item.image, item.mask, num_classes)
         Image.fromarray(picture).save(overlay_path(item.target))

@@ -207,7 +207,7 @@ def test_predict_inference_flags_reach_the_segmenter(
     segmenter_options.clear()
     assert main([*common, *args]) == 0
     (options,) = segmenter_options
-    assert options["mode"] == "sliding" and options["tile_size"] == (32, 40)
+    assert options["mode"] == "sliding" and options["window_size"] == (32, 40)
     assert options["overlap"] == 0.5 and options["tta"] is True
     assert options["postprocess"] == PostProcessing(min_size=30)
     probs = np.load(tuned / "big_probs.npz")["probs"]
@@ -229,7 +229,7 @@ def test_old_inference_flag_names_still_work_with_a_notice(trained_run, tmp_path
            "sliding", "--tile-size", "24", "--min-size", "5"]  # fmt: skip
     assert main(old) == 0
     (options,) = segmenter_options
-    assert (options["mode"], options["tile_size"]) == ("sliding", (24, 24))
+    assert (options["mode"], options["window_size"]) == ("sliding", (24, 24))
     assert options["postprocess"].min_size == 5
     err = capsys.readouterr().err
     for old_flag, new_flag in [("--mode", "--inference-mode"), ("--tile-size", "--window-size"),

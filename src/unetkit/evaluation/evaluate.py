@@ -55,11 +55,11 @@ def evaluate_source(
     metrics = SplitMetrics(segmenter.class_names, segmenter.task.is_binary, options)
     inference_seconds = 0.0
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
-    for names, images, truths in _batches(source, segmenter.batch_size):
+    for names, images, targets in _batches(source, segmenter.batch_size):
         tick = time.perf_counter()
         outputs = segmenter.predict_with_proba(images)
         inference_seconds += time.perf_counter() - tick
-        for name, (probs, prediction), (mask, objects) in zip(names, outputs, truths, strict=True):
+        for name, (probs, prediction), (mask, objects) in zip(names, outputs, targets, strict=True):
             metrics.add(name, probs, prediction, mask, objects)
         bar.update(len(images))
     bar.close()
@@ -160,17 +160,17 @@ def _batches(
     all_names = source.names
     names: list[str] = []
     images: list[np.ndarray] = []
-    truths: list[tuple[np.ndarray, np.ndarray | None]] = []
+    targets: list[tuple[np.ndarray, np.ndarray | None]] = []
     for index in range(len(source)):
         image, mask, objects = source.load_with_instances(index)
         names.append(all_names[index])
         images.append(image)
-        truths.append((mask, objects))
+        targets.append((mask, objects))
         if len(images) == batch_size:
-            yield names, images, truths
-            names, images, truths = [], [], []
+            yield names, images, targets
+            names, images, targets = [], [], []
     if images:
-        yield names, images, truths
+        yield names, images, targets
 
 
 def describe(metrics: dict[str, Any]) -> str:

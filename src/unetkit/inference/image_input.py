@@ -1,8 +1,9 @@
 """What the Segmenter accepts as an image: NumPy arrays or PIL images, checked and made uniform.
 
 Every input becomes an ``H x W x C`` uint8 array with the channel count the model was trained on,
-converted as :func:`unetkit.data.folder.read_image` converts files (EXIF orientation included), so
-an image predicted from memory and the same image read from disk give the same result.
+converted as :func:`unetkit.data.image_files.read_image` converts files (EXIF orientation
+included), so an image predicted from memory and the same image read from disk give the same
+result.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def as_image_array(image: ImageLike, channels: int) -> np.ndarray:
     if isinstance(image, (str, Path)):
         raise TypeError(
             f"Segmenter takes images (NumPy arrays or PIL images), not paths like {image!r}; "
-            f"read the file first (unetkit.data.folder.read_image) or use predict_files"
+            f"read the file first (unetkit.data.image_files.read_image) or use predict_files"
         )
     array = _pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
     if array.dtype != np.uint8:
@@ -48,7 +49,7 @@ def is_single_image(images: object) -> bool:
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """Grey or RGB uint8 pixels of a PIL image, as ``unetkit.data.folder.read_image`` sees them.
+    """Grey or RGB uint8 pixels of a PIL image, as ``data.image_files.read_image`` sees them.
 
     High-bit-depth images keep their dtype, so they fail the uint8 check instead of being clipped.
     An EXIF orientation is applied, as when the file is read from disk.

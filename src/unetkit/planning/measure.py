@@ -111,7 +111,7 @@ def scoring_seconds_per_image(
     source: SampleSource, class_names: list[str], options: EvalConfig, samples: int = 3
 ) -> float:
     """Seconds to load one image and run every metric family on it (at native size), with a
-    slightly wrong prediction (the truth shifted by 2 px) so that every family has work."""
+    slightly wrong prediction (the target shifted by 2 px) so that every family has work."""
     if len(source) == 0:  # the data check reports the empty split
         return 0.0
     binary = len(class_names) == 2

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetkit.data.preprocess import image_size
+from unetkit.data.preprocess import size_hw
 from unetkit.models import build_model
 from unetkit.tasks import Task
 
@@ -61,7 +61,7 @@ class Preprocessing:
     tile_size: int | None = None
 
     def __post_init__(self) -> None:  # a config's img_size may be one number: a square
-        object.__setattr__(self, "img_size", image_size(self.img_size))
+        object.__setattr__(self, "img_size", size_hw(self.img_size))
 
 
 @dataclass

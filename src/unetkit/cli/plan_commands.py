@@ -17,7 +17,7 @@ import yaml
 
 from unetkit.cli.flags import config_from_args, flag_overrides
 from unetkit.config import Config, resolve_config_path
-from unetkit.data.preprocess import image_size
+from unetkit.data.preprocess import size_hw
 from unetkit.training.budget import parse_duration
 
 PLAN_CHOICES = ("auto", "on", "off")
@@ -61,7 +61,7 @@ def planned_config(
     explicit = explicit_keys(args, overrides)
     made = make_plan(cfg, _budget_seconds(cfg), cfg.train.progress, explicit)
     print(made.describe(), flush=True)
-    planned = made.overrides(explicit, max(image_size(cfg.data.img_size)))
+    planned = made.overrides(explicit, max(size_hw(cfg.data.img_size)))
     return config_from_args(args, {**planned, **overrides}, base)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from unetkit.data.preprocess import image_size, resize_image
+from unetkit.data.preprocess import resize_image, size_hw
 from unetkit.data.sources import SampleSource
 
 CACHE_VERSION = "2"  # 2: EXIF orientation applied, JPEG masks snapped (issue 12)
@@ -39,7 +39,7 @@ class CachedSource(SampleSource):
 
     def __init__(self, source: SampleSource, size: int | tuple[int, int], cache_dir: Path) -> None:
         self.source = source
-        self.size = image_size(size)
+        self.size = size_hw(size)
         self.cache_dir = Path(cache_dir)
         self.in_channels = source.in_channels
 

@@ -73,7 +73,7 @@ def _check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int) 
         raise DataError(f"data.std values must be positive; got {list(std)}")
 
 
-def image_size(value: int | Sequence[int]) -> tuple[int, int]:
+def size_hw(value: int | Sequence[int]) -> tuple[int, int]:
     """``(H, W)`` from a size setting such as ``data.img_size``: one number means a square."""
     sizes = [value] if isinstance(value, int) else list(value)
     if len(sizes) == 1:
@@ -85,7 +85,7 @@ def image_size(value: int | Sequence[int]) -> tuple[int, int]:
 
 def resize_image(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     """``image`` resized to ``size = (H, W)``: area averaging to shrink, bilinear to enlarge."""
-    height, width = image_size(size)
+    height, width = size_hw(size)
     if image.shape[:2] == (height, width):
         return image
     shrinking = height * width < image.shape[0] * image.shape[1]

@@ -28,7 +28,7 @@ from unetkit.data.splits import SplitRecord
 
 TILE_MARK = "@"
 
-Origin = tuple[int, int]
+TileOrigin = tuple[int, int]
 
 
 def tile_origins(length: int, tile: int) -> list[int]:
@@ -44,12 +44,12 @@ def tile_origins(length: int, tile: int) -> list[int]:
     return [i * tile for i in range(count - 1)] + [length - tile]
 
 
-def tile_grid(height: int, width: int, tile: int) -> list[Origin]:
+def tile_grid(height: int, width: int, tile: int) -> list[TileOrigin]:
     """``(y, x)`` top-left corners of the tiles covering a ``height x width`` image, row by row."""
     return [(y, x) for y in tile_origins(height, tile) for x in tile_origins(width, tile)]
 
 
-def tile_name(image_name: str, origin: Origin) -> str:
+def tile_name(image_name: str, origin: TileOrigin) -> str:
     """``<image_name>@<y>,<x>``."""
     return f"{image_name}{TILE_MARK}{origin[0]},{origin[1]}"
 
@@ -64,7 +64,7 @@ class _Entry:
     """One sample of a tiled source: image ``base`` of the wrapped source, whole or one tile."""
 
     base: int
-    origin: Origin | None  # None: the whole image
+    origin: TileOrigin | None  # None: the whole image
 
 
 class TiledSource(SampleSource):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import albumentations as A
 import cv2
 
-from unetkit.data.preprocess import image_size
+from unetkit.data.preprocess import size_hw
 from unetkit.data.sources import DataError
 from unetkit.tasks import IGNORE_INDEX
 
@@ -29,7 +29,7 @@ def build_train_transform(
     img_size: int | Sequence[int], level: str = "light", in_channels: int = 3
 ) -> A.Compose:
     """Training pipeline ending at ``img_size = (H, W)``; ``level`` is one of AUGMENT_LEVELS."""
-    height, width = image_size(img_size)
+    height, width = size_hw(img_size)
     if level == "none":
         return build_eval_transform((height, width))
     if level == "light":
@@ -41,7 +41,7 @@ def build_train_transform(
 
 def build_eval_transform(img_size: int | Sequence[int]) -> A.Compose:
     """Resize only: what validation, testing and inference see."""
-    height, width = image_size(img_size)
+    height, width = size_hw(img_size)
     return A.Compose([_resize(height, width)])
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from unetkit.config import Config, load_config
 from unetkit.data import build_splits
-from unetkit.data.preprocess import image_size
+from unetkit.data.preprocess import size_hw
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import SampleSource
 from unetkit.devices import resolve_device
@@ -96,7 +96,7 @@ class Plan:
         """A config file ``train --config`` takes (``cfg`` with the plan under the
         ``explicit`` keys the user set), the reasons as comments above it."""
         header = "".join(f"# {d}: {r}\n" for d, r in self.reasons.items())
-        side = max(image_size(cfg.data.img_size))
+        side = max(size_hw(cfg.data.img_size))
         chosen = Plan(self.overrides(set(explicit), side), measured=self.measured)
         return header + yaml.safe_dump(chosen.config(cfg).to_dict(), sort_keys=False)
 
@@ -135,7 +135,7 @@ def make_plan(
 
 def _plan_data_only(plan: Plan, cfg: Config) -> None:
     """Keep the configured input size unless it would erase the structures; then tiles."""
-    side = max(image_size(cfg.data.img_size))
+    side = max(size_hw(cfg.data.img_size))
     scale = decisions.choose_scale(plan.fingerprint, side)
     if not scale.tiles:
         plan.reasons["scale"] = scale.reason
@@ -170,7 +170,7 @@ def _plan_for_budget(
     scale = decisions.choose_scale(fingerprint, max(sides or RESIZE_SIDES))
     sides = sides or list(TILE_SIDES)
     if "data.img_size" in fixed:
-        sides = [max(image_size(cfg.data.img_size))]
+        sides = [max(size_hw(cfg.data.img_size))]
     ladder = MODEL_LADDER
     if fixes_model(fixed):
         ladder = [(cfg.model.name, dict(cfg.model.options))]

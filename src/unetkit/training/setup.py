@@ -16,7 +16,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from unetkit.config import Config
 from unetkit.data import DataError, build_datasets, build_splits, check_splits, format_problems
-from unetkit.data.preprocess import image_size, resolve_mean_std
+from unetkit.data.preprocess import resolve_mean_std, size_hw
 from unetkit.data.registry import DatasetSplits
 from unetkit.losses import build_loss
 from unetkit.models import build_model
@@ -247,7 +247,7 @@ def choose_training_execution(
     will train at the same time, sharing the CPU cores or the host, so that is the condition to
     measure; all then take rank 0's choice, so no two ranks run different precisions.
     """
-    height, width = image_size(cfg.data.img_size)
+    height, width = size_hw(cfg.data.img_size)
     shape = (cfg.train.batch_size, cfg.data.in_channels, height, width)
     timer = training_step_timer(model, criterion, shape, task.out_channels, processes.device)
     capabilities = detect_capabilities(processes.device)

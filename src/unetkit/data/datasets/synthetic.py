@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from unetkit.config import Config
 from unetkit.data.contents import DatasetContents, resolve_class_names
-from unetkit.data.preprocess import image_size
+from unetkit.data.preprocess import size_hw
 from unetkit.data.sources import DataError, SampleSource
 
 SHAPE_KINDS = ("ellipse", "box", "triangle", "ring", "star", "cross", "hexagon")
@@ -44,7 +44,7 @@ def build_synthetic(cfg: Config) -> DatasetContents:
     num_classes = task.num_classes or (len(task.class_names) if task.class_names else None)
     source = SyntheticSource(
         count=cfg.data.synthetic_count,
-        size=image_size(cfg.data.img_size),
+        size=size_hw(cfg.data.img_size),
         num_classes=num_classes or DEFAULT_NUM_CLASSES,
         seed=cfg.data.synthetic_seed,
         in_channels=cfg.data.in_channels,

@@ -165,15 +165,7 @@ def _plan_for_budget(
     fixed: frozenset[str],
 ) -> None:
     """Precision, model, input size, tiles, augmentation, validation share and TTA."""
-    fingerprint = plan.fingerprint
-    sides = [s for s in RESIZE_SIDES if not decisions.choose_scale(fingerprint, s).tiles]
-    scale = decisions.choose_scale(fingerprint, max(sides or RESIZE_SIDES))
-    sides = sides or list(TILE_SIDES)
-    if "data.img_size" in fixed:
-        sides = [max(size_hw(cfg.data.img_size))]
-    ladder = MODEL_LADDER
-    if fixes_model(fixed):
-        ladder = [(cfg.model.name, dict(cfg.model.options))]
+    sides, scale, ladder = _candidate_space(plan.fingerprint, cfg, fixed)
     setting, choice = _probe_setting(cfg, splits, min(sides), ladder[0])
     asked = {"precision": cfg.train.precision, "channels_last": cfg.train.channels_last}
     plan.choose(
@@ -187,19 +179,8 @@ def _plan_for_budget(
     )
     scoring = scoring_seconds_per_image(splits.test, splits.class_names, cfg.eval)
     load = _load_seconds_per_sample(splits.train)
-    check = load * (len(splits.train) + len(splits.val) + len(splits.test))
     allowance = decisions.PROBE_SHARE * budget
-    rough_evaluation = len(splits.test) * scoring
-    spent = time.perf_counter() - started
-    training = (budget - spent - allowance - check - rough_evaluation) * (
-        1 - decisions.VALIDATION_SHARE
-    )
-    if training <= 0:
-        raise ValueError(
-            f"a time budget of {budget:.0f} s leaves no training time: planning took {spent:.0f} "
-            f"s, the data check needs ~{check:.0f} s and the test evaluation ~"
-            f"{rough_evaluation:.0f} s; give a longer --time-budget, or --plan off"
-        )
+    training = _training_seconds(plan, splits, budget, started, allowance, scoring, load)
     candidates = measure_candidates(
         sides, setting, training, allowance, decisions.MIN_STEPS, ladder
     )
@@ -207,11 +188,6 @@ def _plan_for_budget(
     plan.measured["candidates_ms_per_step"] = {
         c.label: round(c.step_seconds * 1e3, 1) for c in candidates
     }
-    plan.measured.update(
-        scoring_s_per_image=round(scoring, 4),
-        load_s_per_sample=round(load, 4),
-        data_check_s=round(check, 1),
-    )
     plan.choose(
         {
             "model.name": chosen.model,
@@ -225,7 +201,7 @@ def _plan_for_budget(
     if scale.tiles:
         _choose_tiles(plan, scale, chosen.input_side)
     else:
-        resized = decisions.choose_scale(fingerprint, chosen.input_side)  # the side it got
+        resized = decisions.choose_scale(plan.fingerprint, chosen.input_side)  # the side it got
         plan.choose({"data.tile_size": None}, "scale", resized.reason)
         share = load * setting.batch_size / chosen.step_seconds
         if share > decisions.LOADING_SHARE:
@@ -237,6 +213,54 @@ def _plan_for_budget(
             )
     tta = cfg.eval.tta if "eval.tta" in fixed else None
     _plan_schedule(plan, cfg, chosen, setting, training, scoring, budget, tta)
+
+
+def _candidate_space(
+    fingerprint: DatasetFingerprint, cfg: Config, fixed: frozenset[str]
+) -> tuple[list[int], decisions.Scale, list[tuple[str, dict[str, Any]]]]:
+    """The input sides and models to measure, and whether the data needs tiles: the sides that
+    keep every structure when resized (tile sides when none does), the user's side or model
+    alone where the user fixed it."""
+    sides = [s for s in RESIZE_SIDES if not decisions.choose_scale(fingerprint, s).tiles]
+    scale = decisions.choose_scale(fingerprint, max(sides or RESIZE_SIDES))
+    sides = sides or list(TILE_SIDES)
+    if "data.img_size" in fixed:
+        sides = [max(size_hw(cfg.data.img_size))]
+    ladder = MODEL_LADDER
+    if fixes_model(fixed):
+        ladder = [(cfg.model.name, dict(cfg.model.options))]
+    return sides, scale, ladder
+
+
+def _training_seconds(
+    plan: Plan,
+    splits: DatasetSplits,
+    budget: float,
+    started: float,
+    allowance: float,
+    scoring: float,
+    load: float,
+) -> float:
+    """What the budget leaves for optimiser steps once planning, the probes, the data check,
+    the test evaluation and validation have their share; an error when nothing is left."""
+    check = load * (len(splits.train) + len(splits.val) + len(splits.test))
+    rough_evaluation = len(splits.test) * scoring
+    spent = time.perf_counter() - started
+    training = (budget - spent - allowance - check - rough_evaluation) * (
+        1 - decisions.VALIDATION_SHARE
+    )
+    if training <= 0:
+        raise ValueError(
+            f"a time budget of {budget:.0f} s leaves no training time: planning took {spent:.0f} "
+            f"s, the data check needs ~{check:.0f} s and the test evaluation ~"
+            f"{rough_evaluation:.0f} s; give a longer --time-budget, or --plan off"
+        )
+    plan.measured.update(
+        scoring_s_per_image=round(scoring, 4),
+        load_s_per_sample=round(load, 4),
+        data_check_s=round(check, 1),
+    )
+    return training
 
 
 def _plan_schedule(

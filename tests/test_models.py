@@ -158,7 +158,8 @@ def test_every_model_overfits_one_batch(name: str, num_classes: int, lr: float, 
 
 
 def test_unknown_model_and_option_are_explained() -> None:
-    with pytest.raises(ValueError, match=r"'unte'.*did you mean 'unet'.*resnet34-unet, unet\b"):
+    known = r"known models: attention-unet, resenc-unet, resnet34-unet, timm-unet, unet, unet-plus"
+    with pytest.raises(ValueError, match=r"'unte'.*did you mean 'unet'.*" + known):
         build_model("unte", 3, 1)
     with pytest.raises(ValueError, match=r"'base_widht'.*did you mean 'base_width'.*depth"):
         build_model("unet", 3, 1, base_widht=8)

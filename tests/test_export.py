@@ -368,7 +368,7 @@ def test_cuda_without_an_onnxruntime_provider_is_a_clear_error(exports):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"format": "tflite"}, "format must be one of onnx, torchscript; got 'tflite'"),
+        ({"format": "tflite"}, "format must be one of onnx, torchscript, openvino; got 'tflite'"),
         ({"format": "torchscript", "opset": 17}, "opset applies to ONNX only"),
         ({"tolerance": 0.0}, "tolerance must be a positive number"),
     ],

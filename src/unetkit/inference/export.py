@@ -1,11 +1,13 @@
-"""Export a checkpoint to ONNX or TorchScript, with its recipe inside and its parity proven.
+"""Export a checkpoint to ONNX, TorchScript or OpenVINO, with its recipe inside and its parity
+proven; ONNX and OpenVINO also as static int8, guarded.
 
 The exported file is self-describing: the model's architecture, task, class names, every
 :class:`~unetkit.checkpoint.Preprocessing` field and the checkpoint's recorded inference config
 (``inference``, see :mod:`unetkit.inference.options`; null for a checkpoint without one) travel
 inside it as JSON (:data:`METADATA_KEY` in the ONNX ``metadata_props``, an extra file of that name
-in a TorchScript archive), so a runtime needs nothing but the file
-(:mod:`unetkit.inference.onnx_backend`).
+in a TorchScript archive, the IR's runtime info for OpenVINO), so a runtime needs nothing but the
+file (:mod:`unetkit.inference.onnx_backend`, :mod:`unetkit.inference.openvino_backend`). An
+OpenVINO export is an ``.xml`` with its ``.bin`` beside it, converted from the ONNX graph below.
 
 Batch, height and width stay dynamic. The models pad inside ``forward`` to a multiple of
 ``2 ** depth`` and crop back; both formats are made by tracing, which records that padding
@@ -27,6 +29,13 @@ that needs uneven padding. The largest absolute logit difference must stay below
 (1e-4); otherwise :class:`ExportParityError` is raised and no file is left behind, since the
 export is written to a temporary file and renamed only once it passes. ``max_abs_diff`` is None
 (not 0) when the check is skipped.
+
+``quantize="int8"`` (ONNX and OpenVINO) then replaces the checked fp32 graph with its static int8
+version, calibrated on the checkpoint's training images and kept only if, on its validation
+images, it agrees with the fp32 model on at least 99% of the pixels and loses at most 0.5 points
+of the headline metric (:mod:`unetkit.inference.quantize`); otherwise
+:class:`~unetkit.inference.quantize.QuantizationGuardError` is raised, naming both numbers, and
+no file is left. The report and the file's metadata (``quantization``) carry both numbers.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +58,7 @@ from unetkit import __version__
 from unetkit.checkpoint import LoadedModel, model_from_checkpoint, model_metadata
 from unetkit.inference.options import RECORD_KEY, recorded_inference
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")
 METADATA_KEY = "unetkit"
 METADATA_FORMAT = "unetkit-export"
 METADATA_VERSION = 1
@@ -69,7 +78,9 @@ class ExportReport:
     """What :func:`export_model` wrote and how closely the file reproduces PyTorch.
 
     ``max_abs_diff`` maps each checked size ``"HxW"`` to the largest absolute logit difference
-    from PyTorch; None when the check was skipped. ``opset`` is None for TorchScript.
+    from PyTorch (of the fp32 graph); None when the check was skipped. ``opset`` is None for
+    TorchScript and OpenVINO. ``quantization`` is the int8 record (method, calibration data,
+    guard numbers), None for an fp32 export.
     """
 
     path: Path
@@ -79,6 +90,7 @@ class ExportReport:
     tolerance: float
     seconds: float
     metadata: dict[str, Any] = field(repr=False)
+    quantization: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (the metadata left out: it lives in the file)."""
@@ -94,32 +106,88 @@ def export_model(
     opset: int | None = None,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
+    quantize: str | None = None,
+    calibration: str | None = None,
+    calibration_images: int | None = None,
+    guard_images: int | None = None,
 ) -> ExportReport:
-    """Export a unetkit checkpoint to ``out_path`` as ONNX or TorchScript, checked for parity.
+    """Export a unetkit checkpoint to ``out_path`` as ONNX, TorchScript or OpenVINO (an ``.xml``
+    with its ``.bin``), checked for parity; with ``quantize="int8"``, static int8, guarded.
 
     ``opset`` (ONNX only) defaults to the exporter's; parity is checked at
     :func:`parity_sizes`. Raises :class:`ExportParityError` when the file is not trustworthy.
+    ``calibration`` is the data root of the training data (None: the checkpoint's recorded one);
+    ``calibration_images`` and ``guard_images`` cap the images used (see
+    :mod:`unetkit.inference.quantize`).
     """
+    from unetkit.inference import quantize as int8
+
     started = time.perf_counter()
-    _check_arguments(format, opset, tolerance)
+    out_path = Path(out_path)
+    _check_arguments(format, opset, tolerance, out_path)
+    int8.check_quantization(quantize, format, calibration)
     loaded = model_from_checkpoint(checkpoint_path)
     metadata = export_metadata(loaded)
-    out_path = Path(out_path)
-    with _temporary_sibling(out_path) as temporary:
-        example = trace_example(loaded)
-        if format == "onnx":
-            written_opset = _write_onnx(loaded.model, example, metadata, temporary, opset)
-        else:
-            written_opset = None
-            _write_torchscript(loaded.model, example, metadata, temporary)
+    data = None
+    if quantize:  # the data first: a wrong root fails before anything is exported
+        counts = {"calibration_images": calibration_images, "guard_images": guard_images}
+        record = int8.run_split_record(checkpoint_path, calibration)
+        data = int8.calibration_data(
+            loaded, calibration, split_record=record, **{k: v for k, v in counts.items() if v}
+        )
+    quantization = None
+    with _temporary_export(format, out_path) as temporary:
+        written_opset = _write(format, loaded, metadata, temporary, opset)
         differences = None
         if check:
             sizes = parity_sizes(loaded)
             differences = _parity(loaded, _exported_logits(format, temporary), sizes)
             _require_parity(differences, tolerance, format, checkpoint_path)
-        os.replace(temporary, out_path)
+        if data is not None:
+            quantization = int8.quantize_in_place(
+                format, temporary, loaded, metadata, data, checkpoint_path
+            )
+            metadata = {**metadata, int8.QUANTIZATION_KEY: quantization}
+        _publish(format, temporary, out_path)
     seconds = time.perf_counter() - started
-    return ExportReport(out_path, format, written_opset, differences, tolerance, seconds, metadata)
+    return ExportReport(
+        out_path, format, written_opset, differences, tolerance, seconds, metadata, quantization
+    )
+
+
+def _write(
+    format: str, loaded: LoadedModel, metadata: dict[str, Any], path: Path, opset: int | None
+) -> int | None:
+    """Write the fp32 export of ``format``; the ONNX opset, None for the other formats."""
+    example = trace_example(loaded)
+    if format == "onnx":
+        return _write_onnx(loaded.model, example, metadata, path, opset)
+    if format == "openvino":
+        from unetkit.inference.openvino_backend import write_ir
+
+        write_ir(loaded.model, example, metadata, path)
+    else:
+        _write_torchscript(loaded.model, example, metadata, path)
+    return None
+
+
+def _temporary_export(format: str, path: Path) -> AbstractContextManager[Path]:
+    """Where the export is written before it is checked: an IR pair for OpenVINO."""
+    if format == "openvino":
+        from unetkit.inference.openvino_backend import temporary_ir
+
+        return temporary_ir(path)
+    return _temporary_sibling(path)
+
+
+def _publish(format: str, temporary: Path, path: Path) -> None:
+    """Move a checked export into place (renamed, so ``path`` is never half written)."""
+    if format == "openvino":
+        from unetkit.inference.openvino_backend import publish_ir
+
+        publish_ir(temporary, path)
+    else:
+        os.replace(temporary, path)
 
 
 def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
@@ -157,9 +225,14 @@ def parity_sizes(loaded: LoadedModel) -> list[tuple[int, int]]:
     return [(height, width), (_odd_above(height, 13), _odd_above(width, 7))]
 
 
-def _check_arguments(format: str, opset: int | None, tolerance: float) -> None:
+def _check_arguments(format: str, opset: int | None, tolerance: float, out: Path) -> None:
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if format == "openvino" and out.suffix != ".xml":
+        raise ValueError(
+            f"an OpenVINO export is an .xml file (its weights go beside it as .bin); got --out "
+            f"{out}. Use e.g. {out.with_suffix('.xml').name}"
+        )
     if opset is not None and format != "onnx":
         raise ValueError(f"opset applies to ONNX only; got opset={opset} with format={format!r}")
     if not tolerance > 0:
@@ -263,6 +336,10 @@ def _exported_logits(format: str, path: Path) -> Logits:
         from unetkit.inference.onnx_backend import OnnxModel
 
         return OnnxModel(path, device="cpu")
+    if format == "openvino":
+        from unetkit.inference.openvino_backend import OpenVinoModel
+
+        return OpenVinoModel(path, device="cpu")  # the f32 hint: the graph as exported
     with quiet_tracing():
         return torch.jit.load(str(path), map_location="cpu").eval()
 

@@ -255,6 +255,7 @@ def quantize_in_place(
             "method": method,
             "calibration": data.description,
             "guard": report.to_dict(),
+            "summary": report.summary(),
         }
         return {**metadata, QUANTIZATION_KEY: record}
 

@@ -7,10 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import checkpoint_payload, preprocessing, rgb, tiny_model
+from model_helpers import checkpoint_payload, preprocessing, rgb, save_rgb, tiny_model
+from PIL import Image
 
 from unetkit.checkpoint import model_from_checkpoint, save_checkpoint
-from unetkit.inference.export import export_metadata, quiet_tracing, trace_example
+from unetkit.inference import export as export_module
+from unetkit.inference.export import (
+    ExportParityError,
+    export_metadata,
+    export_model,
+    quiet_tracing,
+    trace_example,
+)
 from unetkit.inference.segmenter import Segmenter
 from unetkit.tasks import Task
 
@@ -151,3 +159,54 @@ def test_publish_moves_the_weights_before_the_graph(exported, tmp_path):
     with ovb.temporary_ir(tmp_path / "other.xml") as temporary:
         ovb.save_ir(ovb.read_ir(exported["ir"]), temporary)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "out.xml"]  # cleaned up
+
+
+def test_export_writes_a_checked_ir_pair(exported, tmp_path):
+    report = export_model(exported["checkpoint"], tmp_path / "m.xml", format="openvino")
+    assert report.format == "openvino" and report.opset is None and report.quantization is None
+    assert set(report.max_abs_diff) == {"16x20", "29x27"}
+    assert all(0 <= d < TOLERANCE for d in report.max_abs_diff.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+    assert ovb.read_openvino_metadata(report.path) == report.metadata
+
+
+def test_a_failed_parity_check_leaves_neither_file(exported, tmp_path, monkeypatch):
+    real = export_module._exported_logits
+    monkeypatch.setattr(
+        export_module, "_exported_logits", lambda fmt, path: lambda x: real(fmt, path)(x) + 0.01
+    )
+    with pytest.raises(ExportParityError, match="openvino export .* not written"):
+        export_model(exported["checkpoint"], tmp_path / "out" / "m.xml", format="openvino")
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(
+        ValueError, match=r"an OpenVINO export is an \.xml file .* Use e\.g\. m\.xml"
+    ):
+        export_model(exported["checkpoint"], tmp_path / "m.onnx", format="openvino")
+
+
+def test_predict_runs_an_ir_and_says_which_hint(exported, tmp_path, capsys):
+    from unetkit.cli.main import main
+
+    image = tmp_path / "in" / "a.png"
+    save_rgb(image, 37, 23, seed=4)
+    args = ["predict", "--exported", str(exported["ir"]), "--input", str(image.parent), "--out",
+            str(tmp_path / "ov"), "--no-progress", "--no-colour"]  # fmt: skip
+    assert main(args) == 0
+    assert "backend: openvino fp32 (hint f32) (the runtime of the exported file)" in (
+        capsys.readouterr().out
+    )
+    reference = Segmenter.from_checkpoint(exported["checkpoint"], "cpu", precision="fp32")
+    expected = reference.predict(rgb(37, 23, seed=4))
+    actual = np.asarray(Image.open(tmp_path / "ov" / "a.png"))
+    assert np.mean(expected == actual) > 0.99
+
+
+def test_bench_runs_openvino_with_an_explicit_hint():
+    from unetkit.speed.bench import benchmark
+
+    tiny = {"model_options": {"base_width": 4, "depth": 2}, "steps": 1, "warmup": 0}
+    result = benchmark("unet", 32, 2, backend="openvino", **tiny)
+    assert result["backend"] == "openvino" and result["inference_precision_hint"] == "f32"
+    assert result["training"] is None and result["inference"]["images_per_s"] > 0
+    with pytest.raises(ValueError, match="precision fp16 applies to the torch backend"):
+        benchmark("unet", 32, 2, backend="openvino", precision="fp16", **tiny)

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
 from unetkit.cli.flags import config_from_args, flag_overrides
 from unetkit.config import Config, ConfigError, available_presets
 from unetkit.data import DATASETS, DataError, build_splits
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
+from unetkit.inference.backends import BackendChoice, load_segmenter, path_label
 from unetkit.inference.options import InferenceConfig
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
@@ -71,14 +72,13 @@ def evaluate(args: argparse.Namespace) -> int:
     loaded = model_from_checkpoint(checkpoint)
     loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
     inference = inference_config(args)
-    segmenter = Segmenter.from_loaded(
-        loaded, args.device, args.batch_size, **inference.segmenter_options()
-    )
+    segmenter, choice = _evaluated_segmenter(args, loaded, inference)
     source = getattr(splits, args.split)
     evaluation = evaluate_source(
         segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
     )
     evaluation.metrics["checkpoint"] = str(args.checkpoint)
+    evaluation.metrics["inference"]["backend"] = choice.to_dict()
     ran = dataclasses.replace(inference, window_size=segmenter.window_size)  # the window it used
     evaluation.metrics["inference"]["config"] = ran.to_dict()
     out = Path(args.out) if args.out else run_dir / "evaluation" / args.split
@@ -148,8 +148,14 @@ def export(args: argparse.Namespace) -> int:
         opset=args.opset,
         check=not args.no_check,
         tolerance=args.tolerance,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
+        guard_images=args.guard_images,
     )
     print(json.dumps(report.to_dict(), indent=2))
+    if report.quantization:
+        print(report.quantization["summary"])
     return 0
 
 
@@ -160,6 +166,8 @@ def serve(args: argparse.Namespace) -> int:
     api_key = resolve_api_key(args.api_key)  # checked before the model loads
     run_server(
         args.checkpoint,
+        backend=args.backend,
+        exported=args.exported,
         host=args.host,
         port=args.port,
         max_upload_mb=args.max_upload_mb,
@@ -215,27 +223,37 @@ def _size(values: list[int]) -> int | tuple[int, int]:
 
 
 def _load_segmenter(args: argparse.Namespace) -> Segmenter:
-    """A Segmenter from ``--checkpoint`` (PyTorch) or ``--exported FILE`` (ONNX Runtime or
-    TorchScript)."""
+    """A Segmenter from ``--checkpoint`` or ``--exported FILE``, run by ``--backend`` (auto:
+    the file's runtime, or the fastest installed path); the path it runs is printed."""
     options = inference_config(args).segmenter_options()
-    backend = args.backend
-    if backend in ("onnxruntime", "torchscript"):
-        from unetkit.inference import onnx_backend
+    segmenter, choice = load_segmenter(
+        args.backend, args.checkpoint, args.exported, args.device, args.batch_size, **options
+    )
+    print(choice.describe())
+    return segmenter
 
-        if not args.exported:
-            raise ValueError(f"--backend {backend} needs --exported FILE (see unetkit export)")
-        load = (
-            onnx_backend.load_onnx_segmenter
-            if backend == "onnxruntime"
-            else onnx_backend.load_torchscript_segmenter
-        )
-        return load(args.exported, batch_size=args.batch_size, device=args.device, **options)
-    if not args.checkpoint:
+
+def _evaluated_segmenter(
+    args: argparse.Namespace, loaded: LoadedModel, inference: InferenceConfig
+) -> tuple[Segmenter, BackendChoice]:
+    """The checkpoint's model with PyTorch (default), or the runtime or export asked for,
+    scored with the threshold asked (``task.threshold``)."""
+    options = inference.segmenter_options()
+    backend = args.backend or ("auto" if args.exported else "torch")
+    if backend == "torch" and not args.exported:
+        segmenter = Segmenter.from_loaded(loaded, args.device, args.batch_size, **options)
+        return segmenter, BackendChoice("torch", path_label(segmenter, "torch"), "as asked")
+    segmenter, choice = load_segmenter(
+        backend, args.checkpoint, args.exported, args.device, args.batch_size, **options
+    )
+    if segmenter.task.num_classes != loaded.task.num_classes:
         raise ValueError(
-            "give --checkpoint RUN/checkpoints/best.pt "
-            "(or --backend onnxruntime --exported FILE.onnx)"
+            f"{args.exported} predicts {segmenter.task.num_classes} classes, the checkpoint "
+            f"{loaded.task.num_classes}; evaluate an export of this checkpoint"
         )
-    return Segmenter.from_checkpoint(args.checkpoint, args.device, args.batch_size, **options)
+    segmenter.task = loaded.task
+    print(choice.describe())
+    return segmenter, choice
 
 
 def _refuse_ignored_overrides(pairs: list[str]) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from unetkit.checkpoint import model_from_checkpoint
-from unetkit.inference.segmenter import Segmenter
+from unetkit.checkpoint import load_checkpoint
+from unetkit.inference.backends import load_segmenter
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 from unetkit.serve.admission import DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT_S
 from unetkit.serve.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
@@ -25,8 +25,10 @@ DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 
 
 def app_from_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     *,
+    backend: str = "torch",
+    exported: str | Path | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     device: str = "auto",
@@ -39,23 +41,31 @@ def app_from_checkpoint(
     """The service of a checkpoint file; 1 MB is 2**20 bytes, a megapixel 10**6 pixels.
 
     ``api_key``, ``max_queue`` and ``request_timeout_s`` are :func:`create_app`'s;
-    ``segmenter_options`` are the Segmenter's keyword options (e.g. ``tta=True``).
+    ``segmenter_options`` are the Segmenter's keyword options (e.g. ``tta=True``). ``backend``
+    and ``exported`` pick the runtime (:func:`unetkit.inference.backends.load_segmenter`; ``auto``
+    the fastest installed); the path chosen is logged and kept in ``app.state.backend``.
     """
     if not max_upload_mb > 0:
         raise ValueError(f"max_upload_mb must be a positive number of MB; got {max_upload_mb}")
     if not max_megapixels > 0:
         raise ValueError(f"max_megapixels must be positive; got {max_megapixels}")
-    loaded = model_from_checkpoint(checkpoint)
-    segmenter = Segmenter.from_loaded(loaded, device, batch_size, **segmenter_options)
-    return create_app(
+    segmenter, choice = load_segmenter(
+        backend, checkpoint, exported, device, batch_size, **segmenter_options
+    )
+    logging.getLogger("uvicorn.error").info("unetkit serve: %s", choice.describe())
+    metadata = getattr(segmenter.model, "metadata", None)
+    architecture = (metadata or load_checkpoint(checkpoint))["architecture"]
+    app = create_app(
         segmenter,
-        model_name=loaded.checkpoint["architecture"]["name"],
+        model_name=architecture["name"],
         max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
         max_pixels=max(1, int(max_megapixels * 1e6)),
         api_key=api_key,
         max_queue=max_queue,
         request_timeout_s=request_timeout_s,
     )
+    app.state.backend = choice.to_dict()
+    return app
 
 
 def build_server(

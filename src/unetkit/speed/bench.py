@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +59,7 @@ from unetkit.models import build_model
 from unetkit.models import model_options as accepted_options
 from unetkit.precision import (
     DTYPES,
+    PRECISIONS,
     check_layout,
     check_precision,
     choose_execution,
@@ -66,7 +68,8 @@ from unetkit.precision import (
 from unetkit.precision_probe import inference_timer, training_step_timer
 from unetkit.tasks import Task
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+QUANTIZED_BACKENDS = ("onnxruntime", "openvino")  # where ``quantize="int8"`` applies
 FLOP_CONVENTION = (
     "one multiply-add = 2 FLOPs; convolutions and matrix products counted by "
     "torch.utils.flop_counter.FlopCounterMode; norms, activations, pooling, resizing not counted"
@@ -92,20 +95,19 @@ def benchmark(
     in_channels: int = 3,
     precision: str = "fp32",
     gemm_size: int | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Speed and cost of ``model_name`` on ``batch_size`` random images of ``img_size``.
 
     ``num_classes`` counts the background (2 = binary, one logit channel). ``threads`` sets the
     CPU threads of PyTorch and of ONNX Runtime alike (default: PyTorch's current setting).
     ``gemm_size`` sets the matrix product of the GEMM ceiling (None: 4096 on a CPU, 8192 on a
-    GPU; 0 skips it and its fields are None).
+    GPU; 0 skips it and its fields are None). For ``openvino`` the precision is its inference
+    precision hint (``auto``: f32, the graph as given); ``quantize="int8"`` times the static int8
+    graph of ONNX Runtime or OpenVINO, calibrated on random images (speed only).
     """
     height, width = _check_arguments(img_size, batch_size, backend, channels_last, steps, warmup)
-    if check_precision(precision) not in ("auto", "fp32") and backend != "torch":
-        raise ValueError(
-            f"precision {precision} applies to the torch backend; {backend} runs the exported "
-            f"fp32 graph. Drop --precision or use --backend torch"
-        )
+    _check_runtime_options(backend, precision, quantize)
     task = Task(num_classes)
     options = dict(model_options or {})
     torch.manual_seed(0)
@@ -120,10 +122,17 @@ def benchmark(
                 model, images, targets, task, resolve_device(device), execution, steps, warmup
             )
             _add_gemm_ceiling(measured["training"], resolve_device(device), gemm_size)
+        elif backend == "openvino":
+            measured = _measure_openvino(
+                model, images, thread_count, precision, quantize, steps, warmup
+            )
         else:
-            measured = _measure_onnxruntime(model, images, thread_count, device, steps, warmup)
+            measured = _measure_onnxruntime(
+                model, images, thread_count, device, quantize, steps, warmup
+            )
     return {
         **result,
+        "quantize": quantize,
         "threads": thread_count,
         "precision": precision,
         "channels_last": channels_last,
@@ -184,6 +193,7 @@ def _measure_onnxruntime(
     images: torch.Tensor,
     threads: int,
     device: str | torch.device,
+    quantize: str | None,
     steps: int,
     warmup: int,
 ) -> dict[str, Any]:
@@ -191,15 +201,38 @@ def _measure_onnxruntime(
     ort_device = torch.device(onnx_device(device))
     model = model.eval()
     forward = _forward_gflops(model, images)
-    timing = _time_onnxruntime(model, images, threads, ort_device, steps, warmup)
+    graph = onnx_bytes(model, images)
+    if quantize:
+        graph = _int8_onnx(graph, images)
+    timing = _time_onnxruntime(graph, images, threads, ort_device, steps, warmup)
     return {
         "device": _device_name(ort_device),
         "onnxruntime_version": onnxruntime_module().__version__,
         "gflops_per_image": forward,
         "inference": _throughput(timing, len(images), forward),
         "training": None,
-        "notes": ["training: not applicable (ONNX Runtime runs inference only)"],
+        "notes": [
+            "training: not applicable (ONNX Runtime runs inference only)",
+            *_int8_note(quantize),
+        ],  # fmt: skip
     }
+
+
+def _check_runtime_options(backend: str, precision: str, quantize: str | None) -> None:
+    """Precision and quantisation as each backend takes them (see :func:`benchmark`)."""
+    allowed = {"torch": PRECISIONS, "openvino": ("auto", "fp32", "bf16")}
+    if check_precision(precision) not in allowed.get(backend, ("auto", "fp32")):
+        raise ValueError(
+            f"precision {precision} applies to the torch backend; {backend} runs the exported "
+            f"fp32 graph. Drop --precision or use --backend torch"
+        )
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be int8 or None; got {quantize!r}")
+    if quantize and backend not in QUANTIZED_BACKENDS:
+        raise ValueError(
+            f"int8 applies to {' and '.join(QUANTIZED_BACKENDS)}; got backend {backend!r}. Use "
+            f"--backend onnxruntime or openvino with --quantize int8"
+        )
 
 
 def _forward_gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
@@ -378,21 +411,91 @@ def gemm_gflops_per_s(
 
 
 def _time_onnxruntime(
-    model: torch.nn.Module,
+    graph: bytes,
     images: torch.Tensor,
     threads: int,
     device: torch.device,
     steps: int,
     warmup: int,
 ) -> list[float]:
-    """Seconds per batch of an ONNX Runtime session on the model exported in memory."""
+    """Seconds per batch of an ONNX Runtime session on the serialized graph."""
     ort = onnxruntime_module()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     providers = ort_providers(device)
-    session = ort.InferenceSession(onnx_bytes(model, images), options, providers=providers)
+    session = ort.InferenceSession(graph, options, providers=providers)
     feed = {session.get_inputs()[0].name: images.numpy()}
     return _time_calls(lambda: session.run(None, feed), steps, warmup, torch.device("cpu"))
+
+
+def _int8_onnx(graph: bytes, images: torch.Tensor) -> bytes:
+    """The static QDQ int8 version of a serialized ONNX graph, calibrated on random images."""
+    from unetkit.inference.quantize import quantize_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        fp32, int8 = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        fp32.write_bytes(graph)
+        quantize_onnx(fp32, int8, _random_calibration(images))
+        return int8.read_bytes()
+
+
+# --- OpenVINO ----------------------------------------------------------------------------------
+
+
+def _measure_openvino(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    threads: int,
+    precision: str,
+    quantize: str | None,
+    steps: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Forward FLOPs (counted in PyTorch) and the timing of OpenVINO on the model's IR, compiled
+    with an explicit inference precision hint (fp32 for ``auto``: the graph as given)."""
+    from unetkit.inference.openvino_backend import (
+        compile_ir,
+        compiled_hint,
+        onnx_to_ir,
+        openvino_module,
+    )
+
+    model = model.eval()
+    forward = _forward_gflops(model, images)
+    graph = onnx_to_ir(onnx_bytes(model, images), {})
+    if quantize:
+        from unetkit.inference.quantize import quantize_openvino
+
+        graph = quantize_openvino(graph, _random_calibration(images))
+    compiled = compile_ir(graph, "fp32" if precision == "auto" else precision, threads)
+    batch = images.numpy()
+    timing = _time_calls(lambda: compiled(batch), steps, warmup, torch.device("cpu"))
+    return {
+        "device": _device_name(torch.device("cpu")),
+        "openvino_version": openvino_module().__version__,
+        "inference_precision_hint": compiled_hint(compiled),
+        "quantize": quantize,
+        "gflops_per_image": forward,
+        "inference": _throughput(timing, len(images), forward),
+        "training": None,
+        "notes": ["training: not applicable (OpenVINO runs inference only)", *_int8_note(quantize)],
+    }
+
+
+def _random_calibration(images: torch.Tensor, count: int = 8) -> list[np.ndarray]:
+    """Calibration inputs for a speed measurement: random images of the batch's size (int8
+    accuracy is the export's guard, on real data; speed does not depend on the weights)."""
+    generator = torch.Generator().manual_seed(2)
+    shape = (1, *images.shape[1:])
+    return [torch.randn(shape, generator=generator).numpy() for _ in range(count)]
+
+
+def _int8_note(quantize: str | None) -> list[str]:
+    if not quantize:
+        return []
+    return [
+        "int8: static, calibrated on random images (speed only; accuracy is the export's guard)"
+    ]
 
 
 # --- devices -----------------------------------------------------------------------------------

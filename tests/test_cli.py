@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from unetkit.checkpoint import load_checkpoint
+from unetkit.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.cli.flags import flag_overrides
 from unetkit.cli.main import build_parser, main
 from unetkit.inference.postprocess import PostProcessing
@@ -218,6 +218,31 @@ def test_predict_inference_flags_reach_the_segmenter(
         assert count == 0 or np.bincount(labels.ravel())[1:].min() >= 30
     assert (tuned / "big_colour.png").is_file() and (tuned / "summary.csv").is_file()
     assert "class areas" in capsys.readouterr().out
+
+
+def test_predict_and_evaluate_without_flags_run_as_the_checkpoint_records(
+    trained_run, tmp_path, segmenter_options
+):
+    checkpoint = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    recorded = {**checkpoint["inference"], "tta": True, "overlap": 0.5, "mode": "sliding"}
+    best = tmp_path / "checkpoints" / "best.pt"
+    save_checkpoint({**checkpoint, "inference": recorded}, best)
+    image = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    common = ["--checkpoint", str(best), "--no-progress"]
+    assert main(["predict", *common, "--input", str(tmp_path / "x.png"), "--out",
+                 str(tmp_path / "masks")]) == 0  # fmt: skip
+    assert main(["evaluate", *common, "--out", str(tmp_path / "eval"), "--no-report",
+                 "--overlap", "0.3"]) == 0  # fmt: skip
+    as_recorded, overridden = segmenter_options
+    assert (as_recorded["tta"], as_recorded["overlap"], as_recorded["mode"]) == (
+        True,
+        0.5,
+        "sliding",
+    )
+    assert (overridden["tta"], overridden["overlap"]) == (True, 0.3)  # the flag wins
+    scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["inference"]["config"]
+    assert scored == {**recorded, "overlap": 0.3}
 
 
 def test_old_inference_flag_names_still_work_with_a_notice(trained_run, tmp_path, capsys,

@@ -71,16 +71,13 @@ def evaluate(args: argparse.Namespace) -> int:
     splits = build_splits(cfg, split_record=record)
     loaded = model_from_checkpoint(checkpoint)
     loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
-    inference = inference_config(args)
-    segmenter, choice = _evaluated_segmenter(args, loaded, inference)
+    segmenter, choice = _evaluated_segmenter(args, loaded)
     source = getattr(splits, args.split)
     evaluation = evaluate_source(
         segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
     )
     evaluation.metrics["checkpoint"] = str(args.checkpoint)
     evaluation.metrics["inference"]["backend"] = choice.to_dict()
-    ran = dataclasses.replace(inference, window_size=segmenter.window_size)  # the window it used
-    evaluation.metrics["inference"]["config"] = ran.to_dict()
     out = Path(args.out) if args.out else run_dir / "evaluation" / args.split
     history_file = run_dir / "history.csv"
     history = read_history_csv(history_file) if history_file.is_file() else None
@@ -177,7 +174,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
-        **inference_config(args).segmenter_options(),
+        **given_inference_options(args),
     )
     return 0
 
@@ -215,6 +212,20 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
     )
 
 
+# What the inference flags say when none is given: the checkpoint's or export's recorded config
+# then applies (see unetkit.inference.options), so evaluate and predict without flags run as the
+# training run's final test did.
+UNSET_INFERENCE = InferenceConfig(precision="auto", channels_last="auto")
+
+
+def given_inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Segmenter options the inference flags set; those left at their defaults are not
+    passed, so the file's recorded config applies."""
+    asked = inference_config(args).segmenter_options()
+    unset = UNSET_INFERENCE.segmenter_options()
+    return {name: value for name, value in asked.items() if value != unset[name]}
+
+
 def _size(values: list[int]) -> int | tuple[int, int]:
     """``--flag S`` (square) or ``--flag H W``."""
     if len(values) not in (1, 2):
@@ -225,7 +236,7 @@ def _size(values: list[int]) -> int | tuple[int, int]:
 def _load_segmenter(args: argparse.Namespace) -> Segmenter:
     """A Segmenter from ``--checkpoint`` or ``--exported FILE``, run by ``--backend`` (auto:
     the file's runtime, or the fastest installed path); the path it runs is printed."""
-    options = inference_config(args).segmenter_options()
+    options = given_inference_options(args)
     segmenter, choice = load_segmenter(
         args.backend, args.checkpoint, args.exported, args.device, args.batch_size, **options
     )
@@ -234,11 +245,12 @@ def _load_segmenter(args: argparse.Namespace) -> Segmenter:
 
 
 def _evaluated_segmenter(
-    args: argparse.Namespace, loaded: LoadedModel, inference: InferenceConfig
+    args: argparse.Namespace, loaded: LoadedModel
 ) -> tuple[Segmenter, BackendChoice]:
     """The checkpoint's model with PyTorch (default), or the runtime or export asked for,
-    scored with the threshold asked (``task.threshold``)."""
-    options = inference.segmenter_options()
+    scored with the threshold asked (``task.threshold``); inference flags not given are the
+    file's record."""
+    options = given_inference_options(args)
     backend = args.backend or ("auto" if args.exported else "torch")
     if backend == "torch" and not args.exported:
         segmenter = Segmenter.from_loaded(loaded, args.device, args.batch_size, **options)

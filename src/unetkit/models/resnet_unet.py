@@ -15,7 +15,7 @@ filters are repeated cyclically (R, G, B, R, ...) and scaled by 3 / C, keeping t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from torchvision.models import ResNet, ResNet34_Weights, WeightsEnum, resnet34
 from unetkit.models.blocks import ConvBlock, init_kaiming
 from unetkit.models.padding import AnySizeSegmenter
 from unetkit.models.registry import register_model
+from unetkit.models.state_dicts import as_state_dict
 
 ENCODER_WIDTHS = (64, 64, 128, 256, 512)  # channels at strides 2, 4, 8, 16, 32
 
@@ -134,17 +135,7 @@ def _download(url: str, check_hash: bool) -> dict[str, torch.Tensor]:
 
 
 def _as_state_dict(loaded: object, source: str) -> dict[str, torch.Tensor]:
-    """Accept a bare state dict or a checkpoint that wraps one under ``state_dict``."""
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(value, torch.Tensor) for value in loaded.values()
-    ):
-        raise ValueError(
-            f"{source} does not hold a state dict (a mapping of names to tensors); save one with "
-            f"torch.save(resnet34().state_dict(), path)"
-        )
-    return dict(loaded)
+    return as_state_dict(loaded, source, "torch.save(resnet34().state_dict(), path)")
 
 
 def _build_resnet34(in_channels: int, pretrained: bool | str | os.PathLike[str]) -> ResNet:

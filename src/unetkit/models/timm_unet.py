@@ -30,6 +30,7 @@ from torch import nn
 from unetkit.models.blocks import ConvBlock, init_kaiming
 from unetkit.models.padding import AnySizeSegmenter
 from unetkit.models.registry import register_model
+from unetkit.models.state_dicts import as_state_dict
 
 TIMM_PREFIX = "tu-"  # segmentation_models_pytorch's spelling of "a timm encoder"
 UPSAMPLING_MODES = ("nearest", "bilinear")
@@ -159,16 +160,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(value, torch.Tensor) for value in loaded.values()
-    ):
-        raise ValueError(
-            f"{path} does not hold a state dict (a mapping of names to tensors); save one with "
-            f"torch.save(timm.create_model(name).state_dict(), path)"
-        )
-    return dict(loaded)
+    how_to_save = "torch.save(timm.create_model(name).state_dict(), path)"
+    return as_state_dict(loaded, str(path), how_to_save)
 
 
 def check_encoder_keys(name: str, state: Mapping[str, torch.Tensor], source: str) -> None:

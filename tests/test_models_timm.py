@@ -108,3 +108,25 @@ def test_a_file_missing_encoder_keys_is_refused_by_name(tmp_path) -> None:
 def test_an_unknown_encoder_lists_close_matches() -> None:
     with pytest.raises(ValueError, match=r"unknown timm encoder 'resnet1888'.*resnet18"):
         tiny(encoder="resnet1888")
+
+
+def test_unet_with_an_encoder_option_is_the_timm_unet_under_unet_names(tmp_path) -> None:
+    torch.manual_seed(0)
+    routed = build_model("unet", 3, 1, encoder="tu-resnet18", base_width=4, up="bilinear")
+    assert type(routed).__name__ == "TimmUNet" and routed.upsampling == "bilinear"
+    assert [block[-1][0].out_channels for block in routed.decoder] == [64, 32, 16, 8, 4]
+    assert routed(torch.randn(1, 3, 45, 61)).shape == (1, 1, 45, 61)
+    checkpoint = write_checkpoint(
+        tmp_path / "u.pt", 2, "unet", {"encoder": "tu-resnet18", "base_width": 4}
+    )
+    assert type(model_from_checkpoint(checkpoint).model).__name__ == "TimmUNet"
+    assert type(build_model("unet", 3, 1, encoder=None, base_width=4)).__name__ == "UNet"
+
+
+def test_unet_options_that_do_not_apply_to_a_timm_encoder_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"'unet' with encoder='resnet18' has no option 'norm'"):
+        build_model("unet", 3, 1, encoder="resnet18", norm="group")
+    with pytest.raises(ValueError, match=r"no option 'pretrained' \(it applies with encoder="):
+        build_model("unet", 3, 1, pretrained=True)
+    with pytest.raises(ValueError, match=r"up must be one of \('nearest', 'bilinear'\)"):
+        build_model("unet", 3, 1, encoder="resnet18", up="transpose")

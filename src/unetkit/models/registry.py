@@ -18,6 +18,7 @@ from torch import nn
 _FIXED_ARGUMENTS = ("in_channels", "out_channels")
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_ROUTES: dict[str, tuple[str, Callable[..., nn.Module]]] = {}
 
 FactoryT = TypeVar("FactoryT", bound=Callable[..., nn.Module])
 
@@ -39,6 +40,13 @@ def register_model(name: str, description: str | None = None) -> Callable[[Facto
     return decorator
 
 
+def route_option(name: str, option: str, factory: Callable[..., nn.Module]) -> None:
+    """Build the registered model ``name`` with ``factory`` whenever ``option`` is given (not
+    None); ``factory`` receives every option, ``option`` included."""
+    _lookup(name)
+    _ROUTES[name] = (option, factory)
+
+
 def model_description(name: str) -> str:
     """One line saying what the model ``name`` is (empty if it has no docstring)."""
     _lookup(name)
@@ -51,8 +59,17 @@ def list_models() -> list[str]:
 
 
 def model_options(name: str) -> dict[str, Any]:
-    """The keyword options a model accepts, each with its default value."""
-    parameters = inspect.signature(_lookup(name)).parameters.values()
+    """The keyword options a model accepts, each with its default value (a routed option and the
+    options of its factory included, the model's own defaults first)."""
+    options = _signature_options(_lookup(name))
+    if name in _ROUTES:
+        option, factory = _ROUTES[name]
+        options = {**_signature_options(factory), **options, option: None}
+    return options
+
+
+def _signature_options(factory: Callable[..., nn.Module]) -> dict[str, Any]:
+    parameters = inspect.signature(factory).parameters.values()
     return {
         parameter.name: parameter.default
         for parameter in parameters
@@ -67,18 +84,34 @@ def build_model(name: str, in_channels: int, out_channels: int, **options: Any) 
     ``out_channels`` is the number of logit channels (``Task.out_channels``: 1 for a binary task),
     not the class count (``Task.num_classes``, which counts the background).
     """
-    factory = _lookup(name)
-    accepted = model_options(name)
+    factory, variant, options = _factory_for(name, options)
+    accepted = _signature_options(factory)
     for option in options:
         if option not in accepted:
+            routed_only = not variant and option in model_options(name)
+            hint = f" (it applies with {_ROUTES[name][0]}=...)" if routed_only else ""
             raise ValueError(
-                f"model {name!r} has no option {option!r}{_did_you_mean(option, accepted)}; "
-                f"accepted options: {', '.join(accepted) or '(none)'}"
+                f"model {name!r}{variant} has no option {option!r}{hint}"
+                f"{_did_you_mean(option, accepted)}; accepted options: "
+                f"{', '.join(accepted) or '(none)'}"
             )
     for argument, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{argument} must be a positive integer; got {value!r}")
     return factory(in_channels=in_channels, out_channels=out_channels, **options)
+
+
+def _factory_for(
+    name: str, options: dict[str, Any]
+) -> tuple[Callable[..., nn.Module], str, dict[str, Any]]:
+    """The factory that builds ``name`` with ``options``, words naming a routed variant, and the
+    options to pass (a routed option left at None is dropped)."""
+    if name not in _ROUTES:
+        return _lookup(name), "", options
+    route, routed_factory = _ROUTES[name]
+    if options.get(route) is not None:
+        return routed_factory, f" with {route}={options[route]!r}", options
+    return _lookup(name), "", {key: value for key, value in options.items() if key != route}
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:

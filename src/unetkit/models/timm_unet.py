@@ -29,7 +29,7 @@ from torch import nn
 
 from unetkit.models.blocks import ConvBlock, init_kaiming
 from unetkit.models.padding import AnySizeSegmenter
-from unetkit.models.registry import register_model
+from unetkit.models.registry import register_model, route_option
 from unetkit.models.state_dicts import as_state_dict
 
 TIMM_PREFIX = "tu-"  # segmentation_models_pytorch's spelling of "a timm encoder"
@@ -42,7 +42,8 @@ class TimmUNet(AnySizeSegmenter):
 
     ``encoder`` is a timm model name (``tu-`` prefix accepted, e.g. ``tu-convnext_tiny``).
     ``decoder_widths`` (deepest first) needs one width per block, ``log2`` of the encoder's
-    largest reduction (5 for the usual stride-32 encoders); by default 256, 128, 64, 32, 16.
+    largest reduction (5 for the usual stride-32 encoders); by default ``base_width`` times
+    16, 8, 4, 2, 1 (256, 128, 64, 32, 16), never below ``base_width``.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class TimmUNet(AnySizeSegmenter):
         encoder: str = "mobilenetv3_large_100",
         pretrained: bool | str | os.PathLike[str] = False,
         decoder_widths: Sequence[int] | None = None,
+        base_width: int = 16,
         upsampling: str = "nearest",
         decoder_dropout: float = 0.0,
     ) -> None:
@@ -65,7 +67,7 @@ class TimmUNet(AnySizeSegmenter):
         self.encoder = features
         self.upsampling = upsampling
         self.scales = _upsampling_scales(name, reductions)
-        widths = _decoder_widths(decoder_widths, len(self.scales))
+        widths = _decoder_widths(decoder_widths, base_width, len(self.scales))
         channels = features.feature_info.channels()
         skips = [*channels[-2::-1], *[0] * (len(self.scales) - len(channels) + 1)]
         in_widths = [channels[-1], *widths[:-1]]
@@ -86,6 +88,39 @@ class TimmUNet(AnySizeSegmenter):
                 features = torch.cat([features, skips.pop()], dim=1)
             features = block(features)
         return self.head(features)
+
+
+def unet_on_timm_encoder(
+    in_channels: int,
+    out_channels: int,
+    *,
+    encoder: str,
+    pretrained: bool | str | os.PathLike[str] = False,
+    base_width: int = 16,
+    decoder_widths: Sequence[int] | None = None,
+    up: str = "nearest",
+    dropout: float = 0.0,
+) -> TimmUNet:
+    """``unet`` with ``encoder=<timm name>``: :class:`TimmUNet` under ``unet``'s option names
+    (``up`` nearest | bilinear, ``dropout`` in the decoder blocks)."""
+    if up not in UPSAMPLING_MODES:
+        raise ValueError(
+            f"unet with a timm encoder upsamples by interpolation: up must be one of "
+            f"{UPSAMPLING_MODES}; got {up!r}"
+        )
+    return TimmUNet(
+        in_channels,
+        out_channels,
+        encoder=encoder,
+        pretrained=pretrained,
+        decoder_widths=decoder_widths,
+        base_width=base_width,
+        upsampling=up,
+        decoder_dropout=dropout,
+    )
+
+
+route_option("unet", "encoder", unet_on_timm_encoder)
 
 
 def timm_name(encoder: str) -> str:
@@ -196,9 +231,11 @@ def _upsampling_scales(name: str, reductions: Sequence[int]) -> list[int]:
     return [*between[::-1], *[2] * int(math.log2(reductions[0]))]
 
 
-def _decoder_widths(widths: Sequence[int] | None, blocks: int) -> list[int]:
+def _decoder_widths(widths: Sequence[int] | None, base_width: int, blocks: int) -> list[int]:
     if widths is None:
-        return [max(16, 256 >> index) for index in range(blocks)]
+        if base_width < 1:
+            raise ValueError(f"base_width must be a positive integer; got {base_width}")
+        return [max(base_width, (base_width * 16) >> index) for index in range(blocks)]
     if len(widths) != blocks or min(widths) < 1:
         raise ValueError(
             f"decoder_widths needs {blocks} positive widths for this encoder (one per block, "

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from unetkit.cli import commands, data_commands, plan_commands
+from unetkit.cli import commands, cv_commands, data_commands, plan_commands
 from unetkit.cli.flags import (
     BATCH_SIZE_OPTIONS,
     DATASET_FLAGS,
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    cv_commands.add_cv_command(sub)
     _add_evaluate(sub)
     _add_predict(sub)
     _add_plan(sub)

@@ -1,0 +1,205 @@
+"""``unetkit cv``: its arguments, and the command that runs the folds (see
+:mod:`unetkit.training.cv`).
+
+``cv`` takes every ``train`` flag and ``KEY=VALUE`` pair; each fold runs ``unetkit train`` with
+them, plus ``--out CV/fold_<i>``, ``--plan off`` and the fold's time budget (and ``--resume auto``
+when the fold has a checkpoint). The test split, the fold assignment and the plan are fixed once
+in the cv folder, so a rerun of the same command continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unetkit.cli.flags import TRAIN_FLAGS, add_config_flags, config_from_args, flag_overrides
+from unetkit.cli.plan_commands import PLAN_CHOICES, explicit_keys, should_plan
+from unetkit.config import Config, ConfigError, load_config
+from unetkit.training.budget import parse_duration
+from unetkit.training.cv import (
+    FoldAssignment,
+    assignment_for,
+    format_summary,
+    run_folds,
+    summarise_folds,
+    write_summary,
+)
+from unetkit.training.distributed import under_torchrun
+
+PLAN_FILE = "plan.yaml"
+# Flags of `cv` itself (one value each), not handed on to the folds' `train`.
+CV_OPTIONS = ("--folds", "--fold-seed", "--out", "--time-budget", "--time-budget-per-fold")
+# Keys each fold sets itself: given as KEY=VALUE they would send every fold to one place.
+FOLD_KEYS = ("train.out", "train.resume", "train.time_budget")
+
+
+def add_cv_command(sub: argparse._SubParsersAction) -> None:
+    """The ``cv`` subcommand: train's flags, the cv folder, the folds and the budget."""
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation over train + val, each fold a normal run folder",
+        epilog="Any train flag and KEY=VALUE pair applies to every fold. Rerun the same command "
+        "to continue: finished folds are skipped, an interrupted one resumes.",
+        allow_abbrev=False,  # the folds' argv is this one less CV_OPTIONS, spelled out
+    )
+    add_config_flags(p, [flag for flag in TRAIN_FLAGS if flag not in ("out", "resume",
+                                                                      "time_budget")])  # fmt: skip
+    p.add_argument("--out", required=True, help="the cv folder (fold_0, ..., folds.json, summary)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: "
+                   "data.split_seed)")  # fmt: skip
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--time-budget-per-fold", metavar="DURATION", help="each fold trains "
+                        "this long (90s, 20m, 1.5h)")  # fmt: skip
+    budget.add_argument("--time-budget", metavar="DURATION", help="all folds together train "
+                        "this long (shared out equally, after planning)")  # fmt: skip
+    p.add_argument("--plan", choices=PLAN_CHOICES, default="auto",
+                   help="as for train, but planned once for every fold (plan.yaml)")  # fmt: skip
+    p.add_argument("--nproc", type=int, help="each fold trains in N processes (as train)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cv)
+
+
+def cv(args: argparse.Namespace) -> int:
+    """Fix the plan and the folds, run every fold, then write and print the summary."""
+    from unetkit.cli.main import main
+
+    if under_torchrun():
+        raise RuntimeError("unetkit cv starts each fold's processes itself: give it --nproc N "
+                           "instead of running it under torchrun")  # fmt: skip
+    _refuse_fold_keys(args.overrides)
+    cv_dir = Path(args.out)
+    cfg, plan = _planned(args, cv_dir)
+    budget = cfg.train.time_budget
+    seed = cfg.data.split_seed if args.fold_seed is None else args.fold_seed
+    assignment = assignment_for(cfg, args.folds, seed, cv_dir)
+    _describe(assignment, cv_dir)
+
+    def train_fold(run_dir: Path, resume: bool) -> int:
+        return main(["train", *fold_argv(args.argv[1:], run_dir, resume, budget, plan)])
+
+    status = run_folds(cv_dir, assignment, train_fold, progress=not args.no_progress)
+    if status:
+        return status
+    summary = summarise_folds(cv_dir, assignment)
+    written = write_summary(summary, cv_dir)
+    print(format_summary(summary))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def fold_argv(
+    argv: Sequence[str], run_dir: Path, resume: bool, budget: str | None, plan: Path | None
+) -> list[str]:
+    """``train``'s arguments for one fold: ``cv``'s less its own options (and ``--config``,
+    when the plan replaces it), then the fold's folder, budget and plan."""
+    dropped = CV_OPTIONS + (("--config",) if plan else ())
+    kept = without_options(argv, dropped)
+    extra = ["--out", str(run_dir), "--plan", "off"]
+    if budget is not None:
+        extra += ["--time-budget", str(budget)]
+    if plan is not None:
+        extra += ["--config", str(plan)]
+    if resume:
+        extra += ["--resume", "auto"]
+    return [*kept, *extra]
+
+
+def without_options(argv: Sequence[str], options: Sequence[str]) -> list[str]:
+    """``argv`` less each of ``options`` with its one value (``--opt V`` or ``--opt=V``)."""
+    kept: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in options:
+            next(tokens, None)
+        elif token.partition("=")[0] not in options:
+            kept.append(token)
+    return kept
+
+
+def _planned(args: argparse.Namespace, cv_dir: Path) -> tuple[Config, Path | None]:
+    """The config every fold trains with, and the plan file it comes from (None: unplanned).
+
+    The plan is made once, for one fold's budget, and kept in the cv folder; with a total budget
+    each fold gets an equal share of what planning left (recorded in the plan)."""
+    overrides = _overrides(args)
+    cfg = config_from_args(args, overrides)
+    path = cv_dir / PLAN_FILE
+    if not path.is_file():
+        deciding = argparse.Namespace(plan=args.plan, resume=None, nproc=None)
+        if not should_plan(deciding, cfg):
+            return _with_budget(cfg, _fold_seconds(args, 0.0)), None
+        _make_plan(args, cfg, overrides, path)
+    planned = argparse.Namespace(**{**vars(args), "config": str(path)})
+    return config_from_args(planned, {**overrides, "train.time_budget": _read_budget(path)}), path
+
+
+def _make_plan(
+    args: argparse.Namespace, cfg: Config, overrides: dict[str, Any], path: Path
+) -> None:
+    """Plan for one fold's budget; write the plan with each fold's training budget in it."""
+    from unetkit.planning.plan import make_plan
+
+    planning_cfg = _with_budget(cfg, _fold_seconds(args, 0.0))
+    explicit = explicit_keys(args, overrides) | {"train.time_budget"}
+    budget = planning_cfg.train.time_budget
+    made = make_plan(planning_cfg, budget and parse_duration(budget), cfg.train.progress, explicit)
+    print(made.describe(), flush=True)
+    fold_cfg = _with_budget(planning_cfg, _fold_seconds(args, made.seconds))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(made.to_yaml(fold_cfg, explicit))
+    print(f"wrote {path}: the plan of every fold", flush=True)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = flag_overrides(args)
+    if args.no_progress:
+        overrides["train.progress"] = False
+    return overrides
+
+
+def _fold_seconds(args: argparse.Namespace, planning_seconds: float) -> float | None:
+    """One fold's training budget: ``--time-budget-per-fold``, or an equal share of
+    ``--time-budget`` less the planning; None without a budget."""
+    if args.time_budget_per_fold:
+        return parse_duration(args.time_budget_per_fold)
+    if not args.time_budget:
+        return None
+    left = parse_duration(args.time_budget) - planning_seconds
+    if left <= 0:
+        raise ValueError(f"--time-budget {args.time_budget} was spent planning "
+                         f"({planning_seconds:.0f} s); give a longer one")  # fmt: skip
+    return left / args.folds
+
+
+def _with_budget(cfg: Config, seconds: float | None) -> Config:
+    budget = None if seconds is None else f"{seconds:.1f}s"
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, time_budget=budget))
+
+
+def _read_budget(plan: Path) -> str | None:
+    """The per-fold budget a plan file holds (``train.time_budget``)."""
+    return load_config(str(plan)).train.time_budget
+
+
+def _refuse_fold_keys(pairs: list[str]) -> None:
+    for pair in pairs:
+        key = pair.partition("=")[0].strip()
+        if key in FOLD_KEYS:
+            raise ConfigError(
+                f"cv sets {key} for each fold; drop {pair!r} and use --out (the cv folder), "
+                f"--time-budget-per-fold or --time-budget instead"
+            )
+
+
+def _describe(assignment: FoldAssignment, cv_dir: Path) -> None:
+    sizes = "/".join(str(len(fold.val)) for fold in assignment.folds)
+    print(
+        f"cv: {len(assignment.folds)} folds of {sizes} samples (seed {assignment.seed}), "
+        f"{len(assignment.test)} test samples shared; {cv_dir / 'folds.json'}",
+        flush=True,
+    )

@@ -197,9 +197,13 @@ def _refuse_fold_keys(pairs: list[str]) -> None:
 
 
 def _describe(assignment: FoldAssignment, cv_dir: Path) -> None:
-    sizes = "/".join(str(len(fold.val)) for fold in assignment.folds)
+    """One line: the folds' sizes (and images, where tiles are grouped), the shared test split."""
+    sizes = "/".join(str(len(fold.val)) for fold in assignment.folds) + " samples"
+    groups = "/".join(str(len(fold.groups)) for fold in assignment.folds) + " images"
+    if [len(f.groups) for f in assignment.folds] != [len(f.val) for f in assignment.folds]:
+        sizes += f" ({groups})"
     print(
-        f"cv: {len(assignment.folds)} folds of {sizes} samples (seed {assignment.seed}), "
+        f"cv: {len(assignment.folds)} folds of {sizes}, seed {assignment.seed}; "
         f"{len(assignment.test)} test samples shared; {cv_dir / 'folds.json'}",
         flush=True,
     )

@@ -270,3 +270,27 @@ def test_unet_plus_plus_pruning_keeps_shape_and_cuts_flops() -> None:
     model.prune(2)
     assert model.train()(images).shape == full.shape  # training always runs every column
     assert len(model.train()(images, aux_heads=True).heads) == 4
+
+
+PLANNABLE = {**TINY, "unet": {"encoder": "resnet18", "base_width": 4}}  # the timm route too
+
+
+@pytest.mark.parametrize("name", sorted(PLANNABLE))
+def test_bench_counts_flops_and_the_planner_measures_each_family_model(name, tmp_path) -> None:
+    from test_planning import blob, folder_config, write_folder
+
+    from unetkit.config import load_config
+    from unetkit.planning.plan import make_plan
+    from unetkit.speed.bench import benchmark
+
+    result = benchmark(name, 64, 1, steps=1, warmup=0, model_options=PLANNABLE[name], gemm_size=0)
+    assert result["gflops_per_image"] > 0 and result["inference"]["images_per_s"] > 0
+    root = write_folder(tmp_path / "blob", blob, count=6, size=(64, 64))
+    base = folder_config(root, batch_size=2, precision="fp32", channels_last=False).to_dict()
+    options = {f"model.options.{key}": value for key, value in PLANNABLE[name].items()}
+    cfg = load_config(base=base, overrides={"model.name": name, "data.img_size": [64, 64]})
+    cfg = load_config(base=cfg.to_dict(), overrides=options)
+    fixed = {"model.name", "data.img_size", *options}
+    plan = make_plan(cfg, budget_seconds=30.0, progress=False, fixed=fixed)
+    assert [label.split(" ")[0] for label in plan.measured["candidates_ms_per_step"]] == [name]
+    assert "model.name" not in plan.overrides(fixed)

@@ -212,7 +212,7 @@ def model_metadata(
     """The part of a checkpoint that describes the model, independent of training state."""
     return {
         "architecture": {"name": model_name, "options": dict(model_options)},
-        "task": {"num_classes": task.num_classes, "threshold": task.threshold},
+        "task": task.to_dict(),
         "class_names": list(class_names),
         "preprocessing": {
             "img_size": list(preprocessing.img_size),
@@ -247,7 +247,7 @@ def model_from_checkpoint(
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(checkpoint)
     preprocessing = preprocessing_from_dict(checkpoint["preprocessing"])
-    task = Task(**checkpoint["task"])
+    task = Task.from_dict(checkpoint["task"])
     architecture = checkpoint["architecture"]
     options = {k: v for k, v in architecture["options"].items() if k != "pretrained"}
     model = build_model(

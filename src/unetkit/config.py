@@ -22,8 +22,13 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 @dataclass
 class TaskConfig:
-    """What is predicted. ``num_classes`` counts the background; 2 means a binary sigmoid head."""
+    """What is predicted. ``num_classes`` counts the background; 2 means a binary sigmoid head.
 
+    ``type: multilabel`` predicts labels that may overlap (one sigmoid each): ``num_classes``
+    then counts the labels and ``class_names`` names them (no background).
+    """
+
+    type: str = "auto"  # auto (binary or multi-class by num_classes) | multilabel | ...
     num_classes: int | None = None  # None: taken from the dataset
     class_names: list[str] | None = None  # None: taken from the dataset, else class_0, class_1 ...
     threshold: float = 0.5  # binary tasks: foreground when p > threshold

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["class_palette", "colourise", "overlay"]
+__all__ = ["blend_labels", "class_palette", "colourise", "label_overlay", "overlay"]
 
 _BASE_COLOURS = [
     (0, 0, 0),
@@ -50,13 +50,36 @@ def overlay(
     image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.5
 ) -> np.ndarray:
     """``image`` with non-background classes tinted by their colour."""
+    return _tinted(image, colourise(mask, num_classes), mask > 0, alpha)
+
+
+def _tinted(image: np.ndarray, colours: np.ndarray, where: np.ndarray, alpha: float) -> np.ndarray:
+    """``image`` (RGB, or grey shown as RGB) blended with ``colours`` at the ``where`` pixels."""
     rgb = (
         image
         if image.ndim == 3 and image.shape[2] == 3
-        else np.repeat(image.reshape(*mask.shape, 1), 3, 2)
+        else np.repeat(image.reshape(*where.shape, 1), 3, 2)
     )
-    colours = colourise(mask, num_classes).astype(np.float32)
     blended = rgb.astype(np.float32)
-    foreground = mask > 0
-    blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]
+    colours = colours.astype(np.float32)
+    blended[where] = (1 - alpha) * blended[where] + alpha * colours[where]
     return blended.round().clip(0, 255).astype(np.uint8)
+
+
+def blend_labels(labels: np.ndarray) -> np.ndarray:
+    """An RGB picture of multi-label maps ``(L, H, W)``: each pixel the mean colour of the labels
+    present there (label ``l`` has class colour ``l + 1``), black where none is, white where every
+    label is ignored (255)."""
+    labels = np.asarray(labels)
+    colours = class_palette(len(labels) + 1)[1:].astype(np.float32)
+    present = (labels == 1).astype(np.float32)
+    count = present.sum(axis=0)
+    mixed = np.einsum("lhw,lc->hwc", present, colours) / np.maximum(count, 1)[..., None]
+    mixed[(labels == 255).all(axis=0)] = 255
+    return mixed.round().clip(0, 255).astype(np.uint8)
+
+
+def label_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image`` tinted, where any label is present, by the blend of those labels' colours."""
+    labels = np.asarray(labels)
+    return _tinted(image, blend_labels(labels), (labels == 1).any(axis=0), alpha)

@@ -15,6 +15,10 @@ Glossary (one word per idea, the same in code, config, CLI and docs):
 * **binary** vs **multi-class** (``"multiclass"`` in JSON): ``num_classes == 2`` (one sigmoid
   channel, cut at ``task.threshold``) vs more (a softmax over ``num_classes`` channels).
   **foreground**: every class id ``>= 1``; class 0 is the background.
+* **multi-label** (``"multilabel"``, ``task.type: multilabel``): ``num_classes`` labels that may
+  overlap, no background channel; one sigmoid channel per label, each cut at ``task.threshold``.
+  Its mask is ``(L, H, W)`` of 0/1 per label (``IGNORE_INDEX`` where that label is not counted),
+  its prediction the same shape, its probs ``(N, L, H, W)``.
 * **target**: the ground-truth mask of class ids (``IGNORE_INDEX`` where unlabelled).
   **prediction**: predicted class ids, the same shape. **logits**: the raw head outputs
   ``(N, out_channels, H, W)``; **probs**: :meth:`Task.probabilities`, ``(N, num_classes, H, W)``.
@@ -38,16 +42,26 @@ import torch
 IGNORE_INDEX = 255
 """Mask value of pixels excluded from losses and metrics. Loaders map dataset void labels to it."""
 
+TASK_TYPES = ("auto", "binary", "multiclass", "multilabel")
+"""Values of ``task.type``: ``auto`` tells binary from multi-class by ``num_classes``."""
+
 
 @dataclass(frozen=True)
 class Task:
-    """What the model predicts: how many classes, and whether the head is a binary sigmoid."""
+    """What the model predicts: how many classes, and whether the head is a binary sigmoid.
+
+    With ``multilabel`` True, ``num_classes`` counts labels (no background) and every label has
+    its own sigmoid channel.
+    """
 
     num_classes: int
     threshold: float = 0.5
+    multilabel: bool = False
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
+        if self.multilabel and self.num_classes < 1:
+            raise ValueError(f"a multi-label task has at least 1 label; got {self.num_classes}")
+        if not self.multilabel and self.num_classes < 2:
             raise ValueError(
                 f"num_classes must count the background too, so it is at least 2 "
                 f"(2 = binary: background and foreground); got {self.num_classes}"
@@ -55,9 +69,55 @@ class Task:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
 
+    @classmethod
+    def from_config(cls, num_classes: int, threshold: float = 0.5, task_type: str = "auto") -> Task:
+        """The task of ``task.type`` (see :data:`TASK_TYPES`); ``binary`` and ``multiclass``
+        must agree with ``num_classes``."""
+        check_task_type(task_type)
+        expected = {"binary": num_classes == 2, "multiclass": num_classes > 2}
+        if not expected.get(task_type, True):
+            raise ValueError(
+                f"task.type {task_type!r} does not fit task.num_classes={num_classes} (which "
+                f"counts the background: 2 is binary, more is multi-class); set task.type=auto, or "
+                f"task.type=multilabel for labels that may overlap"
+            )
+        return cls(num_classes, threshold, multilabel=task_type == "multilabel")
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> Task:
+        """The task of a checkpoint's or an export's ``task`` record (:meth:`to_dict`); a key
+        it does not know is a TypeError, as for the constructor."""
+        unknown = sorted(set(stored) - {"num_classes", "threshold", "type"})
+        if unknown:
+            raise TypeError(f"a task record has no key(s) {unknown}")
+        return cls(
+            int(stored["num_classes"]),
+            float(stored.get("threshold", 0.5)),
+            multilabel=stored.get("type") == "multilabel",
+        )
+
+    def to_dict(self) -> dict:
+        """The stored record: ``num_classes`` and ``threshold``, plus ``type`` when multi-label
+        (binary and multi-class records stay as they were)."""
+        record: dict = {"num_classes": self.num_classes, "threshold": self.threshold}
+        if self.multilabel:
+            record["type"] = "multilabel"
+        return record
+
+    @property
+    def kind(self) -> str:
+        """``binary``, ``multiclass`` or ``multilabel``: the word metrics.json and answers use."""
+        if self.multilabel:
+            return "multilabel"
+        return "binary" if self.is_binary else "multiclass"
+
     @property
     def is_binary(self) -> bool:
-        return self.num_classes == 2
+        return self.num_classes == 2 and not self.multilabel
+
+    @property
+    def is_multilabel(self) -> bool:
+        return self.multilabel
 
     @property
     def out_channels(self) -> int:
@@ -68,24 +128,38 @@ class Task:
         """Class probabilities ``(N, num_classes, H, W)`` from logits ``(N, out_channels, H, W)``.
 
         For a binary task channel 0 is the background (1 - p) and channel 1 the foreground (p), so
-        downstream code handles both tasks alike.
+        downstream code handles both tasks alike. A multi-label task gives each label's sigmoid.
         """
+        if self.multilabel:
+            return torch.sigmoid(logits.float())
         if self.is_binary:
             foreground = torch.sigmoid(logits.float())
             return torch.cat([1.0 - foreground, foreground], dim=1)
         return torch.softmax(logits.float(), dim=1)
 
     def labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """Predicted class ids ``(N, H, W)`` (int64) from logits ``(N, out_channels, H, W)``."""
+        """Predicted class ids ``(N, H, W)`` (int64) from logits ``(N, out_channels, H, W)``;
+        multi-label: 0/1 per label, ``(N, L, H, W)``."""
+        if self.multilabel:
+            return (torch.sigmoid(logits.float()) > self.threshold).long()
         if self.is_binary:
             return (torch.sigmoid(logits.float()[:, 0]) > self.threshold).long()
         return logits.argmax(dim=1)
 
     def labels_from_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
         """Predicted class ids from :meth:`probabilities` (e.g. after resizing them)."""
+        if self.multilabel:
+            return (probs > self.threshold).long()
         if self.is_binary:
             return (probs[:, 1] > self.threshold).long()
         return probs.argmax(dim=1)
+
+
+def check_task_type(value: str) -> str:
+    """``value`` when it is one of :data:`TASK_TYPES`, else a ValueError listing them."""
+    if value not in TASK_TYPES:
+        raise ValueError(f"task.type {value!r} is unknown; accepted: {', '.join(TASK_TYPES)}")
+    return value
 
 
 def check_class_ids(

@@ -102,6 +102,8 @@ def _inspect_sample(
         return [DataProblem(where, error.message, error.fix or _REEXPORT)], None
     except OSError as error:  # from sources that read files without unetkit's readers
         return [DataProblem(where, f"cannot be read: {error}", _REEXPORT)], None
+    if mask.ndim == 3:  # a multi-label task: one 0/1 map per label, read and checked as such
+        return _image_problems(where, image, source.in_channels), (image, mask)
     problems = [
         *_shape_problems(where, image, mask, source.in_channels),
         *_value_problems(where, mask, num_classes),
@@ -128,19 +130,23 @@ def _class_names(splits: DatasetSplits, num_classes: int) -> list[str]:
     return default_class_names(num_classes)
 
 
+def _image_problems(where: str, image: np.ndarray, in_channels: int) -> list[DataProblem]:
+    if image.ndim == 3 and image.shape[2] == in_channels:
+        return []
+    return [
+        DataProblem(
+            where,
+            f"image has shape {image.shape}, expected H x W x {in_channels} "
+            f"(data.in_channels={in_channels})",
+            "set data.in_channels to the images' channel count (1 grey, 3 RGB)",
+        )
+    ]
+
+
 def _shape_problems(
     where: str, image: np.ndarray, mask: np.ndarray, in_channels: int
 ) -> list[DataProblem]:
-    problems = []
-    if image.ndim != 3 or image.shape[2] != in_channels:
-        problems.append(
-            DataProblem(
-                where,
-                f"image has shape {image.shape}, expected H x W x {in_channels} "
-                f"(data.in_channels={in_channels})",
-                "set data.in_channels to the images' channel count (1 grey, 3 RGB)",
-            )
-        )
+    problems = _image_problems(where, image, in_channels)
     if mask.ndim != 2:
         problems.append(
             DataProblem(

@@ -22,9 +22,12 @@ Transform = Callable[..., dict[str, Any]]
 
 
 class SegmentationDataset(Dataset):
-    """``(image float32 C x H x W normalised, mask int64 H x W)`` pairs from a source.
+    """``(image float32 C x H x W normalised, mask int64 H x W)`` pairs from a source; a
+    multi-label source's masks are ``L x H x W``.
 
-    ``transform`` is called as ``transform(image=..., mask=...)`` (an Albumentations pipeline).
+    ``transform`` is called as ``transform(image=..., mask=...)`` (an Albumentations pipeline),
+    or with ``masks=[...]`` (one per label) for multi-label masks, so every label moves with the
+    image.
     Its random state is reseeded per sample from torch's generator, so ``torch.manual_seed``
     makes augmentation reproducible and each DataLoader worker draws different augmentations.
     """
@@ -48,9 +51,18 @@ class SegmentationDataset(Dataset):
         image, mask = self.source.load(index)
         if self.transform is not None:
             _reseed(self.transform)
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+            image, mask = augment(self.transform, image, mask)
         return to_tensor(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))
+
+
+def augment(transform: Transform, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``transform`` applied to the image and its mask jointly: an ``(L, H, W)`` multi-label mask
+    goes in as ``masks`` (one label map each), so every geometric step moves all labels alike."""
+    if mask.ndim == 3:
+        out = transform(image=image, masks=list(mask))
+        return out["image"], np.stack(out["masks"])
+    out = transform(image=image, mask=mask)
+    return out["image"], out["mask"]
 
 
 def _reseed(transform: Transform) -> None:

@@ -75,6 +75,10 @@ class StatisticsCollector:
         """Count ``mask``'s pixels per value and record ``image``'s height and width."""
         stats = self.statistics
         stats.sizes.setdefault(split, []).append((int(image.shape[0]), int(image.shape[1])))
+        if mask.ndim == 3:  # multi-label (L, H, W): the pixels where each label is present
+            stats.class_pixels += (mask == 1).sum(axis=(1, 2))
+            stats.ignored_pixels += int((mask == IGNORE_INDEX).sum())
+            return
         num_classes = len(stats.class_pixels)
         counts = np.bincount(
             mask.reshape(-1).astype(np.int64, copy=False), minlength=max(256, num_classes + 1)

@@ -3,7 +3,8 @@
 The model runs through the same :class:`~unetkit.inference.segmenter.Segmenter` that ``predict``
 uses, so the numbers describe the path a deployed model takes. Every number comes from
 :class:`~unetkit.metrics.split.SplitMetrics`; this module only drives it and writes the outputs:
-``metrics.json``, ``per_image.csv`` and ``report.html``.
+``metrics.json``, ``per_image.csv`` and ``report.html``. A multi-label task is scored label by
+label by :class:`~unetkit.metrics.multilabel.MultilabelMetrics`, which reads the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from unetkit.data.sources import SampleSource
 from unetkit.evaluation.panels import Panel
 from unetkit.evaluation.report import write_report
 from unetkit.inference.segmenter import Segmenter
+from unetkit.metrics.multilabel import RANKING_KEY, MultilabelMetrics
 from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics, ranking_key
 from unetkit.metrics.summary import format_table
+from unetkit.tasks import Task
 
 
 @dataclass
@@ -52,7 +55,7 @@ def evaluate_source(
         raise ValueError(f"the {split} split is empty: there is nothing to evaluate")
     options = options or EvalConfig()
     started = time.perf_counter()
-    metrics = SplitMetrics(segmenter.class_names, segmenter.task.is_binary, options)
+    metrics = split_metrics(segmenter.task, segmenter.class_names, options)
     inference_seconds = 0.0
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
     for names, images, targets in _batches(source, segmenter.batch_size):
@@ -66,9 +69,9 @@ def evaluate_source(
     result = {
         "split": split,
         "num_images": len(source),
-        "task": "binary" if segmenter.task.is_binary else "multiclass",
+        "task": segmenter.task.kind,
         "class_names": segmenter.class_names,
-        **({"threshold": segmenter.task.threshold} if segmenter.task.is_binary else {}),
+        **({"threshold": segmenter.task.threshold} if _thresholded(segmenter.task) else {}),
         "inference": {  # the precision and layout it ran in, and the config that reproduces it
             **segmenter.execution_choice.to_dict(),
             "config": segmenter.inference_config().to_dict(),
@@ -78,7 +81,7 @@ def evaluate_source(
     evaluation = Evaluation(
         result, metrics.rows(), metrics.curves(), ranking_metric=metrics.ranking_key()
     )
-    if options.report and options.panels > 0:
+    if options.report and options.panels > 0 and not segmenter.task.multilabel:
         evaluation.best, evaluation.worst = _extreme_panels(
             segmenter, source, evaluation, options.panels
         )
@@ -86,6 +89,15 @@ def evaluate_source(
     result["seconds"] = round(total, 3)  # the rest is loading and metrics
     result["seconds_inference"] = round(inference_seconds, 3)
     return evaluation
+
+
+def split_metrics(
+    task: Task, class_names: list[str], options: EvalConfig
+) -> SplitMetrics | MultilabelMetrics:
+    """The accumulator of ``task``'s metrics: label by label for a multi-label task."""
+    if task.multilabel:
+        return MultilabelMetrics(class_names, options)
+    return SplitMetrics(class_names, task.is_binary, options)
 
 
 def write_evaluation(
@@ -176,7 +188,9 @@ def _batches(
 def describe(metrics: dict[str, Any]) -> str:
     """The terminal summary: the pooled table, then one line per other section's headline."""
     lines = [format_table(metrics["dataset"]), ""]
-    key = ranking_key(metrics["task"] == "binary")
+    key = (
+        RANKING_KEY if metrics["task"] == "multilabel" else ranking_key(metrics["task"] == "binary")
+    )
     lines.append(f"per image: {key} {_mean_std(metrics['per_image'][key])}")
     free = metrics.get("threshold_free")
     if free:
@@ -214,3 +228,8 @@ def _mean_std(stats: dict[str, Any]) -> str:
     if stats["mean"] is None:
         return "-"
     return f"{stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['images']})"
+
+
+def _thresholded(task: Task) -> bool:
+    """Whether the task's masks come from cutting sigmoids at ``task.threshold``."""
+    return task.is_binary or task.multilabel

@@ -235,7 +235,6 @@ def _charts_body(metrics: Mapping[str, Any], class_names: list[str]) -> str:
     bars = figures.class_iou_chart(
         class_names, iou, means if has_spread else None, stds if has_spread else None
     )
-    heat = figures.confusion_heatmap(dataset["confusion_matrix"], class_names)
     bars_caption = (
         "IoU per class. Bars: pooled over the split. Diamonds: per-image mean ± std, over the "
         "images where the class is present or predicted."
@@ -244,9 +243,10 @@ def _charts_body(metrics: Mapping[str, Any], class_names: list[str]) -> str:
         "Confusion matrix. Rows: ground truth, columns: prediction; each row sums to 1 (grey: no "
         "ground-truth pixel of that class)."
     )
-    figures_html = chart_figure(bars, "IoU per class", bars_caption) + chart_figure(
-        heat, "Confusion matrix", heat_caption
-    )
+    figures_html = chart_figure(bars, "IoU per class", bars_caption)
+    if "confusion_matrix" in dataset:  # a multi-label task has one 2 x 2 matrix per label
+        heat = figures.confusion_heatmap(dataset["confusion_matrix"], class_names)
+        figures_html += chart_figure(heat, "Confusion matrix", heat_caption)
     return f'<div class="grid2">{figures_html}</div>'
 
 
@@ -302,7 +302,7 @@ def _reading_body(metrics: Mapping[str, Any]) -> str:
         "says how many images a mean is over); they are never counted as 0 or 1.",
         "<b>Ignore pixels</b> (void labels, outside the region of interest) are left out of every "
         "number. They are white in the mask pictures and grey in the error maps.",
-        _background_point(_is_binary(metrics)),
+        _multilabel_point() if _is_multilabel(metrics) else _background_point(_is_binary(metrics)),
     ]
     points.extend(_optional_reading_points(metrics))
     items = "".join(f"<li>{point}</li>" for point in points)
@@ -318,6 +318,15 @@ def _background_point(binary: bool) -> str:
     return (
         "<b>Without background</b> variants leave class 0 out of the mean, so a large, easy "
         "background cannot lift the score."
+    )
+
+
+def _multilabel_point() -> str:
+    return (
+        "<b>Multi-label</b>: labels may overlap, so each label is scored on its own as present "
+        "against absent (the rows are labels, not classes), and <b>mean</b> values average the "
+        "labels where they are defined. Each label's full binary numbers are in metrics.json "
+        "(<code>per_label</code>)."
     )
 
 
@@ -353,7 +362,10 @@ def _optional_reading_points(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _hero_keys(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
-    if _is_binary(metrics):
+    if _is_multilabel(metrics):
+        keys = [("dataset", f"mean_{m}") for m in ("iou", "dice", "precision", "recall")]
+        keys.append(("threshold_free", "mean_roc_auc"))
+    elif _is_binary(metrics):
         keys = [("dataset", f"foreground_{m}") for m in ("iou", "dice", "precision", "recall")]
         keys.append(("threshold_free", "roc_auc"))
     else:
@@ -425,7 +437,8 @@ def _check_metrics(metrics: Mapping[str, Any]) -> None:
             "metrics has no 'dataset' section; pass the dict that evaluation writes to "
             "metrics.json (json.load of that file)"
         )
-    for key in ("per_class", "confusion_matrix"):
+    required = ("per_class",) if _is_multilabel(metrics) else ("per_class", "confusion_matrix")
+    for key in required:
         if key not in dataset:
             raise ValueError(
                 f"metrics['dataset'] has no {key!r}; it has {sorted(dataset)}. Pass the full "
@@ -443,6 +456,10 @@ def _class_names(metrics: Mapping[str, Any]) -> list[str]:
 def _is_binary(metrics: Mapping[str, Any]) -> bool:
     task = metrics.get("task")
     return task == "binary" if task else len(_class_names(metrics)) == 2
+
+
+def _is_multilabel(metrics: Mapping[str, Any]) -> bool:
+    return metrics.get("task") == "multilabel"
 
 
 def _by_name(section: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -153,7 +153,7 @@ def segmenter_recipe(
     """The task, class names and preprocessing described by an exported file's metadata, read
     as data: a field of the wrong kind is an error naming the file, never an internal one."""
     try:
-        task = Task(**metadata["task"])
+        task = Task.from_dict(metadata["task"])
         preprocessing = preprocessing_from_dict(metadata["preprocessing"])
         class_names = [str(name) for name in metadata["class_names"]]
     except (KeyError, TypeError, ValueError) as error:

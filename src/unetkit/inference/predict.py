@@ -11,6 +11,11 @@ given), ``status`` (``written`` or ``skipped``), ``mask`` (relative to the outpu
 with that class id), and ``error`` (why a file was skipped). An empty cell is an undefined value:
 a skipped file has no mask, size or areas, a written one no error.
 
+A multi-label task writes one mask per label instead of the class-id mask:
+``<out>/<label>/<name>.png`` (0 = absent, 255 = present); ``<name>_colour.png`` and the overlay
+show every label present at a pixel by the blend of their colours; ``mask`` in ``summary.csv`` is
+the path below each label's folder and ``pixels/<label>`` the pixels where the label is present.
+
 Where the masks go. One input file gives ``<out>/<stem>.png``. Several inputs (a folder or a glob)
 keep their layout below the deepest folder that holds them all, so ``in/a/x.png`` and
 ``in/b/x.jpg`` become ``<out>/a/x.png`` and ``<out>/b/x.png`` rather than overwriting each other.
@@ -41,7 +46,7 @@ from tqdm import tqdm
 
 from unetkit.data.image_files import IMAGE_EXTENSIONS, read_image
 from unetkit.inference.segmenter import Segmenter
-from unetkit.palette import colourise, overlay
+from unetkit.palette import blend_labels, colourise, label_overlay, overlay
 
 OVERLAY_SUFFIX = "_overlay"
 COLOUR_SUFFIX = "_colour"
@@ -174,8 +179,7 @@ def predict_files(
                 if item.image is None:
                     report.skipped.append((item.source, item.error))
                 else:
-                    _write(item, segmenter, wanted)
-                    report.written.append(item.target)
+                    report.written.extend(_write(item, segmenter, wanted, out_dir))
                 write_row(_summary_row(item, out_dir, segmenter.class_names))
             bar.update(len(items))
     bar.close()
@@ -218,14 +222,35 @@ def _predict_chunk(
     return items
 
 
-def _write(item: _Item, segmenter: Segmenter, wanted: _Outputs) -> None:
+def label_mask_paths(target: Path, out_dir: Path, label_names: Sequence[str]) -> list[Path]:
+    """Where a multi-label task writes the masks of the image whose mask would be ``target``:
+    ``<out>/<label>/<target relative to out>``."""
+    relative = target.relative_to(out_dir)
+    return [out_dir / name / relative for name in label_names]
+
+
+def _write(item: _Item, segmenter: Segmenter, wanted: _Outputs, out_dir: Path) -> list[Path]:
+    """Write the files of one image; returns its mask files."""
     num_classes = segmenter.task.num_classes
+    multilabel = segmenter.task.multilabel
     item.target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(item.mask).save(item.target)
+    masks = [item.target]
+    if multilabel:
+        masks = label_mask_paths(item.target, out_dir, segmenter.class_names)
+        for path, label in zip(masks, item.mask, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((label == 1).astype(np.uint8) * 255).save(path)
+    else:
+        Image.fromarray(item.mask).save(item.target)
     if wanted.colour:
-        Image.fromarray(colourise(item.mask, num_classes)).save(colour_path(item.target))
+        colours = blend_labels(item.mask) if multilabel else colourise(item.mask, num_classes)
+        Image.fromarray(colours).save(colour_path(item.target))
     if wanted.overlay:
-        picture = overlay(item.image, item.mask, num_classes)
+        picture = (
+            label_overlay(item.image, item.mask)
+            if multilabel
+            else overlay(item.image, item.mask, num_classes)
+        )
         Image.fromarray(picture).save(overlay_path(item.target))
     if wanted.probs:
         np.savez_compressed(
@@ -233,6 +258,7 @@ def _write(item: _Item, segmenter: Segmenter, wanted: _Outputs) -> None:
             probs=item.probs.astype(np.float16),
             class_names=np.asarray(segmenter.class_names, dtype=str),
         )
+    return masks
 
 
 def _summary_row(item: _Item, out_dir: Path, class_names: Sequence[str]) -> dict[str, Any]:
@@ -240,13 +266,16 @@ def _summary_row(item: _Item, out_dir: Path, class_names: Sequence[str]) -> dict
     row: dict[str, Any] = {"input": str(item.source), "error": item.error}
     if item.mask is None:
         return {**row, "status": "skipped"}
-    areas = np.bincount(item.mask.ravel(), minlength=len(class_names))[: len(class_names)]
+    if item.mask.ndim == 3:  # multi-label: the pixels where each label is present
+        areas = (item.mask == 1).sum(axis=(1, 2))
+    else:
+        areas = np.bincount(item.mask.ravel(), minlength=len(class_names))[: len(class_names)]
     return {
         **row,
         "status": "written",
         "mask": item.target.relative_to(out_dir).as_posix(),
-        "height": item.mask.shape[0],
-        "width": item.mask.shape[1],
+        "height": item.mask.shape[-2],
+        "width": item.mask.shape[-1],
         **{f"pixels/{name}": int(area) for name, area in zip(class_names, areas, strict=True)},
     }
 

@@ -165,7 +165,8 @@ class Segmenter:
     def predict(self, images: Sequence[ImageLike]) -> list[np.ndarray]: ...
 
     def predict(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray | list[np.ndarray]:
-        """Class-id masks ``(H, W)`` uint8 at each image's own size.
+        """Class-id masks ``(H, W)`` uint8 at each image's own size (multi-label: ``(L, H, W)``
+        of 0/1).
 
         They are the labels of :meth:`predict_proba` (its argmax, or for a binary task its
         foreground probability above the task's threshold), then ``postprocess``-ed if set.
@@ -200,8 +201,14 @@ class Segmenter:
         return uses_sliding(self.mode, self.preprocessing, self.window_size, height, width)
 
     def _labels(self, probs: torch.Tensor) -> np.ndarray:
+        """Class ids ``(H, W)``, or a multi-label task's 0/1 maps ``(L, H, W)`` (each label
+        post-processed on its own map, as the foreground of a binary mask)."""
         labels = self.task.labels_from_probabilities(probs[None])[0].to(torch.uint8).cpu().numpy()
-        return labels if self.postprocess is None else self.postprocess.apply(labels)
+        if self.postprocess is None:
+            return labels
+        if self.task.multilabel:
+            return np.stack([self.postprocess.apply(label) for label in labels])
+        return self.postprocess.apply(labels)
 
     @torch.inference_mode()
     def _probabilities(self, images: list[ImageLike]) -> list[torch.Tensor]:

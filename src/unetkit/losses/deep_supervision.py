@@ -38,8 +38,10 @@ def deep_supervision_loss(
 
 
 def resize_masks(masks: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Label maps ``(N, H, W)`` resized to ``size`` by nearest-neighbour sampling."""
+    """Label maps ``(N, H, W)`` (or multi-label ``(N, L, H, W)``) resized to ``size`` by
+    nearest-neighbour sampling."""
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
-    resized = F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")
-    return resized[:, 0].to(masks.dtype)
+    stacked = masks if masks.ndim == 4 else masks[:, None]
+    resized = F.interpolate(stacked.float(), size=tuple(size), mode="nearest")
+    return (resized if masks.ndim == 4 else resized[:, 0]).to(masks.dtype)

@@ -6,6 +6,8 @@ term). The loss is the class-weighted mean of ``1 - dice_c``.
 
 * Binary task: only the foreground (sigmoid probability) is considered.
 * Multi-class task: the softmax classes are considered.
+* Multi-label task: every label is considered, its sigmoid probability against its own 0/1 map
+  (a pixel ignored for one label still counts for the others).
 
 A class takes part only when it is present in the valid pixels of the batch, in the target or in
 the hard prediction (:meth:`Task.labels`). A class that is neither seen nor predicted has no
@@ -34,11 +36,7 @@ class SoftDiceLoss(nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid, safe_target = split_ignored(target)
-        weight = valid.unsqueeze(1).float()  # 1 where a pixel counts, 0 where it is ignored
-        probs = self.task.probabilities(logits) * weight
-        one_hot = _one_hot(safe_target, self.task.num_classes) * weight
-        predicted = _one_hot(self.task.labels(logits), self.task.num_classes) * weight
+        probs, one_hot, predicted = self._channels(logits, target)
         dims = (0, 2, 3)
         intersection = (probs * one_hot).sum(dims)
         denominator = probs.sum(dims) + one_hot.sum(dims)
@@ -51,6 +49,22 @@ class SoftDiceLoss(nn.Module):
             dice, weights = dice[1:], weights[1:]
         total = weights.sum().clamp_min(torch.finfo(probs.dtype).tiny)
         return (weights * (1.0 - dice)).sum() / total
+
+    def _channels(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per channel, ``(N, K, H, W)``: probabilities, truth and hard prediction, each zero at
+        the pixels that do not count (one-hot classes, or a multi-label task's own label maps)."""
+        valid, safe_target = split_ignored(target)
+        if self.task.multilabel:
+            weight = valid.float()  # per label: a pixel may count for one label only
+            truth, predicted = safe_target.float(), self.task.labels(logits).float()
+        else:
+            weight = valid.unsqueeze(1).float()  # 1 where a pixel counts, 0 where it is ignored
+            truth = _one_hot(safe_target, self.task.num_classes)
+            predicted = _one_hot(self.task.labels(logits), self.task.num_classes)
+        probs = self.task.probabilities(logits)
+        return probs * weight, truth * weight, predicted * weight
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Focal loss: cross-entropy scaled by ``(1 - p_true) ** gamma`` to focus on hard pixels.
 
 Binary tasks use the sigmoid form (torchvision's ``sigmoid_focal_loss``), multi-class tasks the
-softmax form. With ``gamma = 0`` it equals :mod:`~unetkit.losses.cross_entropy`. Class weights play
-the role of the focal ``alpha`` and are applied per pixel exactly as in cross-entropy, including the
-weighted-mean normalisation.
+softmax form, multi-label tasks the sigmoid form on every label channel. With ``gamma = 0`` it
+equals :mod:`~unetkit.losses.cross_entropy`. Class weights play the role of the focal ``alpha``
+and are applied per pixel exactly as in cross-entropy, including the weighted-mean normalisation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from unetkit.losses.pixels import split_ignored, weighted_pixel_mean
+from unetkit.losses.pixels import label_pixel_mean, split_ignored, weighted_pixel_mean
 from unetkit.tasks import Task
 
 
@@ -35,6 +35,11 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid, safe_target = split_ignored(target)
         logits = logits.float()
+        if self.task.multilabel:
+            per_pixel = sigmoid_focal_loss(
+                logits, safe_target.float(), alpha=-1, gamma=self.gamma, reduction="none"
+            )
+            return label_pixel_mean(per_pixel, valid, self.class_weights)
         if self.task.is_binary:
             per_pixel = sigmoid_focal_loss(
                 logits[:, 0], safe_target.float(), alpha=-1, gamma=self.gamma, reduction="none"

@@ -40,20 +40,39 @@ def weighted_pixel_mean(
     return (kept * weights).sum() / weights.sum().clamp_min(tiny)
 
 
+def label_pixel_mean(
+    per_pixel: torch.Tensor, valid: torch.Tensor, label_weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean of a multi-label ``per_pixel`` loss ``(N, L, H, W)`` over the valid label pixels,
+    label ``l`` weighing ``label_weights[l]`` (the multi-label form of
+    :func:`weighted_pixel_mean`: a pixel has one weight per label instead of one per class)."""
+    weights = valid.to(per_pixel.dtype)
+    if label_weights is not None:
+        weights = weights * label_weights.to(per_pixel.device, per_pixel.dtype).view(1, -1, 1, 1)
+    kept = torch.where(valid, per_pixel, torch.zeros_like(per_pixel))
+    tiny = torch.finfo(per_pixel.dtype).tiny
+    return (kept * weights).sum() / weights.sum().clamp_min(tiny)
+
+
 def check_logits_and_target(logits: torch.Tensor, target: torch.Tensor, task: Task) -> None:
     """Raise ValueError, naming what was seen, when shapes or mask values do not fit ``task``."""
+    what = f"{task.num_classes} labels" if task.multilabel else f"{task.num_classes} classes"
     if logits.ndim != 4 or logits.shape[1] != task.out_channels:
         raise ValueError(
             f"loss: logits must be (N, {task.out_channels}, H, W) for a task with "
-            f"{task.num_classes} classes; got shape {tuple(logits.shape)}"
+            f"{what}; got shape {tuple(logits.shape)}"
         )
-    expected = (logits.shape[0], *logits.shape[2:])
+    if task.multilabel:
+        expected, layout = tuple(logits.shape), "(N, L, H, W)"
+    else:
+        expected, layout = (logits.shape[0], *logits.shape[2:]), "(N, H, W)"
     if tuple(target.shape) != expected:
         raise ValueError(
-            f"loss: target must be (N, H, W) = {expected} to match the logits; "
+            f"loss: target must be {layout} = {expected} to match the logits; "
             f"got shape {tuple(target.shape)}"
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"loss: target must hold integer class ids; got dtype {target.dtype}")
     target = target.long()
-    check_class_ids(target, task.num_classes, "loss: the target", target != IGNORE_INDEX)
+    ids = 2 if task.multilabel else task.num_classes  # a label pixel is 0 or 1
+    check_class_ids(target, ids, "loss: the target", target != IGNORE_INDEX)

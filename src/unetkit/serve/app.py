@@ -41,7 +41,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from unetkit.inference.segmenter import Segmenter
-from unetkit.palette import overlay as tint
 from unetkit.serve.admission import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_TIMEOUT_S,
@@ -49,7 +48,13 @@ from unetkit.serve.admission import (
     Load,
     check_limits,
 )
-from unetkit.serve.answer import model_info, png_bytes, prediction_json
+from unetkit.serve.answer import (
+    mask_picture,
+    model_info,
+    overlay_picture,
+    png_bytes,
+    prediction_json,
+)
 from unetkit.serve.auth import BearerAuth, check_api_key
 from unetkit.serve.batcher import BatchingPredictor
 from unetkit.serve.decode import UploadError, decode_image
@@ -124,10 +129,12 @@ def create_app(
         return info
 
     def answer(image: np.ndarray, mask: np.ndarray, answer_format: str, overlay: bool) -> Response:
-        picture = tint(image, mask, segmenter.task.num_classes) if overlay else None
+        classes = segmenter.task.num_classes
+        picture = overlay_picture(image, mask, classes) if overlay else None
         if answer_format == "json":
             return JSONResponse(prediction_json(mask, segmenter.class_names, picture))
-        return Response(png_bytes(mask if picture is None else picture), media_type="image/png")
+        shown = mask_picture(mask) if picture is None else picture
+        return Response(png_bytes(shown), media_type="image/png")
 
     @app.post("/predict", response_class=Response)
     async def predict(

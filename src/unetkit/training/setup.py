@@ -149,7 +149,7 @@ def build_run(
         seconds = parse_duration(cfg.train.time_budget)
         budget = TimeBudget(seconds, cfg.train.final_reserve, started)
     cfg, splits = agree_on_data(cfg, run_dir, processes)
-    task = Task(cfg.task.num_classes, cfg.task.threshold)
+    task = Task.from_config(cfg.task.num_classes, cfg.task.threshold, cfg.task.type)
     model = build_model(
         cfg.model.name, cfg.data.in_channels, task.out_channels, **cfg.model.options
     )

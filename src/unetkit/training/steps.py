@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from unetkit.losses.deep_supervision import deep_supervision_loss
 from unetkit.metrics import ConfusionMatrix, summarise
+from unetkit.metrics.multilabel import LabelConfusion, summarise_labels
 from unetkit.models.deep_supervision import forward_options
 from unetkit.training.setup import RunParts
 from unetkit.training.signals import GracefulStop
@@ -139,7 +140,10 @@ def validate(parts: RunParts, model: Any) -> dict[str, Any]:
     """
     parts.model.eval()
     layout = parts.execution.memory_format
-    confusion = ConfusionMatrix(parts.task.num_classes)
+    task = parts.task
+    confusion: ConfusionMatrix | LabelConfusion = (
+        LabelConfusion(task.num_classes) if task.multilabel else ConfusionMatrix(task.num_classes)
+    )
     total, count = 0.0, 0
     for images, masks in parts.val_loader:
         images = images.to(parts.device, memory_format=layout)
@@ -152,7 +156,13 @@ def validate(parts: RunParts, model: Any) -> dict[str, Any]:
         confusion.update(parts.task.labels(logits), masks)
     total, count = parts.processes.sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     parts.processes.sum(confusion.state)
-    summary = summarise(confusion.matrix, parts.cfg.task.class_names, binary=parts.task.is_binary)
+    names = parts.cfg.task.class_names
+    if isinstance(confusion, LabelConfusion):
+        summary = summarise_labels(confusion.state, names)
+    else:
+        summary = summarise(confusion.matrix, names, binary=task.is_binary)
     row = {"val_loss": total / max(count, 1)}
     row.update({f"val_{k}": v for k, v in summary.items() if not isinstance(v, (list, dict))})
+    if task.multilabel:  # each label's IoU too: the means hide a label that is never found
+        row.update({f"val_iou_{r['name']}": r["iou"] for r in summary["per_class"]})
     return row

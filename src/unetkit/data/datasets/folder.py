@@ -17,7 +17,8 @@ names the classes, one per line, background first.
 With split sub-folders the split is official: a missing ``val/`` is drawn from train by
 ``data.split_ratios`` (val share of train + val), and so is a missing ``test/`` (test share of
 train + test). ``data.colour_map`` reads RGB colour masks (see :mod:`unetkit.data.colour_map`);
-its names are the class names.
+its names are the class names. A multi-label task (``task.type=multilabel``) reads label masks
+instead (:mod:`unetkit.data.datasets.label_folder`), in the same image layouts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from unetkit.config import Config, DataConfig
 from unetkit.data.colour_map import ColourMap, read_colour_map
 from unetkit.data.contents import DatasetContents
 from unetkit.data.datasets.common import nothing_paired, require_root, scan_contents
+from unetkit.data.datasets.label_folder import label_folder_contents
 from unetkit.data.datasets.paired_files import (
     FolderPair,
     list_image_files,
@@ -131,6 +133,11 @@ def build_folder(cfg: Config) -> DatasetContents:
     """``data.root`` in one of the folder layouts, with its official split when it has one."""
     root = require_root(cfg, FOLDER_LAYOUT)
     layout = detect_folder_layout(root)
+    if cfg.task.type == "multilabel":
+        contents, official = label_folder_contents(layout, cfg, root)
+        if official is not None:
+            contents.predefined_split = _complete_official_split(official, cfg.data)
+        return contents
     suffix = guess_mask_suffix(layout.folder_pairs)
     colour_map = _colour_map(cfg.data, root)
     if not layout.splits:

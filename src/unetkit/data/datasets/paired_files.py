@@ -56,8 +56,8 @@ def pair_by_stem(
 ) -> FolderScan:
     """Pair ``images_dir/<stem>.*`` with ``masks_dir/<stem><mask_suffix>.*``, recording orphans."""
     problems: list[DataProblem] = []
-    images = _index_by_stem(list_image_files(images_dir), "", problems)
-    masks = _index_by_stem(list_image_files(masks_dir), mask_suffix, problems)
+    images = index_by_stem(list_image_files(images_dir), "", problems)
+    masks = index_by_stem(list_image_files(masks_dir), mask_suffix, problems)
     return match_stems(
         images,
         masks,
@@ -96,7 +96,7 @@ def _orphans(
     ]
 
 
-def _index_by_stem(files: list[Path], suffix: str, problems: list[DataProblem]) -> dict[str, Path]:
+def index_by_stem(files: list[Path], suffix: str, problems: list[DataProblem]) -> dict[str, Path]:
     """Files by sample name (stem without ``suffix``); a name seen twice is a problem."""
     by_name: dict[str, Path] = {}
     for path in files:
@@ -133,18 +133,24 @@ def pair_split_folders(
     for split, (images_dir, masks_dir) in splits.items():
         scan = pair_by_stem(images_dir, masks_dir, mask_suffix)
         for pair in scan.pairs:
-            if pair.name in split_of:
-                other_split, other = split_of[pair.name]
-                raise DataError(
-                    f"{pair.image} and {other} have the same name {pair.name!r} (in {split} and "
-                    f"{other_split}); sample names must be unique across the split folders",
-                    fix="rename one of the two files (and its mask)",
-                )
-            split_of[pair.name] = (split, pair.image)
+            claim_name(split_of, split, pair.name, pair.image)
         pairs.extend(scan.pairs)
         problems.extend(scan.problems)
         names[split] = [pair.name for pair in scan.pairs]
     return FolderScan(pairs, problems), names
+
+
+def claim_name(split_of: dict[str, tuple[str, Path]], split: str, name: str, image: Path) -> None:
+    """Record that sample ``name`` (read from ``image``) is in ``split``; a name another split
+    has already claimed raises :class:`DataError`, since a split lists names."""
+    if name in split_of:
+        other_split, other = split_of[name]
+        raise DataError(
+            f"{image} and {other} have the same name {name!r} (in {split} and "
+            f"{other_split}); sample names must be unique across the split folders",
+            fix="rename one of the two files (and its mask)",
+        )
+    split_of[name] = (split, image)
 
 
 class FolderSource(SampleSource):

@@ -39,7 +39,12 @@ def synthetic_class_names(num_classes: int) -> list[str]:
 
 
 def build_synthetic(cfg: Config) -> DatasetContents:
-    """The procedural demo dataset at the model's input size (default 4 classes)."""
+    """The procedural demo dataset at the model's input size (default 4 classes); for a
+    multi-label task, overlapping cells, nuclei and marks (:mod:`.synthetic_labels`)."""
+    if cfg.task.type == "multilabel":
+        from unetkit.data.datasets.synthetic_labels import build_synthetic_labels
+
+        return build_synthetic_labels(cfg)
     task = cfg.task
     num_classes = task.num_classes or (len(task.class_names) if task.class_names else None)
     source = SyntheticSource(

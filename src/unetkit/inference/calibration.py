@@ -1,0 +1,399 @@
+"""Calibrated probabilities and a tuned binary threshold, fitted on validation and stored in the
+checkpoint, so every inference path applies the same two numbers.
+
+* **Temperature scaling** (Guo et al., 2017): logits are divided by one scalar ``T > 0`` before the
+  sigmoid / softmax. ``T > 1`` softens an over-confident model; the predicted class of a
+  multi-class pixel never changes (a binary pixel's can, at a threshold other than 0.5).
+  :func:`fit_temperature` picks the ``T`` that minimises the negative log-likelihood of validation
+  pixels: Newton's method on ``1 / T`` within ``bounds``, bisecting wherever a step would leave
+  them (the likelihood is convex in ``1 / T``, so this finds its one minimum in about ten passes),
+  on at most ``max_pixels`` valid pixels drawn with a seeded generator.
+* **Threshold**: :func:`tune_threshold` scores the foreground Dice (or any pooled headline metric
+  of a binary task) at thresholds 0.01, 0.02, ... 0.99 from a probability histogram, and keeps
+  the best; ties go to the threshold nearest 0.5. Tune it on probabilities already tempered by the
+  fitted ``T``, since those are what inference will cut.
+
+:class:`Calibration` holds both, and travels in a checkpoint as ``checkpoint["calibration"]``
+(:meth:`Calibration.to_dict`); a checkpoint without it reads as the identity (``T = 1``, the
+task's own threshold). Pixels whose target is 255 never count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetkit.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.metrics.confusion import as_tensor
+from unetkit.metrics.curves import ScoreHistogram
+from unetkit.metrics.summary import headline_arrays
+from unetkit.tasks import IGNORE_INDEX, Task, check_class_ids
+
+CHECKPOINT_KEY = "calibration"
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+THRESHOLDS = tuple(round(k / 100, 2) for k in range(1, 100))
+METRIC_ALIASES = {"dice": "foreground_dice", "iou": "foreground_iou"}
+_SEARCH_STEPS = 100  # Newton / bisection steps at most; Newton needs about 10
+_SATURATED = 2.0**-24  # float32 resolution of a probability near 1: sigmoid logits up to ~16.6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How logits become calibrated probabilities and a binary mask: ``logits / temperature``,
+    cut at ``threshold`` (``None``: the task's own threshold)."""
+
+    temperature: float = 1.0
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(
+                f"calibration temperature must be a positive finite number; got {self.temperature}"
+            )
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(
+                f"calibration threshold must lie strictly between 0 and 1; got {self.threshold}"
+            )
+
+    def apply(self, logits: Any) -> Any:
+        """``logits / temperature`` (tensor or NumPy array, any shape); unchanged at ``T = 1``."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def apply_to_probabilities(self, probs: Any, task: Task) -> Any:
+        """:func:`temper_probabilities` at this temperature, for paths that hold probabilities."""
+        return temper_probabilities(probs, self.temperature, task)
+
+    def with_threshold(self, task: Task) -> Task:
+        """``task`` with the tuned threshold where one is set."""
+        if self.threshold is None:
+            return task
+        if not task.is_binary and not getattr(task, "multilabel", False):
+            raise ValueError(
+                f"a calibration threshold ({self.threshold}) applies to a binary task; this task "
+                f"has {task.num_classes} classes and takes the most probable one"
+            )
+        return dataclasses.replace(task, threshold=self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``checkpoint["calibration"]`` and metrics.json."""
+        threshold = None if self.threshold is None else float(self.threshold)
+        return {"temperature": float(self.temperature), "threshold": threshold}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any] | None) -> Calibration:
+        """From :meth:`to_dict`'s form; ``None`` (a checkpoint written before calibration
+        existed) is the identity."""
+        if record is None:
+            return cls()
+        unknown = sorted(set(record) - {"temperature", "threshold"})
+        if unknown:
+            raise ValueError(
+                f"calibration record has unknown keys {unknown}; it holds 'temperature' and "
+                f"'threshold' (written by Calibration.to_dict)"
+            )
+        threshold = record.get("threshold")
+        return cls(
+            temperature=float(record.get("temperature", 1.0)),
+            threshold=None if threshold is None else float(threshold),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any]) -> Calibration:
+        """The calibration a loaded checkpoint (or exported metadata) records, else the identity."""
+        return cls.from_dict(checkpoint.get(CHECKPOINT_KEY))
+
+
+def store_calibration(path: str | Path, calibration: Calibration) -> None:
+    """Write ``calibration`` into the checkpoint file at ``path`` (atomically, all else kept)."""
+    payload = load_checkpoint(path)
+    payload[CHECKPOINT_KEY] = calibration.to_dict()
+    save_checkpoint(payload, path)
+
+
+def fit_temperature(
+    logits: Any,
+    targets: Any,
+    task: Task,
+    max_pixels: int = 250_000,
+    seed: int = 0,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> float:
+    """The temperature minimising the NLL of ``targets`` under ``softmax(logits / T)`` (binary:
+    ``sigmoid``), searched within ``bounds``.
+
+    ``logits``: ``(N, out_channels, H, W)``, ``(out_channels, H, W)``, pixels ``(P, out_channels)``
+    (as :class:`LogitSample` holds them), or a sequence of per-image tensors; ``targets`` the
+    matching class ids (255 = ignore).
+    """
+    values, labels = _valid_pixels(logits, targets, task)
+    if len(labels) == 0:
+        raise ValueError("temperature fitting: no pixel counts (every target is 255 or empty)")
+    if len(labels) > max_pixels:
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(labels), generator=generator)[:max_pixels]
+        values, labels = values[keep], labels[keep]
+    low, high = bounds
+    if not 0 < low < high:
+        raise ValueError(f"temperature bounds must satisfy 0 < low < high; got {bounds}")
+    slope = _binary_slope if task.is_binary else _softmax_slope
+    return 1.0 / _convex_minimiser(lambda beta: slope(values, labels, beta), 1.0 / high, 1.0 / low)
+
+
+class LogitSample:
+    """A bounded random sample of valid pixels' logits and targets, gathered image by image, for
+    :func:`fit_temperature` and :func:`tune_threshold` without holding a split in memory."""
+
+    def __init__(self, task: Task, per_image: int = 10_000, seed: int = 0) -> None:
+        if per_image < 1:
+            raise ValueError(f"per_image must be a positive number of pixels; got {per_image}")
+        self.task = task
+        self.per_image = per_image
+        self._generator = torch.Generator().manual_seed(seed)
+        self._logits: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def add(self, logits: Any, target: Any) -> None:
+        """One image's logits ``(out_channels, H, W)`` (or a batch) and target; to sample a
+        Segmenter's output, pass :func:`logits_from_probabilities` of its probabilities."""
+        values, labels = _valid_pixels(logits, target, self.task)
+        if len(labels) > self.per_image:
+            keep = torch.randperm(len(labels), generator=self._generator)[: self.per_image]
+            values, labels = values[keep], labels[keep]
+        self._logits.append(values.float())
+        self._targets.append(labels)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The sampled pixels' logits ``(P, out_channels)``."""
+        if not self._logits:
+            return torch.zeros((0, self.task.out_channels))
+        return torch.cat(self._logits)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """The sampled pixels' class ids ``(P,)``."""
+        return torch.cat(self._targets) if self._targets else torch.zeros(0, dtype=torch.int64)
+
+
+def logits_from_probabilities(probs: Any, task: Task) -> torch.Tensor:
+    """Logits that give back ``probs`` (``(C, H, W)`` or ``(N, C, H, W)``, as the Segmenter returns
+    them): log-probabilities for a softmax, ``log p / (1 - p)`` of the foreground for a sigmoid.
+
+    Exact up to float32 saturation: a sigmoid probability that rounds to 1 (logit above ~16.6)
+    comes back as 16.6, a softmax one that underflows to 0 as log of the smallest float32.
+    """
+    _refuse_multilabel(task, "logits_from_probabilities")
+    values = as_tensor(probs).double()
+    channels = values.shape[-3] if values.ndim >= 3 else None
+    if channels != task.num_classes:
+        raise ValueError(
+            f"logits_from_probabilities takes probabilities (C, H, W) or (N, C, H, W) with "
+            f"C = {task.num_classes}; got shape {tuple(values.shape)}"
+        )
+    if task.is_binary:
+        foreground = values.narrow(-3, 1, 1).clamp(_SATURATED, 1.0 - _SATURATED)
+        return torch.logit(foreground)
+    return values.clamp(min=torch.finfo(torch.float32).tiny).log()
+
+
+def temper_probabilities(probs: Any, temperature: float, task: Task) -> Any:
+    """``probs`` as they would be with logits divided by ``temperature`` (same shape and kind,
+    NumPy or tensor, float32); for evaluating calibration on probabilities already computed."""
+    if temperature == 1.0:
+        return probs
+    logits = logits_from_probabilities(probs, task) / temperature
+    batched = logits if logits.ndim == 4 else logits[None]
+    tempered = task.probabilities(batched).float().reshape(as_tensor(probs).shape)
+    if isinstance(probs, torch.Tensor):
+        return tempered.to(probs.device)
+    return tempered.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The best threshold for ``metric`` and the score at every threshold tried."""
+
+    metric: str
+    threshold: float
+    score: float
+    thresholds: np.ndarray
+    scores: np.ndarray  # NaN where the metric is undefined
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the choice and its curve (``None`` where undefined)."""
+        return {
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "score": self.score,
+            "curve": {
+                "threshold": self.thresholds.tolist(),
+                "score": [None if math.isnan(s) else float(s) for s in self.scores],
+            },
+        }
+
+
+def tune_threshold(
+    probs_fg: Any,
+    targets: Any,
+    metric: str = "dice",
+    valid: Any = None,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> ThresholdChoice:
+    """The binary threshold that maximises ``metric`` pooled over the given pixels.
+
+    ``probs_fg``: foreground probabilities, any shape; ``targets`` (0, 1, 255 = ignore) and the
+    optional boolean ``valid`` of the same shape.
+    """
+    probs_fg = as_tensor(probs_fg).reshape(-1)
+    target = as_tensor(targets).reshape(-1)
+    valid = None if valid is None else as_tensor(valid).reshape(-1)[:, None]
+    histogram = ScoreHistogram(2, bins=1000)
+    histogram.update(torch.stack([1.0 - probs_fg, probs_fg])[:, :, None], target[:, None], valid)
+    return threshold_from_histogram(histogram, metric, thresholds)
+
+
+def threshold_from_histogram(
+    histogram: ScoreHistogram, metric: str = "dice", thresholds: Sequence[float] = THRESHOLDS
+) -> ThresholdChoice:
+    """:func:`tune_threshold` from a binary :class:`ScoreHistogram` accumulated over a split.
+
+    A pixel counts as foreground at threshold ``t`` when its probability's bin starts at or above
+    ``t``, so each ``t`` must be a bin edge (a multiple of ``1 / bins``).
+    """
+    if histogram.num_classes != 2:
+        raise ValueError(
+            f"threshold tuning is for binary tasks; this histogram has {histogram.num_classes} "
+            f"classes (a multi-class task takes the most probable class)"
+        )
+    key = _metric_key(metric)
+    grid = np.asarray(thresholds, dtype=np.float64)
+    edges = np.round(grid * histogram.bins).astype(np.int64)
+    if (
+        grid.size == 0
+        or np.any(np.abs(edges / histogram.bins - grid) > 1e-9)
+        or np.any((edges < 1) | (edges >= histogram.bins))
+    ):
+        raise ValueError(
+            f"thresholds must lie strictly between 0 and 1 on multiples of 1/{histogram.bins} "
+            f"(the histogram's bins); got {list(thresholds)[:5]}..."
+        )
+    negatives, positives = histogram.counts[1].cpu().numpy().astype(np.float64)
+    above_pos = np.cumsum(positives[::-1])[::-1]  # pixels in bin >= k, i.e. predicted foreground
+    above_neg = np.cumsum(negatives[::-1])[::-1]
+    tp, fp = above_pos[edges], above_neg[edges]
+    fn, tn = positives.sum() - tp, negatives.sum() - fp
+    matrices = np.stack([np.stack([tn, fp], -1), np.stack([fn, tp], -1)], -2)
+    scores = headline_arrays(matrices, binary=True)[key]
+    if np.all(np.isnan(scores)):
+        raise ValueError(
+            f"{key} is undefined at every threshold (no counted foreground pixel, nor any "
+            f"predicted at any threshold); tune on a split with foreground"
+        )
+    best = np.flatnonzero(scores == np.nanmax(scores))
+    pick = best[np.argmin(np.abs(grid[best] - 0.5))]
+    return ThresholdChoice(key, float(grid[pick]), float(scores[pick]), grid, scores)
+
+
+def _metric_key(metric: str) -> str:
+    """``metric`` as a headline key of a binary task: ``dice``, ``iou``, ``val_mean_iou``, ..."""
+    name = metric.removeprefix("val_")
+    key = METRIC_ALIASES.get(name, name)
+    known = headline_arrays(np.ones((2, 2)), binary=True)
+    if key not in known:
+        raise ValueError(
+            f"cannot tune a threshold for {metric!r}; accepted: dice, iou or a binary headline "
+            f"metric ({', '.join(sorted(known))}), optionally prefixed with 'val_'"
+        )
+    return key
+
+
+def _valid_pixels(logits: Any, targets: Any, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """The counted pixels as logits ``(P, out_channels)`` (float32) and class ids ``(P,)``."""
+    _refuse_multilabel(task, "temperature fitting")
+    if isinstance(logits, list | tuple):
+        if len(logits) != len(targets):
+            raise ValueError(f"got {len(logits)} logit arrays for {len(targets)} targets")
+        pairs = [
+            _valid_pixels(one, target, task) for one, target in zip(logits, targets, strict=True)
+        ]
+        if not pairs:
+            raise ValueError("no logits given: pass at least one image's logits and target")
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    values, labels = as_tensor(logits).float().cpu(), as_tensor(targets).long().cpu()
+    channels = task.out_channels
+    if values.ndim == 2:  # pixels (P, C): one image (1, C, P, 1)
+        values, labels = values.T[None, :, :, None], labels.reshape(1, -1, 1)
+    if values.ndim == 3:
+        values, labels = values[None], labels[None]
+    if (
+        values.ndim != 4
+        or values.shape[1] != channels
+        or labels.shape
+        != (
+            values.shape[0],
+            *values.shape[2:],
+        )
+    ):
+        raise ValueError(
+            f"expected logits (N, {channels}, H, W), ({channels}, H, W) or (P, {channels}) with "
+            f"targets of the matching (N, H, W), (H, W) or (P,); got "
+            f"{tuple(as_tensor(logits).shape)} and {tuple(as_tensor(targets).shape)}"
+        )
+    counted = labels != IGNORE_INDEX
+    check_class_ids(labels, task.num_classes, "temperature fitting: the target", counted)
+    return values.permute(0, 2, 3, 1)[counted], labels[counted]
+
+
+def _softmax_slope(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> tuple[float, float]:
+    """First and second derivative in ``beta`` of the mean NLL of ``softmax(beta * logits)``:
+    the mean of ``E_p[z] - z_target`` and of ``Var_p[z]``."""
+    probs = torch.softmax(beta * logits, dim=1)
+    expected = (probs * logits).sum(dim=1)
+    variance = (probs * logits.square()).sum(dim=1) - expected.square()
+    chosen = logits.gather(1, labels[:, None])[:, 0]
+    return float((expected - chosen).double().mean()), float(variance.double().mean())
+
+
+def _binary_slope(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> tuple[float, float]:
+    """The same for ``sigmoid(beta * logits)``: means of ``(p - y) z`` and ``p (1 - p) z^2``."""
+    z = logits[:, 0]
+    p = torch.sigmoid(beta * z)
+    return float(((p - labels) * z).double().mean()), float(
+        (p * (1 - p) * z.square()).double().mean()
+    )
+
+
+def _convex_minimiser(slope: Any, low: float, high: float) -> float:
+    """The minimiser on ``[low, high]`` of a convex function given its ``slope`` (first and second
+    derivative): Newton steps, a bisection wherever a step would leave the bracket."""
+    if slope(low)[0] >= 0:
+        return low
+    if slope(high)[0] <= 0:
+        return high
+    point = min(max(1.0, low), high)
+    for _ in range(_SEARCH_STEPS):
+        first, second = slope(point)
+        if first > 0:
+            high = point
+        else:
+            low = point
+        step = point - first / second if second > 0 else math.nan
+        if abs(step - point) < 1e-7 * point or high - low < 1e-9 * point:
+            return step if low <= step <= high else point
+        point = step if low < step < high else (low + high) / 2.0
+    return point
+
+
+def _refuse_multilabel(task: Task, where: str) -> None:
+    if getattr(task, "multilabel", False):
+        raise ValueError(
+            f"{where} supports binary and multi-class tasks; this task is multi-label "
+            f"({task.num_classes} independent sigmoid labels)"
+        )

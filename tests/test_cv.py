@@ -20,6 +20,7 @@ from unetkit.planning.plan import Plan
 from unetkit.training.cv import (
     FoldAssignment,
     assign_groups,
+    assignment_for,
     fold_spread,
     make_assignment,
     out_of_fold_metrics,
@@ -100,6 +101,19 @@ def test_without_whole_images_the_held_out_tiles_are_scored():
     record = {"train": tiles("a", 2), "val": tiles("b", 2), "test": ["c@0,0"]}
     assignment = make_assignment(record, set(tiles("a", 2) + tiles("b", 2)), 2, 0)
     assert [fold.evaluate for fold in assignment.folds] == [f.val for f in assignment.folds]
+
+
+def test_a_tiled_dataset_is_folded_by_image_and_scored_on_whole_images(tmp_path):
+    cfg = load_config(overrides={"data.synthetic_count": 12, "data.img_size": 32,
+                                 "data.tile_size": 16})  # fmt: skip
+    assignment = assignment_for(cfg, 3, 0, tmp_path)
+    assert [len(fold.val) for fold in assignment.folds] == [12, 12, 12]  # 3 images x 4 tiles
+    assert assignment.test == build_splits(cfg).split_record["test"]
+    for i, fold in enumerate(assignment.folds):
+        assert {name.split("@")[0] for name in fold.val} == set(fold.groups)
+        held_out = build_splits(cfg, split_record=assignment.evaluation_record(i)).val
+        assert held_out.names == fold.groups  # the whole images, as the test split holds them
+    assert json.loads((tmp_path / "folds.json").read_text()) == assignment.to_dict()
 
 
 # --- summary numbers ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from unetkit.data.splits import SplitRecord, save_split_record, validate_split_r
 from unetkit.data.tiles import image_name_of
 from unetkit.metrics.per_image import spread
 from unetkit.metrics.summary import headline_keys, summarise
+from unetkit.training.resume import RESUMABLE
 
 FOLDS_FILE = "folds.json"
 SUMMARY_JSON = "cv_summary.json"
@@ -175,7 +176,7 @@ def fold_finished(run_dir: Path) -> bool:
 
 def fold_resumable(run_dir: Path) -> bool:
     """Whether an unfinished fold has a checkpoint to continue from (``--resume auto``)."""
-    return any((run_dir / "checkpoints" / name).is_file() for name in ("last.pt", "best.pt"))
+    return any((run_dir / "checkpoints" / name).is_file() for name in RESUMABLE)
 
 
 # train(run_dir, resume) -> exit status: one fold's run by the ordinary training entry point.
@@ -312,7 +313,8 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, float | 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The printed table: the shown headline metrics per fold, mean ± std, out-of-fold."""
-    keys = SHOWN[summary["task"]]
+    shown = SHOWN.get(summary["task"], SHOWN["multiclass"])
+    keys = [key for key in shown if key in summary["headline"]] or summary["headline"][:2]
     columns = [f"{split}_{key}" for split in ("val", "test") for key in keys]
     rows = dict(_summary_rows(summary))
     mean, std = rows.pop("mean"), rows.pop("std")

@@ -13,6 +13,7 @@ from unetkit.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.inference.calibration import (
     Calibration,
     LogitSample,
+    fit_calibration,
     fit_temperature,
     logits_from_probabilities,
     store_calibration,
@@ -335,3 +336,20 @@ def test_calibration_applies_and_refuses() -> None:
         Calibration(threshold=1.0)
     with pytest.raises(ValueError, match="unknown keys"):
         Calibration.from_dict({"temperature": 2.0, "bias": 1.0})
+
+
+def test_fit_calibration_from_segmenter_probabilities() -> None:
+    task = Task(2)
+    logits, target = calibrated_logits(task, seed=11, size=32)
+    probs = task.probabilities(logits * 3)  # what an over-confident model's Segmenter returns
+    pairs = [(p.numpy(), t.numpy()) for p, t in zip(probs, target, strict=True)]
+    calibration = fit_calibration(pairs, task, metric="dice")
+    assert calibration.temperature == pytest.approx(3.0, rel=0.1)
+    tempered = torch.sigmoid(logits.reshape(-1) * 3 / calibration.temperature)
+    expected = tune_threshold(tempered, target.reshape(-1), "dice").threshold
+    assert calibration.threshold == pytest.approx(expected, abs=0.02)
+    assert fit_calibration(pairs, task, metric=None).threshold is None
+    multi = Task(3)
+    logits3, target3 = calibrated_logits(multi, seed=12, size=16)
+    pairs3 = zip(multi.probabilities(logits3 * 2), target3, strict=True)
+    assert fit_calibration(pairs3, multi).temperature == pytest.approx(2.0, rel=0.15)

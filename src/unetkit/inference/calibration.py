@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,29 @@ def fit_temperature(
         raise ValueError(f"temperature bounds must satisfy 0 < low < high; got {bounds}")
     slope = _binary_slope if task.is_binary else _softmax_slope
     return 1.0 / _convex_minimiser(lambda beta: slope(values, labels, beta), 1.0 / high, 1.0 / low)
+
+
+def fit_calibration(
+    pairs: Iterable[tuple[Any, Any]],
+    task: Task,
+    metric: str | None = "dice",
+    per_image: int = 10_000,
+    seed: int = 0,
+) -> Calibration:
+    """The :class:`Calibration` of a validation split in one pass: ``pairs`` yields each image's
+    probabilities ``(C, H, W)`` (at ``T = 1``, as the Segmenter returns them) and target.
+
+    The temperature is fitted on a :class:`LogitSample`; for a binary task with a ``metric``, the
+    threshold is then tuned on the same pixels' tempered probabilities (``None``: keep the task's).
+    """
+    sample = LogitSample(task, per_image=per_image, seed=seed)
+    for probs, target in pairs:
+        sample.add(logits_from_probabilities(probs, task), target)
+    temperature = fit_temperature(sample.logits, sample.targets, task, seed=seed)
+    if metric is None or not task.is_binary:
+        return Calibration(temperature)
+    tempered = torch.sigmoid(sample.logits[:, 0] / temperature)
+    return Calibration(temperature, tune_threshold(tempered, sample.targets, metric).threshold)
 
 
 class LogitSample:

@@ -152,6 +152,23 @@ def test_out_of_fold_pools_the_folds_confusion_matrices_and_images(tmp_path):
     assert per_image["images"] == 3
 
 
+def test_out_of_fold_of_a_multilabel_task_sums_each_labels_matrices(tmp_path):
+    folds = []
+    for i, labels in enumerate(
+        [([[6, 0], [1, 3]], [[9, 0], [0, 1]]), ([[5, 1], [0, 4]], [[8, 1], [0, 1]])]
+    ):
+        folder = tmp_path / f"fold_{i}"
+        folder.mkdir()
+        (folder / "per_image.csv").write_text(f"name,mean_iou\nimg{i},0.{i + 4}\n")
+        per_label = [{"dataset": {"confusion_matrix": m}} for m in labels]
+        folds.append({"task": "multilabel", "class_names": ["a", "b"], "per_label": per_label})
+    result = out_of_fold_metrics(folds, [tmp_path / "fold_0", tmp_path / "fold_1"])
+    # label a: [[11, 1], [1, 7]] -> IoU 7 / 9; label b: [[17, 1], [0, 2]] -> IoU 2 / 3
+    assert result["dataset"]["mean_iou"] == pytest.approx((7 / 9 + 2 / 3) / 2)
+    assert [row["name"] for row in result["dataset"]["per_class"]] == ["a", "b"]
+    assert result["per_image"]["mean_iou"]["mean"] == pytest.approx(0.45)
+
+
 # --- command line ------------------------------------------------------------------------------
 
 

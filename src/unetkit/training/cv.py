@@ -45,7 +45,7 @@ from unetkit.data.sources import DataError
 from unetkit.data.splits import SplitRecord, save_split_record, validate_split_record
 from unetkit.data.tiles import image_name_of
 from unetkit.metrics.per_image import spread
-from unetkit.metrics.summary import headline_keys, summarise
+from unetkit.metrics.summary import CLASS_METRICS, headline_keys, summarise
 from unetkit.training.resume import RESUMABLE
 
 FOLDS_FILE = "folds.json"
@@ -242,7 +242,7 @@ def summarise_folds(cv_dir: Path, assignment: FoldAssignment) -> dict[str, Any]:
     val = [_read_json(run / "evaluation" / "val" / "metrics.json") for run in runs]
     test = [_read_json(run / "metrics.json") for run in runs]
     task = test[0]["task"]
-    keys = list(headline_keys(task == "binary"))
+    keys = task_headline(task)
     per_fold = [
         {"fold": i, "run": str(run), "val_images": v["num_images"], "test_images": t["num_images"],
          "val": _headline(v, keys), "test": _headline(t, keys)}
@@ -272,17 +272,38 @@ def fold_spread(values: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": float(defined.mean()), "std": std, "folds": int(defined.size)}
 
 
+def task_headline(task: str) -> list[str]:
+    """The headline metrics of a ``metrics.json`` ``task`` (binary, multiclass, multilabel)."""
+    if task == "multilabel":  # the means over labels (unetkit.metrics.multilabel)
+        return [f"mean_{key}" for key in CLASS_METRICS]
+    return list(headline_keys(task == "binary"))
+
+
 def out_of_fold_metrics(val: list[dict[str, Any]], folders: list[Path]) -> dict[str, Any]:
     """Every held-out sample scored by the fold that held it out: pooled metrics of the summed
     confusion matrices, per-image mean and spread over every fold's ``per_image.csv`` rows."""
-    binary = val[0]["task"] == "binary"
-    matrix = np.sum([np.asarray(v["dataset"]["confusion_matrix"]) for v in val], axis=0)
     rows = [row for folder in folders for row in _read_rows(folder / "per_image.csv")]
+    keys = task_headline(val[0]["task"])
     return {
         "num_images": len(rows),
-        "dataset": summarise(matrix.astype(np.int64), val[0]["class_names"], binary=binary),
-        "per_image": {key: spread([row.get(key) for row in rows]) for key in headline_keys(binary)},
+        "dataset": _pooled(val),
+        "per_image": {key: spread([row.get(key) for row in rows]) for key in keys},
     }
+
+
+def _pooled(val: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``dataset`` section of the folds' summed confusion matrices (one per label for a
+    multi-label task)."""
+    names, task = val[0]["class_names"], val[0]["task"]
+    if task == "multilabel":
+        from unetkit.metrics.multilabel import summarise_labels
+
+        per_label = [
+            [label["dataset"]["confusion_matrix"] for label in v["per_label"]] for v in val
+        ]
+        return summarise_labels(np.sum(per_label, axis=0).astype(np.int64), names)
+    matrix = np.sum([v["dataset"]["confusion_matrix"] for v in val], axis=0)
+    return summarise(matrix.astype(np.int64), names, binary=task == "binary")
 
 
 def write_summary(summary: dict[str, Any], cv_dir: Path) -> list[Path]:

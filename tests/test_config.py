@@ -49,6 +49,13 @@ def test_switching_model_by_flag_drops_the_other_models_options():
     assert cfg.model.options == {}
 
 
+def test_switching_model_by_pair_drops_the_other_models_options_too():
+    cfg = load_config(dotted=["model.name=timm-unet", "model.options.encoder=resnet18"])
+    assert cfg.model.options == {"encoder": "resnet18"}  # unet's base_width: 16 is gone
+    same = load_config(dotted=["model.options.depth=3", "model.name=unet"])
+    assert same.model.options == {"base_width": 16, "depth": 3}  # the same model keeps them
+
+
 def test_round_trip_through_yaml(tmp_path):
     cfg = load_config(dotted=["data.img_size=[64, 80]"])
     cfg.save(tmp_path / "config.yaml")

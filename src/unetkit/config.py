@@ -215,7 +215,10 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        if key.strip() == "model.name" and value != tree["model"]["name"]:
+            tree["model"]["options"] = {}  # as for a flag: options of another model are dropped
+        _set_dotted(tree, key.strip(), value)
     return config_from_dict(tree)
 
 

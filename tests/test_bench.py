@@ -180,3 +180,39 @@ def test_bad_arguments_say_what_to_change(arguments, message):
     settings = {"model_name": "unet", "img_size": 32, "batch_size": 2, "model_options": TINY}
     with pytest.raises(ValueError, match=message):
         benchmark(**{**settings, **arguments})
+
+
+# --- every CPU path in one run (bench --backend all) -------------------------------------------
+
+
+def test_every_cpu_path_is_timed_in_one_table():
+    from unetkit.speed.cpu_paths import compare_paths, paths_table
+
+    rows = compare_paths("unet", 32, (1, 2), repeats=1, warmup=0, threads=1,
+                         calibration_images=2, model_options=TINY)  # fmt: skip
+    paths = [row["path"] for row in rows]
+    assert paths[:4] == ["torch fp32", "torch auto", "onnxruntime fp32", "onnxruntime int8"]
+    assert {"openvino fp32", "openvino int8"} <= set(paths)  # the dev extras install openvino
+    assert all(row["batch2"]["images_per_s"] > 0 for row in rows)
+    lines = paths_table(rows, [1, 2]).splitlines()
+    assert len(lines) == 2 + len(rows) and lines[2].endswith("| 1.00")  # fp32 over itself
+
+
+def test_bench_cli_passes_quantize_and_runs_every_path(monkeypatch, capsys):
+    from unetkit.cli.main import main
+    from unetkit.speed import bench as bench_module
+    from unetkit.speed import cpu_paths
+
+    seen = {}
+    monkeypatch.setattr(bench_module, "benchmark", lambda *a, **k: seen.update(k) or {})
+    assert main(["bench", "--backend", "onnxruntime", "--quantize", "int8"]) == 0
+    assert seen["quantize"] == "int8"  # once parsed and dropped: int8 was never timed
+    row = {"model": "unet", "size": 64, "path": "torch fp32", "threads": 1, "execution": "x",
+           "batch1": {"latency_s_median": 0.5, "images_per_s": 2.0},
+           "batch4": {"latency_s_median": 1.0, "images_per_s": 4.0}}  # fmt: skip
+    monkeypatch.setattr(cpu_paths, "compare_paths", lambda *a, **k: seen.update(all=a) or [row])
+    assert main(["bench", "--backend", "all", "--img-size", "64", "--batch-size", "4"]) == 0
+    assert seen["all"][:3] == ("unet", 64, [1, 4])
+    assert "torch fp32 | x | 500.0 | 4.00 | 1.00" in capsys.readouterr().out
+    assert main(["bench", "--backend", "all", "--img-size", "64", "80"]) == 2
+    assert "on square images: give --img-size S" in capsys.readouterr().err

@@ -120,6 +120,8 @@ def bench(args: argparse.Namespace) -> int:
         args.batch_size,
         backend=args.backend,
         channels_last=args.channels_last,
+    if args.backend == "all":
+        return _bench_every_path(args)
         precision=args.precision,
         gemm_size=args.gemm_size,
         num_classes=args.num_classes,
@@ -133,6 +135,7 @@ def bench(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
+        quantize=args.quantize,
 
 
 def export(args: argparse.Namespace) -> int:
@@ -141,6 +144,28 @@ def export(args: argparse.Namespace) -> int:
     report = export_model(
         args.checkpoint,
         args.out,
+def _bench_every_path(args: argparse.Namespace) -> int:
+    """``bench --backend all``: every CPU path of the model, interleaved, in one table."""
+    from unetkit.speed.cpu_paths import compare_paths, paths_table
+
+    size = _size(args.img_size)
+    if not isinstance(size, int) or args.device not in ("auto", "cpu") or args.quantize:
+        raise ValueError(
+            f"bench --backend all times every CPU path (int8 included) on square images: give "
+            f"--img-size S, no --quantize and --device cpu or auto; got --img-size "
+            f"{args.img_size}, --device {args.device}, --quantize {args.quantize}"
+        )
+    batches = sorted({1, args.batch_size})
+    rows = compare_paths(args.model, size, batches, args.steps, args.warmup, args.threads)
+    for row in rows:
+        print(json.dumps(row))
+    print(f"\n{rows[0]['threads']} threads, medians of {args.steps} interleaved calls\n")
+    print(paths_table(rows, batches))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
         format=args.format,
         opset=args.opset,
         check=not args.no_check,

@@ -234,7 +234,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="unet", help="model name from the registry")
     p.add_argument("--img-size", type=int, nargs="+", default=[256], metavar=("H", "W"))
     add_device_flags(p, "random images per timed step")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "openvino", "all"],
+        default="torch",
+        help="all: every CPU path in one interleaved run (torch fp32 / auto, ONNX Runtime and "
+        "OpenVINO fp32 / int8), a table of images/s over torch fp32",
+    )
     p.add_argument(
         "--quantize",
         choices=["int8"],

@@ -41,6 +41,13 @@ def should_plan(args: argparse.Namespace, cfg: Config) -> bool:
     planned_before = (cfg.train.execution or {}).get("by") == "unetkit plan"
     if args.plan == "off" or args.resume or cfg.train.resume or planned_before:
         return False  # a resume keeps its run's settings; a planned config is a plan already
+    if cfg.task.type == "multilabel":  # the planner reads class-id masks
+        if args.plan == "on":
+            raise ValueError(
+                "--plan on: the planner measures class-id masks, not multi-label ones; train "
+                "a multi-label task with --plan off (the default for it) and explicit settings"
+            )
+        return False
     several = (args.nproc or 1) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if several:
         if args.plan == "on":

@@ -68,7 +68,10 @@ class CachedSource(SampleSource):
         image = resize_image(image, self.size)
         if image.ndim == 2:
             image = image[..., None]
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        if mask.ndim == 3:  # multi-label (L, H, W): each label map on its own
+            mask = np.stack([_resize_mask(label, width, height) for label in mask])
+        else:
+            mask = _resize_mask(mask, width, height)
         return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
     def _entry(self, index: int) -> Path:
@@ -79,6 +82,10 @@ class CachedSource(SampleSource):
     def _select(self, positions: list[int]) -> CachedSource:
         names = [self.source.names[p] for p in positions]
         return CachedSource(self.source.subset(names), self.size, self.cache_dir)
+
+
+def _resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def _write_atomically(path: Path, image: np.ndarray, mask: np.ndarray) -> None:

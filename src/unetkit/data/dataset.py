@@ -16,7 +16,7 @@ from unetkit.data.cache import CachedSource, default_cache_dir
 from unetkit.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, resolve_mean_std, to_tensor
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import SampleSource
-from unetkit.data.transforms import build_eval_transform, build_train_transform
+from unetkit.data.transforms import augment, build_eval_transform, build_train_transform
 
 Transform = Callable[..., dict[str, Any]]
 
@@ -53,16 +53,6 @@ class SegmentationDataset(Dataset):
             _reseed(self.transform)
             image, mask = augment(self.transform, image, mask)
         return to_tensor(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))
-
-
-def augment(transform: Transform, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``transform`` applied to the image and its mask jointly: an ``(L, H, W)`` multi-label mask
-    goes in as ``masks`` (one label map each), so every geometric step moves all labels alike."""
-    if mask.ndim == 3:
-        out = transform(image=image, masks=list(mask))
-        return out["image"], np.stack(out["masks"])
-    out = transform(image=image, mask=mask)
-    return out["image"], out["mask"]
 
 
 def _reseed(transform: Transform) -> None:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from unetkit.data.sources import DataError, SampleSource
-from unetkit.palette import class_palette, overlay
+from unetkit.palette import class_palette, label_overlay, overlay
 from unetkit.tasks import IGNORE_INDEX
 
 Transform = Callable[..., dict[str, Any]]
@@ -66,8 +66,11 @@ def sample_grid(
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     num_classes = len(class_names)
     for ax, (name, image, mask) in zip(axes, samples, strict=False):
-        ax.imshow(overlay(image, mask, num_classes))
-        ax.set_title(f"{_shorten(name)}\n{mask.shape[0]}x{mask.shape[1]}", fontsize=7)
+        picture = (
+            label_overlay(image, mask) if mask.ndim == 3 else overlay(image, mask, num_classes)
+        )
+        ax.imshow(picture)
+        ax.set_title(f"{_shorten(name)}\n{mask.shape[-2]}x{mask.shape[-1]}", fontsize=7)
     for ax in axes:
         ax.axis("off")
     masks = [mask for _, _, mask in samples]
@@ -101,20 +104,28 @@ def _sample(
     source: SampleSource, index: int, transform: Transform | None
 ) -> tuple[str, np.ndarray, np.ndarray]:
     image, mask = source.load(index)
-    if image.shape[:2] != mask.shape:
+    if image.shape[:2] != mask.shape[-2:]:  # class ids (H, W) or label maps (L, H, W)
         raise DataError(
             f"{source.describe(index)}: image is {image.shape[0]}x{image.shape[1]} but its mask "
             f"is {'x'.join(map(str, mask.shape))}, so the mask cannot be overlaid",
             fix="run `unetkit data check` with the same flags to list every such sample",
         )
     if transform is not None:
-        out = transform(image=image, mask=mask)
-        image, mask = out["image"], out["mask"]
+        from unetkit.data.transforms import augment
+
+        image, mask = augment(transform, image, mask)
     return source.names[index], image, mask
 
 
 def _legend_handles(class_names: list[str], masks: list[np.ndarray]) -> list[Patch]:
-    """One patch per class (only the classes shown, when there are many), and ignore if shown."""
+    """One patch per class (only the classes shown, when there are many), and ignore if shown;
+    of multi-label masks, one per label (label ``l`` has class colour ``l + 1``)."""
+    if masks and masks[0].ndim == 3:
+        colours = class_palette(len(class_names) + 1)[1:] / 255.0
+        return [
+            Patch(facecolor=colour, edgecolor="grey", label=name)
+            for colour, name in zip(colours, class_names, strict=True)
+        ]
     present = set(np.unique(np.concatenate([m.reshape(-1) for m in masks])).tolist())
     colours = class_palette(len(class_names)) / 255.0
     handles = []

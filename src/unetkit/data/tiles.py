@@ -130,7 +130,8 @@ class TiledSource(SampleSource):
             return image.copy(), mask.copy()
         y, x = entry.origin
         window = (slice(y, y + self.tile_size), slice(x, x + self.tile_size))
-        return np.ascontiguousarray(image[window]), np.ascontiguousarray(mask[window])
+        mask_window = window if mask.ndim == 2 else (slice(None), *window)  # (L, H, W) labels
+        return np.ascontiguousarray(image[window]), np.ascontiguousarray(mask[mask_window])
 
     def describe(self, index: int) -> str:
         entry = self.entries[index]

@@ -11,10 +11,12 @@ elastic deformation in the spirit of the U-Net paper, and Gaussian noise).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 
 from unetkit.data.preprocess import size_hw
 from unetkit.data.sources import DataError
@@ -43,6 +45,18 @@ def build_eval_transform(img_size: int | Sequence[int]) -> A.Compose:
     """Resize only: what validation, testing and inference see."""
     height, width = size_hw(img_size)
     return A.Compose([_resize(height, width)])
+
+
+def augment(
+    transform: Callable[..., dict[str, Any]], image: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """``transform`` applied to the image and its mask jointly: an ``(L, H, W)`` multi-label mask
+    goes in as ``masks`` (one label map each), so every geometric step moves all labels alike."""
+    if mask.ndim == 3:
+        out = transform(image=image, masks=list(mask))
+        return out["image"], np.stack(out["masks"])
+    out = transform(image=image, mask=mask)
+    return out["image"], out["mask"]
 
 
 def _resize(height: int, width: int) -> A.Resize:

@@ -81,7 +81,7 @@ def evaluate_source(
     evaluation = Evaluation(
         result, metrics.rows(), metrics.curves(), ranking_metric=metrics.ranking_key()
     )
-    if options.report and options.panels > 0 and not segmenter.task.multilabel:
+    if options.report and options.panels > 0:
         evaluation.best, evaluation.worst = _extreme_panels(
             segmenter, source, evaluation, options.panels
         )

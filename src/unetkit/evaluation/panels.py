@@ -10,6 +10,11 @@ background:
 * ignore: the target is :data:`~unetkit.tasks.IGNORE_INDEX`; these pixels never count, whatever the
   prediction, and are drawn grey.
 
+A multi-label panel (target and prediction ``(L, H, W)`` of 0/1) draws both as the blend of the
+labels' colours; its error map marks a pixel false positive where a label is predicted but absent,
+false negative where one present is missed, "wrong" where both happen, ignored where every label
+is ignored.
+
 The three error colours come from the Okabe–Ito palette, chosen to stay apart under the common
 colour-vision deficiencies; :data:`ERROR_LEGEND` names them for the legend. A panel's ``score`` is
 ``None`` when the ranking metric is undefined for that image, never a stand-in 0.
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from unetkit.palette import colourise
+from unetkit.palette import blend_labels, colourise
 from unetkit.tasks import IGNORE_INDEX
 
 __all__ = ["ERROR_LEGEND", "MAX_TILE_SIDE", "Panel", "error_map", "panel_row"]
@@ -55,8 +60,8 @@ class Panel:
 
     name: str
     image: np.ndarray  # (H, W, 3), (H, W) or (H, W, 1) uint8
-    target: np.ndarray  # (H, W) class ids, IGNORE_INDEX = not scored
-    prediction: np.ndarray  # (H, W) class ids
+    target: np.ndarray  # (H, W) class ids, IGNORE_INDEX = not scored; multi-label (L, H, W)
+    prediction: np.ndarray  # (H, W) class ids; multi-label (L, H, W) of 0/1
     score: float | None  # the ranking metric's value for this image; None = undefined
 
 
@@ -74,6 +79,22 @@ def error_map(target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     return picture
 
 
+def label_error_map(target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 picture of where multi-label ``prediction`` disagrees with ``target``
+    (both ``(L, H, W)``; see the module docstring)."""
+    if target.shape != prediction.shape:
+        raise ValueError(f"the prediction is {prediction.shape} but the target is {target.shape}")
+    added = ((prediction == 1) & (target == 0)).any(axis=0)
+    missed = ((prediction == 0) & (target == 1)).any(axis=0)
+    picture = np.empty((*target.shape[1:], 3), dtype=np.uint8)
+    picture[...] = CORRECT_COLOUR
+    picture[added & ~missed] = FALSE_POSITIVE_COLOUR
+    picture[missed & ~added] = FALSE_NEGATIVE_COLOUR
+    picture[added & missed] = WRONG_CLASS_COLOUR
+    picture[(target == IGNORE_INDEX).all(axis=0)] = IGNORE_COLOUR
+    return picture
+
+
 def panel_row(panel: Panel, num_classes: int, class_names: Sequence[str]) -> np.ndarray:
     """image | ground truth | prediction | error map, side by side, as one uint8 RGB picture.
 
@@ -87,6 +108,15 @@ def panel_row(panel: Panel, num_classes: int, class_names: Sequence[str]) -> np.
             f"panel {panel.name!r}: {len(class_names)} class names for {num_classes} classes; "
             "pass one name per class, background first"
         )
+    if panel.target.ndim == 3:  # multi-label: ``num_classes`` labels
+        _check_same_shape(panel.target[0], panel.image.shape[:2], "image")
+        tiles = [
+            _as_rgb(panel.image, panel.name),
+            blend_labels(panel.target),
+            blend_labels(panel.prediction),
+            label_error_map(panel.target, panel.prediction),
+        ]
+        return _side_by_side([_shrink(tile) for tile in tiles])
     _check_same_shape(panel.target, panel.prediction.shape, "prediction")
     _check_same_shape(panel.target, panel.image.shape[:2], "image")
     tiles = [

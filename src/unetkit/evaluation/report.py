@@ -141,7 +141,7 @@ def _header(
         ("Task", escaped(metrics.get("task"))),
         (
             "Classes",
-            ", ".join(swatch_name(i, n, len(class_names)) for i, n in enumerate(class_names)),
+            ", ".join(_swatch(metrics, i, n, class_names) for i, n in enumerate(class_names)),
         ),
         ("Checkpoint", f"<code>{escaped(metrics.get('checkpoint'))}</code>"),
         ("Time taken", duration(metrics.get("seconds"))),
@@ -202,7 +202,7 @@ def _class_table(
     for index, name in enumerate(class_names):
         cells = [class_cell(lookups[section].get(name), key) for section, key, _, _ in columns]
         name_cell = (
-            f'<th scope="row" data-v="{index}">{swatch_name(index, name, len(class_names))}</th>'
+            f'<th scope="row" data-v="{index}">{_swatch(metrics, index, name, class_names)}</th>'
         )
         rows.append(f"<tr>{name_cell}{''.join(cells)}</tr>")
     groups = _group_header(columns) if grouped else ""
@@ -274,7 +274,10 @@ def _examples_body(
     if not best and not worst:
         return '<p class="note">No example images were given.</p>'
     metric = metric_label_inline(ranking_metric)
-    legends = class_legend(class_names) + error_legend()
+    multilabel = any(panel.target.ndim == 3 for panel in (*best, *worst))
+    # a multi-label picture is black where no label is, else the blend of the labels' colours
+    shown = ["no label", *class_names] if multilabel else class_names
+    legends = class_legend(shown) + error_legend()
     groups = [
         _panel_group(f"Best {len(best)} by {metric}", best, ranking_metric, class_names),
         _panel_group(f"Worst {len(worst)} by {metric}", worst, ranking_metric, class_names),
@@ -456,6 +459,14 @@ def _class_names(metrics: Mapping[str, Any]) -> list[str]:
 def _is_binary(metrics: Mapping[str, Any]) -> bool:
     task = metrics.get("task")
     return task == "binary" if task else len(_class_names(metrics)) == 2
+
+
+def _swatch(metrics: Mapping[str, Any], index: int, name: str, class_names: list[str]) -> str:
+    """Class ``name``'s colour square; label ``l`` of a multi-label task has class colour
+    ``l + 1`` (no background), as its masks are drawn."""
+    if _is_multilabel(metrics):
+        return swatch_name(index + 1, name, len(class_names) + 1)
+    return swatch_name(index, name, len(class_names))
 
 
 def _is_multilabel(metrics: Mapping[str, Any]) -> bool:

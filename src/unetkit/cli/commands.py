@@ -15,7 +15,12 @@ from unetkit.cli.flags import config_from_args, flag_overrides
 from unetkit.config import Config, ConfigError, available_presets
 from unetkit.data import DATASETS, DataError, build_splits
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
-from unetkit.inference.backends import BackendChoice, load_segmenter, path_label
+from unetkit.inference.backends import (
+    BackendChoice,
+    load_segmenter,
+    member_count_of,
+    path_label,
+)
 from unetkit.inference.options import InferenceConfig
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
@@ -99,6 +104,7 @@ def predict(args: argparse.Namespace) -> int:
         not args.no_progress,
         save_colour=not args.no_colour,
         save_probs=args.save_probs,
+        save_uncertainty=args.save_uncertainty,
     )
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
@@ -114,14 +120,14 @@ def predict(args: argparse.Namespace) -> int:
 def bench(args: argparse.Namespace) -> int:
     from unetkit.speed.bench import benchmark
 
+    if args.backend == "all":
+        return _bench_every_path(args)
     result = benchmark(
         args.model,
         _size(args.img_size),
         args.batch_size,
         backend=args.backend,
         channels_last=args.channels_last,
-    if args.backend == "all":
-        return _bench_every_path(args)
         precision=args.precision,
         gemm_size=args.gemm_size,
         num_classes=args.num_classes,
@@ -129,21 +135,15 @@ def bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         threads=args.threads,
         device=args.device,
+        quantize=args.quantize,
     )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
-        quantize=args.quantize,
 
 
-def export(args: argparse.Namespace) -> int:
-    from unetkit.inference.export import export_model
-
-    report = export_model(
-        args.checkpoint,
-        args.out,
 def _bench_every_path(args: argparse.Namespace) -> int:
     """``bench --backend all``: every CPU path of the model, interleaved, in one table."""
     from unetkit.speed.cpu_paths import compare_paths, paths_table
@@ -166,6 +166,12 @@ def _bench_every_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from unetkit.inference.export import export_model
+
+    report = export_model(
+        args.checkpoint,
+        args.out,
         format=args.format,
         opset=args.opset,
         check=not args.no_check,
@@ -176,6 +182,9 @@ def _bench_every_path(args: argparse.Namespace) -> int:
         guard_images=args.guard_images,
     )
     print(json.dumps(report.to_dict(), indent=2))
+    members = (report.metadata.get("ensemble") or {}).get("members", 1)
+    if members > 1:
+        print(f"ensemble of {members} members")
     if report.quantization:
         print(report.quantization["summary"])
     return 0
@@ -199,6 +208,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
+        threshold=args.threshold,
         **given_inference_options(args),
     )
     return 0
@@ -263,9 +273,17 @@ def _load_segmenter(args: argparse.Namespace) -> Segmenter:
     the file's runtime, or the fastest installed path); the path it runs is printed."""
     options = given_inference_options(args)
     segmenter, choice = load_segmenter(
-        args.backend, args.checkpoint, args.exported, args.device, args.batch_size, **options
+        args.backend,
+        args.checkpoint,
+        args.exported,
+        args.device,
+        args.batch_size,
+        threshold=args.threshold,
+        **options,
     )
     print(choice.describe())
+    if member_count_of(segmenter) > 1:
+        print(f"ensemble of {member_count_of(segmenter)} members")
     return segmenter
 
 

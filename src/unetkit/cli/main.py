@@ -35,6 +35,22 @@ def add_device_flags(parser: argparse.ArgumentParser, batch_help: str) -> None:
     )
 
 
+CHECKPOINTS_HELP = (
+    "RUN/checkpoints/best.pt; several files, or a `unetkit cv` folder (its folds' best.pt), "
+    "are one ensemble averaging their probabilities"
+)
+
+
+def add_threshold_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threshold`` of predict and serve: the binary cut over the stored (calibrated) one."""
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="binary / multi-label foreground threshold (default: the checkpoint's calibrated "
+        "one where stored, else its task's)",
+    )
+
+
 def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--exported`` of predict and serve (see unetkit.inference.backends)."""
     parser.add_argument(
@@ -196,7 +212,7 @@ def add_execution_flags(parser: Any, precisions: list[str]) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write masks for new images")
-    p.add_argument("--checkpoint", help="RUN/checkpoints/best.pt (PyTorch backend)")
+    p.add_argument("--checkpoint", nargs="+", help=CHECKPOINTS_HELP)
     p.add_argument("--input", required=True, help="an image file, a folder (recursive) or a glob")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
@@ -204,6 +220,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-probs", action="store_true", help="also write <name>_probs.npz (float16)"
     )
+    p.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <name>_entropy.png / .npy (float16; an ensemble adds "
+        "<name>_mutual_information) and an uncertainty column in summary.csv",
+    )
+    add_threshold_flag(p)
     add_backend_flags(p)
     add_deprecated_alias(p, "--model", "--exported", "exported")
     add_device_flags(p, "images per model call, or windows when sliding")
@@ -273,7 +296,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "validation images, its masks agree with fp32 on >= 99%% of the pixels and the headline "
         "metric drops <= 0.5 points (both printed); else nothing is written (exit 2).",
     )
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
+    p.add_argument("--checkpoint", nargs="+", required=True, help=CHECKPOINTS_HELP)
     p.add_argument("--format", choices=["onnx", "torchscript", "openvino"], default="onnx")
     p.add_argument("--out", required=True, help="FILE.onnx, FILE.pt or FILE.xml (+ FILE.bin)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
@@ -302,7 +325,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "asks for the key. A full queue or a request past --request-timeout gets 503 with "
         "Retry-After. Worst-case upload memory is about --max-queue x --max-upload-mb.",
     )
-    p.add_argument("--checkpoint", help="RUN/checkpoints/best.pt (or --exported FILE)")
+    p.add_argument("--checkpoint", nargs="+", help=CHECKPOINTS_HELP + " (or --exported FILE)")
+    add_threshold_flag(p)
     add_backend_flags(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

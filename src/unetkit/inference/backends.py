@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from unetkit.checkpoint import LoadedModel, model_from_checkpoint
+from unetkit.checkpoint import LoadedModel
 from unetkit.devices import resolve_device
+from unetkit.inference.calibrated import Sources, load_model, source_names, with_threshold
 from unetkit.inference.options import InferenceConfig, recorded_options
 from unetkit.inference.segmenter import Segmenter
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
@@ -82,22 +83,27 @@ class BackendChoice:
 
 def load_segmenter(
     backend: str = "auto",
-    checkpoint: str | Path | None = None,
+    checkpoint: Sources | None = None,
     exported: str | Path | None = None,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     timer: Timer | None = None,
+    threshold: float | None = None,
     **options: Any,
 ) -> tuple[Segmenter, BackendChoice]:
-    """The Segmenter of ``exported`` (when given) or ``checkpoint``, run by ``backend``.
+    """The Segmenter of ``exported`` (when given) or ``checkpoint`` (one, several as an
+    ensemble, or a ``unetkit cv`` folder; calibrated as stored), run by ``backend``.
 
-    ``options`` are the Segmenter's keyword options; ``timer`` replaces :func:`probe_seconds`
-    (tests inject timings).
+    ``threshold`` overrides the stored (or exported) binary threshold; ``options`` are the
+    Segmenter's keyword options; ``timer`` replaces :func:`probe_seconds` (tests inject timings).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if exported is not None:
-        return _exported_segmenter(backend, Path(exported), device, batch_size, options)
+        path = Path(exported)
+        segmenter, choice = _exported_segmenter(backend, path, device, batch_size, options)
+        segmenter.task = with_threshold(segmenter.task, threshold, "--threshold")
+        return segmenter, choice
     if checkpoint is None:
         if backend in ("auto", "torch"):
             raise ValueError(
@@ -109,17 +115,27 @@ def load_segmenter(
         )
     if backend == "torchscript":
         raise ValueError("--backend torchscript runs an exported file: add --exported FILE.pt")
+    loaded = load_model(checkpoint, threshold)
     if backend == "auto":
-        return _fastest(checkpoint, device, batch_size, timer or probe_seconds, options)
+        return _fastest(loaded, checkpoint, device, batch_size, timer or probe_seconds, options)
     if backend == "torch":
-        segmenter = Segmenter.from_checkpoint(checkpoint, device, batch_size, **options)
+        segmenter = Segmenter.from_loaded(loaded, device, batch_size, **options)
         return segmenter, BackendChoice("torch", path_label(segmenter, "torch"), "as asked")
-    loaded = model_from_checkpoint(checkpoint)
     folder = tempfile.TemporaryDirectory(prefix="unetkit-")
-    model = _exported_model(backend, _hint(options), Path(checkpoint), Path(folder.name))
-    segmenter = _runtime_segmenter(model, loaded, options, str(checkpoint), batch_size)
+    model = _exported_model(backend, _hint(options), checkpoint, Path(folder.name))
+    segmenter = _runtime_segmenter(model, loaded, options, source_names(checkpoint), batch_size)
     choice = BackendChoice(backend, path_label(segmenter, backend), "as asked", folder=folder)
     return segmenter, choice
+
+
+def member_count_of(segmenter: Segmenter) -> int:
+    """How many models ``segmenter`` averages: a PyTorch ensemble's members, or what an
+    exported file's metadata records (1 for a single model)."""
+    members = getattr(segmenter.model, "members", None)
+    if members is not None:
+        return len(members)
+    metadata = getattr(segmenter.model, "metadata", None) or {}
+    return int((metadata.get("ensemble") or {}).get("members", 1))
 
 
 def runtime_of(path: Path) -> str:
@@ -170,16 +186,18 @@ def choose_fastest(runs: dict[str, Callable[[], object]], timer: Timer) -> tuple
 
 
 def _fastest(
-    checkpoint: str | Path,
+    loaded: LoadedModel,
+    checkpoint: Sources,
     device: str,
     batch_size: int,
     timer: Timer,
     options: dict[str, Any],
 ) -> tuple[Segmenter, BackendChoice]:
-    """``auto`` for a checkpoint: every installed path's model timed on one batch of random
-    inputs at the window size; only the fastest becomes a Segmenter."""
-    loaded = model_from_checkpoint(checkpoint)
-    config = InferenceConfig(**recorded_options(loaded.checkpoint, str(checkpoint), **options))
+    """``auto`` for the model ``loaded`` of ``checkpoint``: every installed path's model timed on
+    one batch of random inputs at the window size; only the fastest becomes a Segmenter."""
+    config = InferenceConfig(
+        **recorded_options(loaded.checkpoint, source_names(checkpoint), **options)
+    )
     window = config.window_size or loaded.preprocessing.img_size
     shape = (batch_size, loaded.preprocessing.in_channels, *window)
     on = resolve_device(device)
@@ -193,7 +211,7 @@ def _fastest(
     folder = tempfile.TemporaryDirectory(prefix="unetkit-")
     models = {torch_label: execution.prepare(loaded.model.to(on))}
     for backend, precision in paths[1:]:
-        model = _exported_model(backend, precision, Path(checkpoint), Path(folder.name))
+        model = _exported_model(backend, precision, checkpoint, Path(folder.name))
         models[_model_label(backend, model)] = model
     batch = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(on)
     best, seconds = choose_fastest(
@@ -203,7 +221,8 @@ def _fastest(
         segmenter = _torch_segmenter(loaded, device, batch_size, options, execution)
         reason = f"no other runtime was {MARGIN:.0%} faster on a batch of {batch_size}"
     else:
-        segmenter = _runtime_segmenter(models[best], loaded, options, str(checkpoint), batch_size)
+        where = source_names(checkpoint)
+        segmenter = _runtime_segmenter(models[best], loaded, options, where, batch_size)
         reason = f"the fastest of {len(seconds)} paths probed on a batch of {batch_size}"
     return segmenter, BackendChoice(best.split()[0], best, reason, seconds, folder)
 
@@ -270,9 +289,9 @@ def _model_label(backend: str, model: Any) -> str:
     return f"{backend} {precision}" + ("" if hint is None else f" (hint {hint})")
 
 
-def _exported_model(backend: str, precision: str, checkpoint: Path, folder: Path) -> Any:
-    """The checkpoint's model exported to ``folder`` (once per format, parity-checked) and
-    loaded by ``backend``."""
+def _exported_model(backend: str, precision: str, checkpoint: Sources, folder: Path) -> Any:
+    """The checkpoint's (or ensemble's) calibrated model exported to ``folder`` (once per
+    format, parity-checked) and loaded by ``backend``."""
     from unetkit.inference.export import export_model
 
     fmt, suffix = ("onnx", ".onnx") if backend == "onnxruntime" else ("openvino", ".xml")

@@ -9,7 +9,7 @@ rounded mean, so they stay finite and exact where a member is certain.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -33,6 +33,13 @@ class ProbabilityAverage(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return average_logits(self.member_logits(images), self.task)
+
+    @property
+    def size_multiple(self) -> int | None:
+        """The largest size multiple a member pads to (what an export checks sides against)."""
+        multiples = [getattr(member, "size_multiple", None) for member in self.members]
+        known = [multiple for multiple in multiples if multiple]
+        return max(known) if known else None
 
     def member_logits(self, images: torch.Tensor) -> torch.Tensor:
         """``(members, N, out_channels, H, W)``: each member's logits (for their disagreement)."""
@@ -84,17 +91,24 @@ def _fold_number(path: Path) -> int:
     return int(suffix) if suffix.isdigit() else 0
 
 
-def load_ensemble(sources: Sequence[str | Path], weights: str = "model") -> LoadedModel:
+def load_ensemble(
+    sources: Sequence[str | Path],
+    weights: str = "model",
+    prepare: Callable[[LoadedModel], LoadedModel] | None = None,
+) -> LoadedModel:
     """One model from several checkpoints (a single one is returned as it is).
 
     Members must share the task, classes and preprocessing; a difference is refused, naming both
     files. The result's checkpoint is the first member's with ``ensemble.members`` (their paths)
-    added, so exports and reports can say what they hold.
+    added, so exports and reports can say what they hold. ``prepare`` (if given) turns each
+    member, as loaded, into the one averaged, e.g. with its own temperature applied
+    (:mod:`unetkit.inference.calibrated`).
     """
     paths = checkpoint_paths(sources)
+    prepare = prepare or (lambda member: member)
     if len(paths) == 1:
-        return model_from_checkpoint(paths[0], weights)
-    members = [model_from_checkpoint(load_checkpoint(path), weights) for path in paths]
+        return prepare(model_from_checkpoint(paths[0], weights))
+    members = [prepare(model_from_checkpoint(load_checkpoint(path), weights)) for path in paths]
     for path, member in zip(paths[1:], members[1:], strict=True):
         _require_compatible(paths[0], members[0], path, member)
     first = members[0]

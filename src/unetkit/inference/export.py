@@ -55,7 +55,15 @@ from typing import Any
 import torch
 
 from unetkit import __version__
-from unetkit.checkpoint import LoadedModel, model_from_checkpoint, model_metadata
+from unetkit.checkpoint import LoadedModel, model_metadata
+from unetkit.inference.calibrated import (
+    APPLIED_KEY,
+    Sources,
+    applied_calibration,
+    load_model,
+    source_names,
+)
+from unetkit.inference.ensemble import member_count
 from unetkit.inference.options import RECORD_KEY, recorded_inference
 
 FORMATS = ("onnx", "torchscript", "openvino")
@@ -100,7 +108,7 @@ class ExportReport:
 
 
 def export_model(
-    checkpoint_path: str | Path,
+    checkpoint_path: Sources,
     out_path: str | Path,
     format: str = "onnx",
     opset: int | None = None,
@@ -116,6 +124,10 @@ def export_model(
 
     ``opset`` (ONNX only) defaults to the exporter's; parity is checked at
     :func:`parity_sizes`. Raises :class:`ExportParityError` when the file is not trustworthy.
+    ``checkpoint_path`` may name several checkpoints (or a ``unetkit cv`` folder): their ensemble
+    is one graph (:mod:`unetkit.inference.ensemble`, metadata ``ensemble.members``). A stored
+    calibration is baked in (``logits / T``; the threshold becomes the task's, see
+    :mod:`unetkit.inference.calibrated`), so every runtime predicts as PyTorch does.
     ``calibration`` is the data root of the training data (None: the checkpoint's recorded one);
     ``calibration_images`` and ``guard_images`` cap the images used (see
     :mod:`unetkit.inference.quantize`).
@@ -126,7 +138,13 @@ def export_model(
     out_path = Path(out_path)
     _check_arguments(format, opset, tolerance, out_path)
     int8.check_quantization(quantize, format, calibration)
-    loaded = model_from_checkpoint(checkpoint_path)
+    loaded = load_model(checkpoint_path)
+    if quantize and member_count(loaded) > 1:
+        raise ValueError(
+            f"--quantize int8 exports one checkpoint; got an ensemble of {member_count(loaded)} "
+            f"({source_names(checkpoint_path)}): export it in fp32, or quantise one member"
+        )
+    checkpoint_path = source_names(checkpoint_path)
     metadata = export_metadata(loaded)
     data = None
     if quantize:  # the data first: a wrong root fails before anything is exported
@@ -209,7 +227,19 @@ def export_metadata(loaded: LoadedModel) -> dict[str, Any]:
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "channels": loaded.task.out_channels},
         RECORD_KEY: _recorded_inference(loaded.checkpoint),
+        **_ensemble_and_calibration(loaded),
     }
+
+
+def _ensemble_and_calibration(loaded: LoadedModel) -> dict[str, Any]:
+    """``ensemble: {members: k}`` for an ensemble, ``calibrated`` (the temperatures in the graph,
+    the threshold in ``task``) for a calibrated model; nothing for a plain checkpoint."""
+    record: dict[str, Any] = {}
+    if member_count(loaded) > 1:
+        record["ensemble"] = {"members": member_count(loaded)}
+    if applied_calibration(loaded.checkpoint) is not None:
+        record[APPLIED_KEY] = {**applied_calibration(loaded.checkpoint), "in_graph": True}
+    return record
 
 
 def _recorded_inference(checkpoint: dict[str, Any]) -> dict[str, Any] | None:

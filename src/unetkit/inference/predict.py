@@ -5,11 +5,19 @@ What is written per image, next to each other: ``<name>.png`` (class ids, the in
 ``<name>_overlay.png`` (with ``save_overlay``) and ``<name>_probs.npz`` (with ``save_probs``: key
 ``probs``, float16 ``(C, H, W)`` class probabilities, and key ``class_names``).
 
+With ``save_uncertainty``: ``<name>_entropy.png`` (the normalised predictive entropy, bright =
+unsure, :func:`~unetkit.metrics.uncertainty.uncertainty_image`) and ``<name>_entropy.npy``
+(float16 ``(H, W)`` in [0, 1]); for a PyTorch ensemble also ``<name>_mutual_information.png`` and
+``.npy`` (where the members disagree), each member run through the ensemble's own path. A
+multi-label task's maps are the mean over its labels of each label's binary entropy. An exported
+ensemble is one graph: entropy only.
+
 ``summary.csv`` in the output folder has one row per input, in input order: ``input`` (the path as
 given), ``status`` (``written`` or ``skipped``), ``mask`` (relative to the output folder),
 ``height``, ``width``, one ``pixels/<class name>`` column per class (pixels of the written mask
-with that class id), and ``error`` (why a file was skipped). An empty cell is an undefined value:
-a skipped file has no mask, size or areas, a written one no error.
+with that class id), with ``save_uncertainty`` ``uncertainty`` (the image's mean entropy) and for
+an ensemble ``mutual_information`` (its mean), and ``error`` (why a file was skipped). An empty
+cell is an undefined value: a skipped file has no mask, size or areas, a written one no error.
 
 A multi-label task writes one mask per label instead of the class-id mask:
 ``<out>/<label>/<name>.png`` (0 = absent, 255 = present); ``<name>_colour.png`` and the overlay
@@ -46,11 +54,19 @@ from tqdm import tqdm
 
 from unetkit.data.image_files import IMAGE_EXTENSIONS, read_image
 from unetkit.inference.segmenter import Segmenter
+from unetkit.metrics.uncertainty import (
+    image_uncertainty,
+    mutual_information,
+    predictive_entropy,
+    uncertainty_image,
+)
 from unetkit.palette import blend_labels, colourise, label_overlay, overlay
 
 OVERLAY_SUFFIX = "_overlay"
 COLOUR_SUFFIX = "_colour"
 PROBS_SUFFIX = "_probs"
+ENTROPY_SUFFIX = "_entropy"
+INFORMATION_SUFFIX = "_mutual_information"
 SUMMARY_FILE = "summary.csv"
 _GLOB_CHARACTERS = frozenset("*?[")
 
@@ -71,14 +87,18 @@ class _Outputs:
     overlay: bool = False
     colour: bool = False
     probs: bool = False
+    uncertainty: bool = False
 
     def endings(self) -> list[str]:
         """How the name of each file written per image ends, after the image's stem."""
+        suffixes = (ENTROPY_SUFFIX, INFORMATION_SUFFIX)
+        maps = [f"{suffix}{kind}" for suffix in suffixes for kind in (".png", ".npy")]
         chosen = [
             (True, ".png"),
             (self.overlay, f"{OVERLAY_SUFFIX}.png"),
             (self.colour, f"{COLOUR_SUFFIX}.png"),
             (self.probs, f"{PROBS_SUFFIX}.npz"),
+            *((self.uncertainty, ending) for ending in maps),
         ]
         return [ending for wanted, ending in chosen if wanted]
 
@@ -111,12 +131,13 @@ def output_paths(
     with_overlays: bool = False,
     with_colours: bool = False,
     with_probs: bool = False,
+    with_uncertainty: bool = False,
 ) -> list[Path]:
     """The mask file of each input, relative to the output folder (see the module docstring).
 
     The flags name the other files written per image, so that none of them can collide either.
     """
-    endings = _Outputs(with_overlays, with_colours, with_probs).endings()
+    endings = _Outputs(with_overlays, with_colours, with_probs, with_uncertainty).endings()
     candidates = [
         [stem, stem.with_name(source.name), stem.with_name(f"{source.name}~{index}")]
         for index, (source, stem) in enumerate(zip(inputs, _relative_stems(inputs), strict=True))
@@ -148,6 +169,12 @@ def probs_path(mask_path: Path) -> Path:
     return mask_path.with_name(f"{mask_path.stem}{PROBS_SUFFIX}.npz")
 
 
+def uncertainty_path(mask_path: Path, suffix: str = ENTROPY_SUFFIX, kind: str = ".npy") -> Path:
+    """Where an uncertainty map of ``mask_path`` is written (``suffix``: entropy or mutual
+    information; ``kind``: ``.npy`` or ``.png``)."""
+    return mask_path.with_name(f"{mask_path.stem}{suffix}{kind}")
+
+
 def predict_files(
     segmenter: Segmenter,
     inputs: Iterable[Path],
@@ -158,23 +185,26 @@ def predict_files(
     save_colour: bool = True,
     save_probs: bool = False,
     summary: bool = True,
+    save_uncertainty: bool = False,
 ) -> PredictionReport:
     """Write a mask (class ids, the input's size) per input, the files asked for, and a summary.
 
-    Images are read and predicted ``segmenter.batch_size`` at a time; with ``save_probs`` one pass
-    gives both probabilities and masks. An unreadable file is reported and skipped (and listed in
-    ``summary.csv``); the others are still written.
+    Images are read and predicted ``segmenter.batch_size`` at a time; with ``save_probs`` or
+    ``save_uncertainty`` one pass gives both probabilities and masks. An unreadable file is
+    reported and skipped (and listed in ``summary.csv``); the others are still written.
     """
     sources = list(inputs)
-    wanted = _Outputs(save_overlay, save_colour, save_probs)
-    targets = [out_dir / p for p in output_paths(sources, save_overlay, save_colour, save_probs)]
+    wanted = _Outputs(save_overlay, save_colour, save_probs, save_uncertainty)
+    names = output_paths(sources, save_overlay, save_colour, save_probs, save_uncertainty)
+    targets = [out_dir / p for p in names]
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictionReport(summary=out_dir / SUMMARY_FILE if summary else None)
     bar = tqdm(total=len(sources), desc="predict", unit="img", disable=not progress)
-    with _summary_writer(report.summary, segmenter.class_names) as write_row:
+    scores = _uncertainty_columns(segmenter) if save_uncertainty else []
+    with _summary_writer(report.summary, segmenter.class_names, scores) as write_row:
         for start in range(0, len(sources), segmenter.batch_size):
             chunk = slice(start, start + segmenter.batch_size)
-            items = _predict_chunk(segmenter, sources[chunk], targets[chunk], save_probs)
+            items = _predict_chunk(segmenter, sources[chunk], targets[chunk], wanted)
             for item in items:
                 if item.image is None:
                     report.skipped.append((item.source, item.error))
@@ -196,6 +226,8 @@ class _Item:
     error: str | None = None
     mask: np.ndarray | None = None
     probs: np.ndarray | None = None
+    members: np.ndarray | None = None  # an ensemble's member probabilities (M, C, H, W)
+    scores: dict[str, float | None] = field(default_factory=dict)  # image uncertainty scores
 
 
 def _read(source: Path, target: Path, in_channels: int) -> _Item:
@@ -206,14 +238,20 @@ def _read(source: Path, target: Path, in_channels: int) -> _Item:
 
 
 def _predict_chunk(
-    segmenter: Segmenter, sources: list[Path], targets: list[Path], with_probs: bool
+    segmenter: Segmenter, sources: list[Path], targets: list[Path], wanted: _Outputs
 ) -> list[_Item]:
-    """Read the images and predict the readable ones (probabilities too when asked, same pass)."""
+    """Read the images and predict the readable ones (probabilities too when asked, same pass;
+    an ensemble's members one by one when their disagreement is asked)."""
     in_channels = segmenter.preprocessing.in_channels
     items = [_read(s, t, in_channels) for s, t in zip(sources, targets, strict=True)]
     readable = [item for item in items if item.image is not None]
     images = [item.image for item in readable]
-    if with_probs:
+    if wanted.uncertainty and _runs_members(segmenter):
+        for item, (members, probs, mask) in zip(
+            readable, segmenter.predict_members(images), strict=True
+        ):
+            item.members, item.probs, item.mask = members, probs, mask
+    elif wanted.probs or wanted.uncertainty:
         for item, (probs, mask) in zip(readable, segmenter.predict_with_proba(images), strict=True):
             item.probs, item.mask = probs, mask
     else:
@@ -258,7 +296,41 @@ def _write(item: _Item, segmenter: Segmenter, wanted: _Outputs, out_dir: Path) -
             probs=item.probs.astype(np.float16),
             class_names=np.asarray(segmenter.class_names, dtype=str),
         )
+    if wanted.uncertainty:
+        _write_uncertainty(item, multilabel)
     return masks
+
+
+def _runs_members(segmenter: Segmenter) -> bool:
+    """Whether ``segmenter`` is a PyTorch ensemble whose members can run one by one."""
+    return getattr(segmenter.model, "members", None) is not None
+
+
+def _uncertainty_columns(segmenter: Segmenter) -> list[str]:
+    """The per-image uncertainty columns of ``summary.csv``."""
+    return ["uncertainty", "mutual_information"] if _runs_members(segmenter) else ["uncertainty"]
+
+
+def _write_uncertainty(item: _Item, multilabel: bool) -> None:
+    """The entropy map (and an ensemble's mutual information) of one image, as a picture and as
+    float16, and their image means into ``item.scores``."""
+    entropy = predictive_entropy(_with_class_axis(item.probs, multilabel))
+    maps = {ENTROPY_SUFFIX: ("uncertainty", entropy)}
+    if item.members is not None:
+        members = _with_class_axis(item.members, multilabel)
+        maps[INFORMATION_SUFFIX] = ("mutual_information", mutual_information(members))
+    for suffix, (column, values) in maps.items():
+        values = values.mean(axis=0) if multilabel else values  # the mean over labels
+        np.save(uncertainty_path(item.target, suffix, ".npy"), values.astype(np.float16))
+        picture = uncertainty_image(values)
+        Image.fromarray(picture).save(uncertainty_path(item.target, suffix, ".png"))
+        item.scores[column] = image_uncertainty(values)
+
+
+def _with_class_axis(probs: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Probabilities with the class axis third from last, as the uncertainty maps take them:
+    a multi-label task's labels ``(..., L, H, W)`` become binary pairs ``(..., L, 2, H, W)``."""
+    return np.stack([1.0 - probs, probs], axis=-3) if multilabel else probs
 
 
 def _summary_row(item: _Item, out_dir: Path, class_names: Sequence[str]) -> dict[str, Any]:
@@ -277,19 +349,20 @@ def _summary_row(item: _Item, out_dir: Path, class_names: Sequence[str]) -> dict
         "height": item.mask.shape[-2],
         "width": item.mask.shape[-1],
         **{f"pixels/{name}": int(area) for name, area in zip(class_names, areas, strict=True)},
+        **item.scores,
     }
 
 
 @contextmanager
 def _summary_writer(
-    path: Path | None, class_names: Sequence[str]
+    path: Path | None, class_names: Sequence[str], scores: Sequence[str] = ()
 ) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A function that appends a row to ``path`` (or does nothing when ``path`` is None)."""
     if path is None:
         yield lambda row: None
         return
     columns = ["input", "status", "mask", "height", "width"]
-    columns += [f"pixels/{name}" for name in class_names] + ["error"]
+    columns += [f"pixels/{name}" for name in class_names] + list(scores) + ["error"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unetkit.checkpoint import LoadedModel, Preprocessing, model_from_checkpoint
+from unetkit.checkpoint import LoadedModel, Preprocessing
 from unetkit.data.preprocess import resize_image, to_tensor
 from unetkit.devices import resolve_device
+from unetkit.inference.calibrated import load_model
 from unetkit.inference.image_input import ImageLike, as_image_array, is_single_image
 from unetkit.inference.modes import check_mode, training_scale_size, uses_sliding
 from unetkit.inference.options import InferenceConfig, recorded_options
@@ -110,17 +111,23 @@ class Segmenter:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        path: str | Path | Sequence[str | Path],
         device: str | torch.device = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        threshold: float | None = None,
         **options: object,
     ) -> Segmenter:
         """Load ``best.pt``/``last.pt`` (or any unetkit checkpoint); no other settings needed.
 
-        ``options`` are the keyword options of the constructor (``mode``, ``tta``, ...); those not
-        given are the checkpoint's recorded inference config (see :mod:`.options`).
+        Several paths (or a ``unetkit cv`` folder) are one ensemble; each checkpoint's stored
+        calibration is applied and ``threshold`` overrides the stored one
+        (:func:`unetkit.inference.calibrated.load_model`). ``options`` are the keyword options of
+        the constructor (``mode``, ``tta``, ...); those not given are the checkpoint's recorded
+        inference config (see :mod:`.options`).
         """
-        return cls.from_loaded(model_from_checkpoint(path), device, batch_size, **options)
+        loaded = load_model(path, threshold)
+        return cls.from_loaded(loaded, device, batch_size, **options)
 
     @classmethod
     def from_loaded(
@@ -181,6 +188,31 @@ class Segmenter:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(probabilities, mask)`` per image in one pass: what evaluation needs of each image."""
         return [(p.cpu().numpy(), self._labels(p)) for p in self._probabilities(list(images))]
+
+    def predict_members(
+        self, images: Sequence[ImageLike]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(member probabilities (M, C, H, W), mean probabilities, mask)`` per image of a
+        PyTorch ensemble: each member through the very path (resize or windows, TTA) the
+        ensemble takes, whose mean is the ensemble's probabilities (every step is linear)."""
+        members = getattr(self.model, "members", None)
+        if members is None:
+            raise ValueError(
+                "member probabilities need a PyTorch ensemble (several --checkpoint files); "
+                "an exported ensemble is one graph whose members cannot be run apart"
+            )
+        whole, per_member = self.model, []
+        try:
+            for member in members:
+                self.model = member
+                per_member.append(self._probabilities(list(images)))
+        finally:
+            self.model = whole
+        results = []
+        for stacked in (torch.stack(probs) for probs in zip(*per_member, strict=True)):
+            mean = stacked.mean(dim=0)
+            results.append((stacked.cpu().numpy(), mean.cpu().numpy(), self._labels(mean)))
+        return results
 
     def inference_config(self) -> InferenceConfig:
         """How this Segmenter runs, with the window it uses and the execution as asked (what

@@ -15,7 +15,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from unetkit.checkpoint import load_checkpoint
-from unetkit.inference.backends import load_segmenter
+from unetkit.inference.backends import load_segmenter, member_count_of
+from unetkit.inference.calibrated import Sources, as_sources
+from unetkit.inference.ensemble import checkpoint_paths
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
 from unetkit.serve.admission import DEFAULT_MAX_QUEUE, DEFAULT_TIMEOUT_S
 from unetkit.serve.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, create_app
@@ -25,7 +27,7 @@ DEFAULT_MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 
 
 def app_from_checkpoint(
-    checkpoint: str | Path | None,
+    checkpoint: Sources | None,
     *,
     backend: str = "torch",
     exported: str | Path | None = None,
@@ -41,9 +43,11 @@ def app_from_checkpoint(
     """The service of a checkpoint file; 1 MB is 2**20 bytes, a megapixel 10**6 pixels.
 
     ``api_key``, ``max_queue`` and ``request_timeout_s`` are :func:`create_app`'s;
-    ``segmenter_options`` are the Segmenter's keyword options (e.g. ``tta=True``). ``backend``
-    and ``exported`` pick the runtime (:func:`unetkit.inference.backends.load_segmenter`; ``auto``
-    the fastest installed); the path chosen is logged and kept in ``app.state.backend``.
+    ``segmenter_options`` are the Segmenter's keyword options (e.g. ``tta=True``) and
+    ``threshold``, the binary cut over the stored one. ``backend`` and ``exported`` pick the
+    runtime (:func:`unetkit.inference.backends.load_segmenter`; ``auto`` the fastest installed);
+    the path chosen is logged and kept in ``app.state.backend``. Several checkpoints (or a
+    ``unetkit cv`` folder) are served as one ensemble, each calibrated as stored.
     """
     if not max_upload_mb > 0:
         raise ValueError(f"max_upload_mb must be a positive number of MB; got {max_upload_mb}")
@@ -53,11 +57,16 @@ def app_from_checkpoint(
         backend, checkpoint, exported, device, batch_size, **segmenter_options
     )
     logging.getLogger("uvicorn.error").info("unetkit serve: %s", choice.describe())
+    members = member_count_of(segmenter)
+    if members > 1:
+        logging.getLogger("uvicorn.error").info("unetkit serve: ensemble of %d members", members)
     metadata = getattr(segmenter.model, "metadata", None)
-    architecture = (metadata or load_checkpoint(checkpoint))["architecture"]
+    if metadata is None:
+        metadata = load_checkpoint(checkpoint_paths(as_sources(checkpoint))[0])
+    name = metadata["architecture"]["name"]
     app = create_app(
         segmenter,
-        model_name=architecture["name"],
+        model_name=name if members == 1 else f"ensemble of {members} {name}",
         max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
         max_pixels=max(1, int(max_megapixels * 1e6)),
         api_key=api_key,
@@ -69,7 +78,7 @@ def app_from_checkpoint(
 
 
 def build_server(
-    checkpoint: str | Path,
+    checkpoint: Sources,
     host: str = "127.0.0.1",
     port: int = 8000,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -100,7 +109,7 @@ def build_server(
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
 
 
-def run_server(checkpoint: str | Path, **options: Any) -> None:
+def run_server(checkpoint: Sources, **options: Any) -> None:
     """Serve ``checkpoint`` at ``http://host:port/`` until interrupted (Ctrl-C); ``options`` are
     :func:`build_server`'s (host, port, limits, key, device, batch size, Segmenter options)."""
     server = build_server(checkpoint, **options)

@@ -1,0 +1,114 @@
+"""The one route from checkpoint files to the model every inference path runs: one checkpoint or
+several (an ensemble, :mod:`unetkit.inference.ensemble`), each with its stored calibration
+(:mod:`unetkit.inference.calibration`) applied.
+
+* **Temperature**: each member's logits are divided by its own ``T`` (:class:`Tempered`) before
+  the ensemble averages probabilities, so an ensemble averages calibrated probabilities. Inside
+  the model, so an export bakes ``logits / T`` into its graph and every runtime agrees.
+* **Threshold** (binary, multi-label): the stored one becomes the task's threshold; for an
+  ensemble the mean of its members' stored thresholds; ``threshold`` (``--threshold``) overrides.
+
+The result's checkpoint no longer holds ``calibration`` but ``calibrated`` (the temperatures and
+threshold applied), so calibrating twice is impossible and exports can record what they hold.
+A checkpoint without ``calibration`` and no ``threshold`` loads exactly as
+:func:`~unetkit.checkpoint.model_from_checkpoint` gives it. ``Segmenter.from_loaded`` applies
+nothing: fitting a calibration needs the raw probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unetkit.checkpoint import LoadedModel
+from unetkit.inference.calibration import CHECKPOINT_KEY, Calibration
+from unetkit.inference.ensemble import load_ensemble
+from unetkit.tasks import Task
+
+APPLIED_KEY = "calibrated"  # in the loaded checkpoint and exported metadata: what was applied
+
+Sources = str | Path | Sequence[str | Path]
+
+
+class Tempered(nn.Module):
+    """A model whose logits are divided by ``temperature`` (temperature scaling)."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+
+    @property
+    def size_multiple(self) -> int | None:
+        return getattr(self.model, "size_multiple", None)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images) / self.temperature
+
+
+def as_sources(sources: Sources) -> list[str | Path]:
+    """One checkpoint (a path) or several as a list."""
+    return [sources] if isinstance(sources, str | Path) else list(sources)
+
+
+def source_names(sources: Sources) -> str:
+    """One checkpoint's path, or several joined, for messages."""
+    return ", ".join(str(source) for source in as_sources(sources))
+
+
+def load_model(
+    sources: Sources, threshold: float | None = None, weights: str = "model"
+) -> LoadedModel:
+    """The calibrated model of one checkpoint, several (averaged), or a ``unetkit cv`` folder;
+    ``threshold`` overrides the stored one (a binary or multi-label task only)."""
+    calibrations: list[Calibration] = []
+
+    def tempered(member: LoadedModel) -> LoadedModel:
+        calibration = Calibration.from_checkpoint(member.checkpoint)
+        calibrations.append(calibration)
+        return with_temperature(member, calibration.temperature)
+
+    loaded = load_ensemble(as_sources(sources), weights, prepare=tempered)
+    stored = [c.threshold for c in calibrations if c.threshold is not None]
+    chosen = threshold if threshold is not None else _mean(stored)
+    task = with_threshold(loaded.task, chosen, "--threshold" if threshold is not None else None)
+    if chosen is None and all(c.temperature == 1.0 for c in calibrations):
+        return loaded
+    applied = {"temperatures": [c.temperature for c in calibrations], "threshold": chosen}
+    checkpoint = {**loaded.checkpoint, APPLIED_KEY: applied}
+    return dataclasses.replace(loaded, task=task, checkpoint=checkpoint)
+
+
+def with_temperature(loaded: LoadedModel, temperature: float) -> LoadedModel:
+    """``loaded`` with its logits divided by ``temperature``; its checkpoint without the
+    ``calibration`` record (now applied)."""
+    checkpoint = {k: v for k, v in loaded.checkpoint.items() if k != CHECKPOINT_KEY}
+    model = loaded.model if temperature == 1.0 else Tempered(loaded.model, temperature).eval()
+    return dataclasses.replace(loaded, model=model, checkpoint=checkpoint)
+
+
+def with_threshold(task: Task, threshold: float | None, where: str | None = None) -> Task:
+    """``task`` cut at ``threshold`` (None: unchanged); refused for a multi-class task, naming
+    ``where`` the threshold came from."""
+    if threshold is None:
+        return task
+    try:
+        return Calibration(threshold=threshold).with_threshold(task)
+    except ValueError as error:
+        if where is None:
+            raise
+        raise ValueError(f"{where} {threshold}: {error}") from error
+
+
+def applied_calibration(record: dict[str, Any]) -> dict[str, Any] | None:
+    """What a loaded checkpoint's (or an export's) model has applied, or None."""
+    return record.get(APPLIED_KEY)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

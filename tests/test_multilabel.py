@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import albumentations as A
@@ -494,3 +495,14 @@ def test_serve_answers_per_label(trained_run):
         assert len(answer["classes"]) == 3 and "overlay_png_base64" in answer
         status, _, body = upload(url, png_file(picture))
         assert status == 200 and decoded_png(body).shape == (24, 30, 3)
+
+
+def test_resume_continues_a_multilabel_run(trained_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    args = ["train", "--resume", "auto", "--out", str(out), "--epochs", "2", "--no-progress"]
+    assert main(args) == 0
+    with open(out / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["task"]["type"] == "multilabel"

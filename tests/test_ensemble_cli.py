@@ -144,3 +144,54 @@ def test_serve_answers_with_the_ensemble_and_the_threshold_asked(tmp_path) -> No
     clear = np.abs(foreground - 0.7) > 1e-4
     assert 0 < (foreground > 0.7).mean() < 1
     np.testing.assert_array_equal(decoded_png(body)[clear], (foreground > 0.7)[clear])
+
+
+def test_an_openvino_ensemble_of_calibrated_members_predicts_as_torch(
+    members, images, tmp_path, capsys
+) -> None:
+    pytest.importorskip("openvino")
+    from unetkit.inference.calibration import Calibration, store_calibration
+    from unetkit.inference.openvino_backend import read_openvino_metadata
+
+    tempered = []
+    for member, temperature in zip(members, (1.5, 0.8), strict=True):
+        copy = tmp_path / member.name
+        shutil.copy(member, copy)
+        store_calibration(copy, Calibration(temperature))
+        tempered.append(str(copy))
+    ir = tmp_path / "ensemble.xml"
+    assert (
+        main(["export", "--checkpoint", *tempered, "--format", "openvino", "--out", str(ir)]) == 0
+    )
+    metadata = read_openvino_metadata(ir)
+    assert metadata["ensemble"] == {"members": 2}
+    assert metadata["calibrated"]["temperatures"] == [1.5, 0.8]
+    torch_out, ir_out = tmp_path / "torch", tmp_path / "ir"
+    base = ["predict", "--input", str(images), "--no-progress", "--save-probs"]
+    assert main([*base, "--out", str(torch_out), *TORCH, "--checkpoint", *tempered]) == 0
+    assert main([*base, "--out", str(ir_out), "--exported", str(ir)]) == 0
+    assert "ensemble of 2 members" in capsys.readouterr().out
+    for name in ("one", "two"):
+        expected = np.load(torch_out / f"{name}_probs.npz")["probs"].astype(np.float32)
+        found = np.load(ir_out / f"{name}_probs.npz")["probs"].astype(np.float32)
+        untempered = member_probabilities(members, images / f"{name}.png").mean(axis=0)
+        assert np.abs(expected - untempered).max() > 0.01  # the temperatures count
+        assert np.abs(found - expected).max() <= FLOAT16_STEP
+        assert_argmax_of(read_mask(ir_out / f"{name}.png"), expected)
+
+
+def test_auto_probes_the_ensemble_as_one_exported_graph(members, monkeypatch) -> None:
+    from test_backends import timings
+
+    from unetkit.inference import backends
+
+    monkeypatch.setattr(backends, "installed", lambda backend: backend == "onnxruntime")
+    fast = timings({"torch fp32": 1.0, "onnxruntime fp32": 0.5})
+    segmenter, choice = backends.load_segmenter(
+        "auto", checkpoint=members, device="cpu", timer=fast, precision="fp32"
+    )
+    assert choice.label == "onnxruntime fp32"
+    assert backends.member_count_of(segmenter) == 2
+    image = rgb(16, 20, seed=6)
+    ensemble = Segmenter.from_checkpoint(members, "cpu")
+    assert np.abs(segmenter.predict_proba(image) - ensemble.predict_proba(image)).max() < 1e-4

@@ -74,9 +74,11 @@ def checkpoint_paths(sources: Sequence[str | Path]) -> list[Path]:
         if source.is_dir():
             folds = sorted(source.glob(f"fold_*/{FOLD_CHECKPOINT}"), key=_fold_number)
             if not folds:
+                runs = (source / "checkpoints" / "best.pt", source / "best.pt")
+                hint = next((f"; did you mean {p}?" for p in runs if p.is_file()), "")
                 raise FileNotFoundError(
                     f"{source} is a folder without fold_*/{FOLD_CHECKPOINT}; pass checkpoint "
-                    f"files, or the output folder of `unetkit cv`"
+                    f"files, or the output folder of `unetkit cv`{hint}"
                 )
             paths += folds
         elif source.is_file():

@@ -195,3 +195,11 @@ def test_auto_probes_the_ensemble_as_one_exported_graph(members, monkeypatch) ->
     image = rgb(16, 20, seed=6)
     ensemble = Segmenter.from_checkpoint(members, "cpu")
     assert np.abs(segmenter.predict_proba(image) - ensemble.predict_proba(image)).max() < 1e-4
+
+
+def test_an_int8_ensemble_is_refused_by_name(members, tmp_path) -> None:
+    from unetkit.inference.export import export_model
+
+    with pytest.raises(ValueError, match=r"exports one checkpoint; got an ensemble of 2 \(.*a\.pt"):
+        export_model(members, tmp_path / "int8.onnx", quantize="int8")
+    assert not (tmp_path / "int8.onnx").exists()

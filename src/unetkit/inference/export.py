@@ -124,13 +124,15 @@ def export_model(
 
     ``opset`` (ONNX only) defaults to the exporter's; parity is checked at
     :func:`parity_sizes`. Raises :class:`ExportParityError` when the file is not trustworthy.
-    ``checkpoint_path`` may name several checkpoints (or a ``unetkit cv`` folder): their ensemble
-    is one graph (:mod:`unetkit.inference.ensemble`, metadata ``ensemble.members``). A stored
-    calibration is baked in (``logits / T``; the threshold becomes the task's, see
-    :mod:`unetkit.inference.calibrated`), so every runtime predicts as PyTorch does.
     ``calibration`` is the data root of the training data (None: the checkpoint's recorded one);
     ``calibration_images`` and ``guard_images`` cap the images used (see
     :mod:`unetkit.inference.quantize`).
+
+    ``checkpoint_path`` may name several checkpoints (or a ``unetkit cv`` folder): their ensemble
+    is one graph (:mod:`unetkit.inference.ensemble`, metadata ``ensemble.members``; fp32 only).
+    A checkpoint's stored temperature and threshold (``checkpoint["calibration"]``) are baked in:
+    ``logits / T`` in the graph, the threshold as the task's (see
+    :mod:`unetkit.inference.calibrated`), so every runtime predicts as PyTorch does.
     """
     from unetkit.inference import quantize as int8
 

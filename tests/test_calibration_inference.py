@@ -11,17 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import checkpoint_payload, preprocessing, tiny_model
 from PIL import Image
 from test_ensemble import perturbed_copy
 from test_ensemble_cli import sample_images
 from test_export import write_checkpoint
 
-from unetkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unetkit.checkpoint import model_from_checkpoint, save_checkpoint
 from unetkit.cli.main import main
 from unetkit.inference.calibrated import load_model
 from unetkit.inference.calibration import Calibration, store_calibration
 from unetkit.inference.onnx_backend import read_metadata
 from unetkit.inference.segmenter import Segmenter
+from unetkit.tasks import Task
 
 FLOAT16_STEP = 2.0**-10
 TORCH = ["--backend", "torch", "--device", "cpu", "--precision", "fp32", "--no-progress"]
@@ -135,34 +137,51 @@ def test_an_ensemble_tempers_each_member_before_averaging(tmp_path) -> None:
     assert loaded.checkpoint["calibrated"] == {"temperatures": [2.0, 0.5], "threshold": None}
 
 
-def constant_logit_checkpoint(path: Path, logits: list[float]) -> Path:
+def constant_logit_checkpoint(path: Path, task: Task, logits: list[float]) -> Path:
     """A checkpoint whose model gives the same logits at every pixel: every weight zero but
     the head's bias."""
-    source = write_checkpoint(path, len(logits))
-    payload = load_checkpoint(source)
-    weights = {
-        key: torch.zeros_like(value) if value.is_floating_point() else value
-        for key, value in payload["model"].items()
-    }
-    head_bias = [k for k, v in weights.items() if k.endswith("bias") and v.shape == (len(logits),)]
-    weights[head_bias[-1]] = torch.tensor(logits)
-    save_checkpoint({**payload, "model": weights}, path)
+    model = tiny_model(task)
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.zero_()
+        model.head.bias.copy_(torch.tensor(logits))
+    names = [f"label{i}" for i in range(task.num_classes)]
+    save_checkpoint(checkpoint_payload(model, task, names, preprocessing()), path)
     return path
+
+
+def summary_scores(out: Path, column: str) -> list[float]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+        return [float(row[column]) for row in csv.DictReader(handle)]
 
 
 def test_save_uncertainty_writes_the_entropy_by_hand(image_folder, tmp_path) -> None:
     logits = [0.0, 1.0, 2.0]
-    checkpoint = constant_logit_checkpoint(tmp_path / "constant.pt", logits)
+    checkpoint = constant_logit_checkpoint(tmp_path / "constant.pt", Task(3), logits)
     out = predict(checkpoint, image_folder, tmp_path / "out", "--save-uncertainty")
     probs = np.exp(logits) / np.exp(logits).sum()
     entropy = -(probs * np.log(probs)).sum() / math.log(3)
-    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [float(row["uncertainty"]) for row in rows] == pytest.approx([entropy] * 2, abs=1e-5)
-    assert "mutual_information" not in rows[0]  # one model: no members to disagree
+    assert summary_scores(out, "uncertainty") == pytest.approx([entropy] * 2, abs=1e-5)
+    with pytest.raises(KeyError):  # one model: no members to disagree
+        summary_scores(out, "mutual_information")
     values = np.load(out / "one_entropy.npy")
     assert values.dtype == np.float16 and values.shape == (21, 17)
     assert np.abs(values.astype(np.float32) - entropy).max() <= FLOAT16_STEP
     picture = np.asarray(Image.open(out / "one_entropy.png"))
     assert picture.shape == (21, 17, 3) and (picture == picture[0, 0]).all()
     assert not (out / "one_mutual_information.npy").exists()
+
+
+def test_a_multilabel_entropy_is_the_mean_of_each_labels_binary_entropy(
+    image_folder, tmp_path
+) -> None:
+    logits = [0.0, 2.0]
+    task = Task(2, multilabel=True)
+    checkpoint = constant_logit_checkpoint(tmp_path / "labels.pt", task, logits)
+    out = predict(checkpoint, image_folder, tmp_path / "out", "--save-uncertainty")
+    p = 1 / (1 + np.exp(-np.asarray(logits)))
+    entropy = float((-(p * np.log(p) + (1 - p) * np.log(1 - p)) / math.log(2)).mean())
+    assert summary_scores(out, "uncertainty") == pytest.approx([entropy] * 2, abs=1e-5)
+    values = np.load(out / "two_entropy.npy").astype(np.float32)
+    assert np.abs(values - entropy).max() <= FLOAT16_STEP

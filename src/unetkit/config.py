@@ -141,6 +141,7 @@ class EvalConfig:
     ci_level: float = 0.95
     report: bool = True  # per_image.csv and report.html beside metrics.json
     panels: int = 4  # best and worst images shown in the report, each
+    calibrate: bool = True  # end of training: fit T (and a binary threshold) on val into best.pt
 
 
 @dataclass

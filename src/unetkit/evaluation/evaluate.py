@@ -5,6 +5,8 @@ uses, so the numbers describe the path a deployed model takes. Every number come
 :class:`~unetkit.metrics.split.SplitMetrics`; this module only drives it and writes the outputs:
 ``metrics.json``, ``per_image.csv`` and ``report.html``. A multi-label task is scored label by
 label by :class:`~unetkit.metrics.multilabel.MultilabelMetrics`, which reads the same way.
+Calibration (the ECE before and after the stored temperature) and uncertainty (risk-coverage,
+a per-image score) come from :mod:`unetkit.evaluation.calibration`, in the same pass.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from tqdm import tqdm
 
 from unetkit.config import EvalConfig
 from unetkit.data.sources import SampleSource
+from unetkit.evaluation.calibration import UNCERTAINTY_COLUMN, calibration_check, most_uncertain
 from unetkit.evaluation.panels import Panel
 from unetkit.evaluation.report import write_report
+from unetkit.inference.calibration import Calibration
 from unetkit.inference.segmenter import Segmenter
 from unetkit.metrics.multilabel import RANKING_KEY, MultilabelMetrics
 from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics, ranking_key
 from unetkit.metrics.summary import format_table
 from unetkit.tasks import Task
+
+MOST_UNCERTAIN = 5  # images the report shows by their uncertainty
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Evaluation:
     best: list[Panel] = field(default_factory=list)
     worst: list[Panel] = field(default_factory=list)
     ranking_metric: str = "mean_iou"
+    uncertain: list[Panel] = field(default_factory=list)  # by mean predictive entropy
 
 
 def evaluate_source(
@@ -49,13 +56,19 @@ def evaluate_source(
     split: str = "test",
     options: EvalConfig | None = None,
     progress: bool = True,
+    calibration: Calibration | None = None,
 ) -> Evaluation:
-    """Metrics of ``segmenter`` on every sample of ``source`` (see :mod:`unetkit.metrics.split`)."""
+    """Metrics of ``segmenter`` on every sample of ``source`` (see :mod:`unetkit.metrics.split`).
+
+    ``calibration``: the temperature the ``calibration`` section measures (default: the one the
+    Segmenter applies; see :mod:`unetkit.evaluation.calibration`). It changes no other number.
+    """
     if len(source) == 0:
         raise ValueError(f"the {split} split is empty: there is nothing to evaluate")
     options = options or EvalConfig()
     started = time.perf_counter()
     metrics = split_metrics(segmenter.task, segmenter.class_names, options)
+    check = calibration_check(segmenter.task, segmenter.model, calibration)
     inference_seconds = 0.0
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
     for names, images, targets in _batches(source, segmenter.batch_size):
@@ -64,6 +77,8 @@ def evaluate_source(
         inference_seconds += time.perf_counter() - tick
         for name, (probs, prediction), (mask, objects) in zip(names, outputs, targets, strict=True):
             metrics.add(name, probs, prediction, mask, objects)
+            if check is not None:
+                check.add(probs, prediction, mask)
         bar.update(len(images))
     bar.close()
     result = {
@@ -77,14 +92,17 @@ def evaluate_source(
             "config": segmenter.inference_config().to_dict(),
         },
         **metrics.result(),
+        **(check.sections() if check is not None else {}),
     }
-    evaluation = Evaluation(
-        result, metrics.rows(), metrics.curves(), ranking_metric=metrics.ranking_key()
-    )
+    rows = metrics.rows()
+    if check is not None:
+        check.add_columns(rows)
+    evaluation = Evaluation(result, rows, metrics.curves(), ranking_metric=metrics.ranking_key())
     if options.report and options.panels > 0:
         evaluation.best, evaluation.worst = _extreme_panels(
             segmenter, source, evaluation, options.panels
         )
+        evaluation.uncertain = _uncertain_panels(segmenter, source, evaluation.rows)
     total = time.perf_counter() - started
     result["seconds"] = round(total, 3)  # the rest is loading and metrics
     result["seconds_inference"] = round(inference_seconds, 3)
@@ -122,6 +140,7 @@ def write_evaluation(
             worst=evaluation.worst,
             ranking_metric=evaluation.ranking_metric,
             history=history,
+            uncertain=evaluation.uncertain,
         )
     return written
 
@@ -157,6 +176,16 @@ def _extreme_panels(
     best = [i for _, i in reversed(scored[-count:])]
     panels = {i: _panel(segmenter, source, i, evaluation.rows[i][key]) for i in set(best + worst)}
     return [panels[i] for i in best], [panels[i] for i in worst]
+
+
+def _uncertain_panels(
+    segmenter: Segmenter, source: SampleSource, rows: list[dict[str, Any]]
+) -> list[Panel]:
+    """The most uncertain images (highest mean predictive entropy), predicted again."""
+    return [
+        _panel(segmenter, source, i, rows[i][UNCERTAINTY_COLUMN])
+        for i in most_uncertain(rows, MOST_UNCERTAIN)
+    ]
 
 
 def _panel(segmenter: Segmenter, source: SampleSource, index: int, score: float) -> Panel:
@@ -211,6 +240,7 @@ def describe(metrics: dict[str, Any]) -> str:
         lines.append(
             "boundary (per image): " + ", ".join(f"{m} {_mean_std(boundary[m])}" for m in names)
         )
+    lines += _calibration_lines(metrics)
     intervals = metrics.get("confidence_intervals")
     if intervals:
         level = round(100 * intervals["level"])
@@ -218,6 +248,26 @@ def describe(metrics: dict[str, Any]) -> str:
             text = "undefined" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
             lines.append(f"{level}% CI {name}: {text}")
     return "\n".join(lines)
+
+
+def _calibration_lines(metrics: dict[str, Any]) -> list[str]:
+    """The ECE before / after the stored temperature and the risk-coverage headline."""
+    lines = []
+    calibration = metrics.get("calibration")
+    if calibration:
+        before, after = calibration["before"]["ece"], calibration["after"]["ece"]
+        lines.append(
+            f"calibration: ECE {_number(before)} at T = 1, {_number(after)} at the stored "
+            f"T = {calibration['temperature']:.3g}"
+        )
+    risk = (metrics.get("uncertainty") or {}).get("risk_coverage")
+    if risk and risk["errors_removed"] is not None:
+        lines.append(
+            f"risk-coverage: referring the {risk['referred']:.0%} most uncertain pixels removes "
+            f"{risk['errors_removed']:.1%} of the errors "
+            f"(at random {risk['errors_removed_random']:.0%})"
+        )
+    return lines
 
 
 def _number(value: float | None) -> str:

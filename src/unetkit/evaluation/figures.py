@@ -19,11 +19,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from unetkit.metrics.calibration import reliability_diagram
+from unetkit.metrics.uncertainty import risk_coverage_plot
 from unetkit.palette import class_palette
 
 __all__ = [
     "class_iou_chart",
     "confusion_heatmap",
+    "reliability_before_after",
+    "risk_coverage",
     "roc_pr_curves",
     "row_shares",
     "training_curves",
@@ -153,6 +157,26 @@ TRAINING_METRICS = (
     "val_foreground_iou",
     "val_foreground_dice",
 )
+
+
+def reliability_before_after(calibration: Mapping[str, Any]) -> bytes:
+    """The reliability diagram of metrics.json's ``calibration`` section: at ``T = 1`` and at the
+    stored temperature (one curve when the two are the same, ``T = 1``)."""
+    temperature = calibration["temperature"]
+    if temperature == 1.0:
+        return reliability_diagram(calibration["after"], labels=("T = 1", ""))
+    labels = ("before (T = 1)", f"after (T = {temperature:.2f})")
+    return reliability_diagram(calibration["before"], calibration["after"], labels)
+
+
+def risk_coverage(uncertainty: Mapping[str, Any]) -> bytes | None:
+    """The risk-coverage curve of metrics.json's ``uncertainty`` section; ``None`` without any
+    error to remove (a perfect split)."""
+    result = uncertainty["risk_coverage"]
+    if result["errors_removed"] is None:
+        return None
+    label = uncertainty.get("measure", "predictive_entropy").replace("_", " ")
+    return risk_coverage_plot(result, label)
 
 
 def training_curves(history: Sequence[Mapping[str, Any]]) -> bytes:

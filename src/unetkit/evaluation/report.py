@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.evaluation import figures
+from unetkit.evaluation.calibration import UNCERTAINTY_COLUMN
 from unetkit.evaluation.panels import Panel
 from unetkit.evaluation.report_html import (
     NO_BACKGROUND,
@@ -97,11 +98,13 @@ def write_report(
     ranking_metric: str = "mean_iou",
     history: list[dict] | None = None,
     title: str | None = None,
+    uncertain: Sequence[Panel] = (),
 ) -> Path:
     """Write the report of ``metrics`` (the dict of ``metrics.json``) to ``out_path``; return it.
 
     ``curves`` (class name -> ROC/PR points), ``best``/``worst`` example panels ranked by
-    ``ranking_metric`` and the training ``history`` rows add their sections when given.
+    ``ranking_metric``, the most ``uncertain`` images (scored by their mean predictive entropy)
+    and the training ``history`` rows add their sections when given.
     """
     _check_metrics(metrics)
     out_path = Path(out_path)
@@ -112,8 +115,13 @@ def write_report(
         ("classes", "Per class", _class_body(metrics, class_names)),
         ("charts", "Charts", _charts_body(metrics, class_names)),
         ("curves", "ROC and precision-recall", _curves_body(metrics, curves) if curves else ""),
+        ("calibration", "Calibration and uncertainty", _calibration_body(metrics)),
         ("training", "Training", _history_body(history) if history else ""),
-        ("examples", "Examples", _examples_body(best, worst, ranking_metric, class_names)),
+        (
+            "examples",
+            "Examples",
+            _examples_body(best, worst, ranking_metric, class_names, uncertain),
+        ),
         ("reading", "How to read these numbers", _reading_body(metrics)),
     ]
     shown = [(anchor, heading, body) for anchor, heading, body in sections if body]
@@ -262,6 +270,37 @@ def _curves_body(
     return chart_figure(png, "ROC and PR", caption)
 
 
+def _calibration_body(metrics: Mapping[str, Any]) -> str:
+    """The reliability diagram before / after the stored temperature and the risk-coverage curve
+    (metrics.json's ``calibration`` and ``uncertainty``); empty when neither was measured."""
+    calibration, uncertainty = metrics.get("calibration"), metrics.get("uncertainty")
+    charts = ""
+    if calibration:
+        before, after = calibration["before"]["ece"], calibration["after"]["ece"]
+        caption = (
+            f"Reliability: of the pixels given a probability, the share that is right (the "
+            f"dashed diagonal is perfect calibration). Expected calibration error "
+            f"{_plain(before)} at T = 1, {_plain(after)} at the stored temperature "
+            f"T = {calibration['temperature']:.3g}."
+        )
+        png = figures.reliability_before_after(calibration)
+        charts += chart_figure(png, "Reliability diagram", caption)
+    png = figures.risk_coverage(uncertainty) if uncertainty else None
+    if png is not None:
+        risk = uncertainty["risk_coverage"]
+        caption = (
+            f"Risk-coverage: refer the most uncertain pixels (predictive entropy) to a human; "
+            f"referring {risk['referred']:.0%} of them removes {risk['errors_removed']:.1%} of "
+            f"the errors, against {risk['errors_removed_random']:.0%} at random."
+        )
+        charts += chart_figure(png, "Risk-coverage curve", caption)
+    return f'<div class="grid2">{charts}</div>' if charts else ""
+
+
+def _plain(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
 def _history_body(history: Sequence[Mapping[str, Any]]) -> str:
     png = figures.training_curves(history)
     caption = "Loss and validation metrics per epoch, from history.csv (gaps: undefined)."
@@ -269,18 +308,28 @@ def _history_body(history: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _examples_body(
-    best: Sequence[Panel], worst: Sequence[Panel], ranking_metric: str, class_names: list[str]
+    best: Sequence[Panel],
+    worst: Sequence[Panel],
+    ranking_metric: str,
+    class_names: list[str],
+    uncertain: Sequence[Panel] = (),
 ) -> str:
-    if not best and not worst:
+    if not best and not worst and not uncertain:
         return '<p class="note">No example images were given.</p>'
     metric = metric_label_inline(ranking_metric)
-    multilabel = any(panel.target.ndim == 3 for panel in (*best, *worst))
+    multilabel = any(panel.target.ndim == 3 for panel in (*best, *worst, *uncertain))
     # a multi-label picture is black where no label is, else the blend of the labels' colours
     shown = ["no label", *class_names] if multilabel else class_names
     legends = class_legend(shown) + error_legend()
     groups = [
         _panel_group(f"Best {len(best)} by {metric}", best, ranking_metric, class_names),
         _panel_group(f"Worst {len(worst)} by {metric}", worst, ranking_metric, class_names),
+        _panel_group(
+            f"Most uncertain {len(uncertain)} (mean predictive entropy)",
+            uncertain,
+            UNCERTAINTY_COLUMN,
+            class_names,
+        ),
     ]
     return legends + "".join(groups)
 

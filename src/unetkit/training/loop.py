@@ -1,4 +1,5 @@
-"""The training loop: epochs of steps, validation, checkpoints, history, a final test evaluation.
+"""The training loop: epochs of steps, validation, checkpoints, history, a calibration fitted on
+validation (:mod:`unetkit.training.calibrate`), a final test evaluation.
 
 Training ends after ``train.epochs``, when a ``train.time_budget`` runs out (see
 :mod:`unetkit.training.budget`), when ``train.patience`` epochs bring no better monitored value,
@@ -22,11 +23,13 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from unetkit.checkpoint import load_checkpoint, remove_stale_temporaries
+from unetkit.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temporaries
 from unetkit.config import Config
 from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
+from unetkit.inference.calibration import Calibration
 from unetkit.inference.segmenter import Segmenter
 from unetkit.precision import describe_execution
+from unetkit.training.calibrate import calibrate_run
 from unetkit.training.distributed import start_processes, stop_processes
 from unetkit.training.history import plot_history, write_history_csv
 from unetkit.training.reproducibility import capture_rng_state, seed_everything
@@ -83,6 +86,7 @@ def _train(parts: RunParts) -> Path:
             f"unetkit train --resume auto --out {run_dir}",
         )
     elif main:
+        _calibrate(parts)
         _final_test(parts, state.history)
     return run_dir
 
@@ -261,20 +265,36 @@ def _epoch_line(row: dict[str, Any], monitor: str, improved: bool) -> str:
     return "  ".join(parts)
 
 
+def _calibrate(parts: RunParts) -> None:
+    """Fit and store the calibration of best.pt (and ema.pt) on val, unless eval.calibrate is off
+    (:mod:`unetkit.training.calibrate`)."""
+    cfg = parts.cfg
+    if not cfg.eval.calibrate:
+        _log(parts, "calibration: off (eval.calibrate=false)")
+        return
+    lines = calibrate_run(
+        parts.run_dir, parts.splits.val, cfg.train.monitor, parts.device, cfg.train.batch_size
+    )
+    for line in lines:
+        _log(parts, line)
+
+
 def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
     """Evaluate ``best.pt`` on the test split at original resolution; write metrics and report.
 
-    It runs as the checkpoint records (:func:`~unetkit.training.saving.final_test_inference`)."""
+    It runs as the checkpoint records (:func:`~unetkit.training.saving.final_test_inference`) and
+    as ``unetkit evaluate`` runs it: the raw model at the task's threshold. The calibration stored
+    at the end of training is measured (ECE before / after) but not applied to the masks."""
     best = parts.run_dir / "checkpoints" / "best.pt"
-    segmenter = Segmenter.from_checkpoint(
-        best, device=parts.device, batch_size=parts.cfg.train.batch_size
-    )
+    loaded = model_from_checkpoint(best)
+    segmenter = Segmenter.from_loaded(loaded, parts.device, parts.cfg.train.batch_size)
     evaluation = evaluate_source(
         segmenter,
         parts.splits.test,
         split="test",
         options=parts.cfg.eval,
         progress=parts.cfg.train.progress,
+        calibration=Calibration.from_checkpoint(loaded.checkpoint),
     )
     evaluation.metrics["checkpoint"] = str(best)
     written = write_evaluation(evaluation, parts.run_dir, parts.cfg.eval, history=history)

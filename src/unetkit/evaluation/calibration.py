@@ -1,0 +1,114 @@
+"""Calibration and uncertainty of an evaluated split: the ``calibration`` and ``uncertainty``
+sections of ``metrics.json`` and the per-image ``uncertainty`` column of ``per_image.csv``.
+
+Two temperatures meet here: the one the Segmenter already applies (its model is
+:class:`~unetkit.inference.calibrated.Tempered` when loaded by ``Segmenter.from_checkpoint``), and
+the one to measure (by default the same; a raw Segmenter can be given a checkpoint's stored
+:class:`~unetkit.inference.calibration.Calibration`). One pass gives both sides: ``before`` counts
+the probabilities at ``T = 1`` (those of a raw model as they are, a tempered model's tempered back),
+``after`` the same at the measured ``T``. Tempering back is exact up to float32 saturation where
+the model saw the image at its own size; where the Segmenter resized or averaged probabilities
+(another image size, sliding windows, TTA) it is close to but not the raw model's, since tempering
+does not commute with averaging (a second pass would double the cost). Without a temperature,
+``T = 1`` and ``before == after``. Uncertainty is the predictive entropy of the ``after``
+probabilities; the risk-coverage curve asks whether the Segmenter's errors sit where it is unsure.
+Every accumulator holds bin counts only, so a whole split costs a few kB.
+
+Multi-label tasks have no section here (their labels are independent sigmoids, not one class
+distribution; calibrating them is not supported yet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from unetkit.inference.calibrated import Tempered
+from unetkit.inference.calibration import Calibration, temper_probabilities
+from unetkit.metrics.calibration import CalibrationHistogram
+from unetkit.metrics.uncertainty import RiskCoverage, image_uncertainty, predictive_entropy
+from unetkit.tasks import Task
+
+UNCERTAINTY_COLUMN = "uncertainty"  # per_image.csv: the image's mean predictive entropy
+
+
+def applied_temperature(model: Any) -> float:
+    """The temperature a Segmenter's model divides its logits by: ``Tempered``'s, else 1.
+
+    An ensemble tempers each member on its own before averaging, so no single ``T`` undoes it;
+    it reads as 1 (``before`` then equals ``after``)."""
+    return float(model.temperature) if isinstance(model, Tempered) else 1.0
+
+
+class CalibrationCheck:
+    """Reliability before and after calibration, risk-coverage and a score per image."""
+
+    def __init__(
+        self, task: Task, temperature: float, threshold: float | None, applied: float = 1.0
+    ) -> None:
+        self.task = task
+        self.temperature = temperature  # measured: ``after`` is at this T
+        self.applied = applied  # already in the probabilities given to :meth:`add`
+        self.threshold = threshold
+        self.before = CalibrationHistogram(task.num_classes)
+        self.after = CalibrationHistogram(task.num_classes)
+        self.risk = RiskCoverage()
+        self.scores: list[float | None] = []
+
+    def add(self, probs: np.ndarray, prediction: np.ndarray, target: np.ndarray) -> None:
+        """One image: the Segmenter's probabilities ``(C, H, W)``, its mask and the target."""
+        raw = temper_probabilities(probs, 1.0 / self.applied, self.task)
+        calibrated = (
+            probs
+            if self.applied == self.temperature
+            else temper_probabilities(raw, self.temperature, self.task)
+        )
+        self.before.update(raw, target)
+        self.after.update(calibrated, target)
+        entropy = predictive_entropy(calibrated)
+        self.risk.update(entropy, prediction, target)
+        self.scores.append(image_uncertainty(entropy, target))
+
+    def sections(self) -> dict[str, Any]:
+        """``calibration`` and ``uncertainty`` for metrics.json."""
+        return {
+            "calibration": {
+                "temperature": self.temperature,
+                "threshold": self.threshold,
+                "before": self.before.result(),
+                "after": self.after.result(),
+            },
+            "uncertainty": {"measure": "predictive_entropy", "risk_coverage": self.risk.result()},
+        }
+
+    def add_columns(self, rows: list[dict[str, Any]]) -> None:
+        """Each row (in the order the images were added) gains its ``uncertainty`` score."""
+        if len(rows) != len(self.scores):
+            raise ValueError(
+                f"{len(rows)} per-image rows for {len(self.scores)} images scored for "
+                f"uncertainty: add every image to both, in the same order"
+            )
+        for row, score in zip(rows, self.scores, strict=True):
+            row[UNCERTAINTY_COLUMN] = score
+
+
+def calibration_check(
+    task: Task, model: Any, calibration: Calibration | None = None
+) -> CalibrationCheck | None:
+    """The check of a Segmenter's ``task`` and ``model``, measuring ``calibration`` (default:
+    the temperature the model applies, at the task's threshold); ``None`` for multi-label."""
+    if task.multilabel:
+        return None
+    applied = applied_temperature(model)
+    if calibration is None:
+        calibration = Calibration(applied)
+    threshold = (calibration.threshold or task.threshold) if task.is_binary else None
+    return CalibrationCheck(task, calibration.temperature, threshold, applied)
+
+
+def most_uncertain(rows: list[dict[str, Any]], count: int = 5) -> list[int]:
+    """The indices of the ``count`` rows with the highest ``uncertainty``, most uncertain first."""
+    scored = [(row.get(UNCERTAINTY_COLUMN), i) for i, row in enumerate(rows)]
+    scored = [(score, i) for score, i in scored if score is not None]
+    return [i for _, i in sorted(scored, key=lambda pair: -pair[0])[:count]]

@@ -217,7 +217,7 @@ def _train_one(run_dir: Path, assignment: FoldAssignment, index: int, train: Tra
 def evaluate_held_out(run_dir: Path, record: SplitRecord, progress: bool = True) -> Path:
     """``best.pt`` scored on the samples its fold held out, into ``RUN/evaluation/val`` (as
     ``unetkit evaluate --split val``); kept when already there."""
-    from unetkit.checkpoint import load_checkpoint
+    from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
     from unetkit.evaluation.evaluate import evaluate_source, write_evaluation, write_per_image_csv
     from unetkit.inference.segmenter import Segmenter
 
@@ -226,7 +226,11 @@ def evaluate_held_out(run_dir: Path, record: SplitRecord, progress: bool = True)
         return out
     best = run_dir / "checkpoints" / "best.pt"
     cfg = config_from_dict(load_checkpoint(best)["config"])
-    segmenter = Segmenter.from_checkpoint(best, cfg.train.device, cfg.train.batch_size)
+    # the raw model, as `unetkit evaluate` runs it: the threshold stored by the end-of-training
+    # calibration was tuned on these very samples, so applying it would flatter the fold
+    segmenter = Segmenter.from_loaded(
+        model_from_checkpoint(best), cfg.train.device, cfg.train.batch_size
+    )
     source = build_splits(cfg, split_record=record).val
     evaluation = evaluate_source(segmenter, source, "val", cfg.eval, progress)
     evaluation.metrics["checkpoint"] = str(best)

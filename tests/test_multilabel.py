@@ -506,3 +506,12 @@ def test_resume_continues_a_multilabel_run(trained_run, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["task"]["type"] == "multilabel"
+
+
+def test_int8_export_of_a_multilabel_model_is_refused_leaving_no_file(trained_run, tmp_path):
+    from unetkit.inference.export import export_model
+
+    best = trained_run / "checkpoints" / "best.pt"
+    with pytest.raises(ValueError, match="does not take multi-label models yet"):
+        export_model(best, tmp_path / "m.onnx", quantize="int8")
+    assert not (tmp_path / "m.onnx").exists()

@@ -146,6 +146,11 @@ def export_model(
             f"--quantize int8 exports one checkpoint; got an ensemble of {member_count(loaded)} "
             f"({source_names(checkpoint_path)}): export it in fp32, or quantise one member"
         )
+    if quantize and loaded.task.is_multilabel:
+        raise ValueError(
+            f"--quantize int8 does not take multi-label models yet (its accuracy guard scores "
+            f"class-id masks); {source_names(checkpoint_path)} is multi-label: export it in fp32"
+        )
     checkpoint_path = source_names(checkpoint_path)
     metadata = export_metadata(loaded)
     data = None

@@ -183,3 +183,18 @@ def test_multilabel_runs_skip_the_calibration_with_a_reason(tmp_path, monkeypatc
 )  # fmt: skip
 def test_the_threshold_is_tuned_for_the_monitored_metric(monitor, metric):
     assert threshold_metric(monitor) == metric
+
+
+def test_unetkit_evaluate_measures_the_stored_calibration_as_the_final_test(binary_run, tmp_path):
+    out, _ = binary_run
+    best = out / "checkpoints" / "best.pt"
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(
+            ["evaluate", "--checkpoint", str(best), "--out", str(tmp_path), "--no-progress"]
+        )
+    assert code == 0
+    final = json.loads((out / "metrics.json").read_text())["calibration"]
+    again = json.loads((tmp_path / "metrics.json").read_text())["calibration"]
+    stored = load_checkpoint(best)["calibration"]["temperature"]
+    assert again["temperature"] == pytest.approx(stored) and stored != 1.0
+    assert again["after"]["ece"] == pytest.approx(final["after"]["ece"], abs=1e-6)

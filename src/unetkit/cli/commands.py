@@ -21,6 +21,7 @@ from unetkit.inference.backends import (
     member_count_of,
     path_label,
 )
+from unetkit.inference.calibration import Calibration
 from unetkit.inference.options import InferenceConfig
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
@@ -67,6 +68,12 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stored_calibration(args: argparse.Namespace, checkpoint: dict) -> Calibration | None:
+    """The checkpoint's calibration for evaluate to measure beside the raw model (as the final
+    test does); None for ``--exported``, whose graph may already hold the temperature."""
+    return None if getattr(args, "exported", None) else Calibration.from_checkpoint(checkpoint)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     _refuse_ignored_overrides(args.overrides)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -79,7 +86,12 @@ def evaluate(args: argparse.Namespace) -> int:
     segmenter, choice = _evaluated_segmenter(args, loaded)
     source = getattr(splits, args.split)
     evaluation = evaluate_source(
-        segmenter, source, split=args.split, options=cfg.eval, progress=not args.no_progress
+        segmenter,
+        source,
+        split=args.split,
+        options=cfg.eval,
+        progress=not args.no_progress,
+        calibration=_stored_calibration(args, checkpoint),
     )
     evaluation.metrics["checkpoint"] = str(args.checkpoint)
     evaluation.metrics["inference"]["backend"] = choice.to_dict()

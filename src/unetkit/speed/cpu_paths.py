@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetkit.inference.backends import installed
 from unetkit.inference.export import onnx_bytes
 from unetkit.inference.onnx_backend import onnxruntime_module
 from unetkit.inference.quantize import quantize_onnx
@@ -144,7 +145,7 @@ def compare_paths(
             **torch_paths(model, size, max(batches)),
             **onnxruntime_paths(graph, calibration, Path(folder), threads),
         }
-        if openvino and openvino_installed():
+        if openvino and installed("openvino"):
             paths.update(openvino_paths(graph, calibration, threads))
         rows = {label: {"execution": how} for label, (_, how) in paths.items()}
         for batch in batches:
@@ -159,12 +160,6 @@ def compare_paths(
         {"model": model_name, "size": size, "path": label, "threads": threads, **row}
         for label, row in rows.items()
     ]
-
-
-def openvino_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
 
 
 def paths_table(rows: list[dict[str, Any]], batches: list[int]) -> str:

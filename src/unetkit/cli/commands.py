@@ -22,6 +22,7 @@ from unetkit.inference.backends import (
     path_label,
 )
 from unetkit.inference.calibration import Calibration
+from unetkit.inference.ensemble import checkpoint_paths
 from unetkit.inference.options import InferenceConfig
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.predict import collect_inputs, predict_files
@@ -76,28 +77,53 @@ def _stored_calibration(args: argparse.Namespace, checkpoint: dict) -> Calibrati
 
 def evaluate(args: argparse.Namespace) -> int:
     _refuse_ignored_overrides(args.overrides)
+    paths = checkpoint_paths(args.checkpoint)
+    if len(paths) > 1:
+        from unetkit.cli.ensemble_evaluation import evaluate_ensemble
+
+        evaluation, cfg, out = evaluate_ensemble(
+            args, paths, lambda ck: _evaluation_config(ck, args), given_inference_options(args)
+        )
+        return _write_evaluation(evaluation, out, cfg, history=None)
+    args.checkpoint = str(paths[0])
     checkpoint = load_checkpoint(args.checkpoint)
     cfg = _evaluation_config(checkpoint, args)
     run_dir = Path(args.checkpoint).resolve().parent.parent
-    record = _saved_split_record(run_dir, checkpoint, cfg)
+    record = saved_split_record(run_dir, checkpoint, cfg)
     splits = build_splits(cfg, split_record=record)
     loaded = model_from_checkpoint(checkpoint)
     loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
     segmenter, choice = _evaluated_segmenter(args, loaded)
     source = getattr(splits, args.split)
-    evaluation = evaluate_source(
-        segmenter,
-        source,
-        split=args.split,
-        options=cfg.eval,
-        progress=not args.no_progress,
-        calibration=_stored_calibration(args, checkpoint),
+    evaluation = score_split(
+        segmenter, source, args, cfg, calibration=_stored_calibration(args, checkpoint)
     )
     evaluation.metrics["checkpoint"] = str(args.checkpoint)
     evaluation.metrics["inference"]["backend"] = choice.to_dict()
     out = Path(args.out) if args.out else run_dir / "evaluation" / args.split
     history_file = run_dir / "history.csv"
     history = read_history_csv(history_file) if history_file.is_file() else None
+    return _write_evaluation(evaluation, out, cfg, history)
+
+
+def score_split(
+    segmenter: Segmenter, source: Any, args: argparse.Namespace, cfg: Config, **given: Any
+) -> Any:
+    """``evaluate_source`` on ``args.split`` with the flags and eval options of ``evaluate``;
+    ``given``: the calibration or ensemble members to measure beside."""
+    return evaluate_source(
+        segmenter,
+        source,
+        split=args.split,
+        options=cfg.eval,
+        progress=not args.no_progress,
+        **given,
+    )
+
+
+def _write_evaluation(
+    evaluation: Any, out: Path, cfg: Config, history: list[dict[str, Any]] | None
+) -> int:
     written = write_evaluation(evaluation, out, cfg.eval, history=history)
     print(describe(evaluation.metrics))
     for path in written.values():
@@ -341,7 +367,7 @@ def _evaluation_config(checkpoint: dict[str, Any], args: argparse.Namespace) -> 
     return config_from_args(args, base=checkpoint["config"])
 
 
-def _saved_split_record(run_dir: Path, checkpoint: dict[str, Any], cfg: Config) -> dict | None:
+def saved_split_record(run_dir: Path, checkpoint: dict[str, Any], cfg: Config) -> dict | None:
     """The run's own split, when evaluating on the data it was trained on."""
     trained = checkpoint["config"]["data"]
     same_data = (trained["dataset"], trained["root"]) == (cfg.data.dataset, cfg.data.root)

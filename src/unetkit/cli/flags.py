@@ -9,6 +9,7 @@ trailing ``section.key=value``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -174,6 +175,23 @@ def add_deprecated_alias(
             setattr(namespace, self.dest, values)
 
     parser.add_argument(old, dest=dest, action=Alias, help=argparse.SUPPRESS, **options)
+
+
+DOTTED_KEY = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def reclaim_overrides(args: argparse.Namespace) -> None:
+    """Move KEY=VALUE pairs that a several-valued flag swallowed back into ``overrides``.
+
+    ``--checkpoint A B eval.boundary=false`` hands all three to ``--checkpoint`` (argparse cannot
+    tell where its list ends); a dotted key with ``=`` and no ``/`` before it is no file."""
+    checkpoints = getattr(args, "checkpoint", None)
+    if not isinstance(checkpoints, list) or not hasattr(args, "overrides"):
+        return
+    keys = [item for item in checkpoints if DOTTED_KEY.match(item)]
+    if keys:
+        args.checkpoint = [item for item in checkpoints if not DOTTED_KEY.match(item)]
+        args.overrides = keys + list(args.overrides or [])
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from unetkit.cli.flags import (
     TRAIN_FLAGS,
     add_config_flags,
     add_deprecated_alias,
+    reclaim_overrides,
 )
 from unetkit.inference.backends import BACKENDS as RUNTIMES
 from unetkit.inference.sliding_window import DEFAULT_BATCH_SIZE
@@ -111,7 +112,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="metrics of a checkpoint on a split, at original resolution"
     )
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=True,
+        help=CHECKPOINTS_HELP + "; the ensemble's report scores each member beside it",
+    )
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument(
         "--out",
@@ -416,6 +422,7 @@ def _add_data_show(group: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    reclaim_overrides(args)
     args.argv = argv  # what `train --nproc` hands on to the processes it starts
     try:
         return args.handler(args) or 0

@@ -45,10 +45,16 @@ class CalibrationCheck:
     """Reliability before and after calibration, risk-coverage and a score per image."""
 
     def __init__(
-        self, task: Task, temperature: float, threshold: float | None, applied: float = 1.0
+        self,
+        task: Task,
+        temperature: float | None,
+        threshold: float | None,
+        applied: float = 1.0,
+        after_label: str | None = None,
     ) -> None:
         self.task = task
-        self.temperature = temperature  # measured: ``after`` is at this T
+        self.temperature = temperature  # measured: ``after`` is at this T (None: see add)
+        self.after_label = after_label or f"T = {temperature:.3g}"
         self.applied = applied  # already in the probabilities given to :meth:`add`
         self.threshold = threshold
         self.before = CalibrationHistogram(task.num_classes)
@@ -56,14 +62,24 @@ class CalibrationCheck:
         self.risk = RiskCoverage()
         self.scores: list[float | None] = []
 
-    def add(self, probs: np.ndarray, prediction: np.ndarray, target: np.ndarray) -> None:
-        """One image: the Segmenter's probabilities ``(C, H, W)``, its mask and the target."""
+    def add(
+        self,
+        probs: np.ndarray,
+        prediction: np.ndarray,
+        target: np.ndarray,
+        calibrated: np.ndarray | None = None,
+    ) -> None:
+        """One image: the Segmenter's probabilities ``(C, H, W)``, its mask and the target.
+
+        ``calibrated``: the ``after`` probabilities where no single temperature gives them (an
+        ensemble's members each at their own ``T``); ``probs`` are then the raw ones."""
         raw = temper_probabilities(probs, 1.0 / self.applied, self.task)
-        calibrated = (
-            probs
-            if self.applied == self.temperature
-            else temper_probabilities(raw, self.temperature, self.task)
-        )
+        if calibrated is None:
+            calibrated = (
+                probs
+                if self.applied == self.temperature
+                else temper_probabilities(raw, self.temperature, self.task)
+            )
         self.before.update(raw, target)
         self.after.update(calibrated, target)
         entropy = predictive_entropy(calibrated)
@@ -75,6 +91,7 @@ class CalibrationCheck:
         return {
             "calibration": {
                 "temperature": self.temperature,
+                "after_label": self.after_label,  # what "after" applied, for people
                 "threshold": self.threshold,
                 "before": self.before.result(),
                 "after": self.after.result(),
@@ -112,3 +129,9 @@ def most_uncertain(rows: list[dict[str, Any]], count: int = 5) -> list[int]:
     scored = [(row.get(UNCERTAINTY_COLUMN), i) for i, row in enumerate(rows)]
     scored = [(score, i) for score, i in scored if score is not None]
     return [i for _, i in sorted(scored, key=lambda pair: -pair[0])[:count]]
+
+
+def after_label(calibration: dict[str, Any]) -> str:
+    """What the ``after`` side of a ``calibration`` section applied, e.g. ``T = 1.24`` (older
+    metrics.json files have the temperature only)."""
+    return calibration.get("after_label") or f"T = {calibration['temperature']:.3g}"

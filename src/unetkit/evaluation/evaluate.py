@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from unetkit.config import EvalConfig
 from unetkit.data.sources import SampleSource
-from unetkit.evaluation.calibration import UNCERTAINTY_COLUMN, calibration_check, most_uncertain
+from unetkit.evaluation.calibration import (
+    UNCERTAINTY_COLUMN,
+    after_label,
+    calibration_check,
+    most_uncertain,
+)
+from unetkit.evaluation.members import MemberScores
 from unetkit.evaluation.panels import Panel
 from unetkit.evaluation.report import write_report
 from unetkit.inference.calibration import Calibration
@@ -57,28 +63,41 @@ def evaluate_source(
     options: EvalConfig | None = None,
     progress: bool = True,
     calibration: Calibration | None = None,
+    members: MemberScores | None = None,
 ) -> Evaluation:
     """Metrics of ``segmenter`` on every sample of ``source`` (see :mod:`unetkit.metrics.split`).
 
     ``calibration``: the temperature the ``calibration`` section measures (default: the one the
     Segmenter applies; see :mod:`unetkit.evaluation.calibration`). It changes no other number.
+    ``members``: the segmenter is a PyTorch ensemble of raw members; score each beside it (the
+    ``ensemble`` section, :mod:`unetkit.evaluation.members`).
     """
     if len(source) == 0:
         raise ValueError(f"the {split} split is empty: there is nothing to evaluate")
     options = options or EvalConfig()
     started = time.perf_counter()
     metrics = split_metrics(segmenter.task, segmenter.class_names, options)
-    check = calibration_check(segmenter.task, segmenter.model, calibration)
+    check = (
+        members.ensemble_check()
+        if members is not None
+        else calibration_check(segmenter.task, segmenter.model, calibration)
+    )
     inference_seconds = 0.0
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
     for names, images, targets in _batches(source, segmenter.batch_size):
         tick = time.perf_counter()
-        outputs = segmenter.predict_with_proba(images)
+        outputs = _predicted(segmenter, images, members is not None)
         inference_seconds += time.perf_counter() - tick
-        for name, (probs, prediction), (mask, objects) in zip(names, outputs, targets, strict=True):
+        for name, (probs, prediction, each), (mask, objects) in zip(
+            names, outputs, targets, strict=True
+        ):
             metrics.add(name, probs, prediction, mask, objects)
+            calibrated = None
+            if members is not None:
+                members.add(name, each, mask, objects)
+                calibrated = members.calibrated_mean(each)
             if check is not None:
-                check.add(probs, prediction, mask)
+                check.add(probs, prediction, mask, calibrated)
         bar.update(len(images))
     bar.close()
     result = {
@@ -94,6 +113,8 @@ def evaluate_source(
         **metrics.result(),
         **(check.sections() if check is not None else {}),
     }
+    if members is not None:
+        result["ensemble"] = members.section(metrics.matrices)
     rows = metrics.rows()
     if check is not None:
         check.add_columns(rows)
@@ -107,6 +128,15 @@ def evaluate_source(
     result["seconds"] = round(total, 3)  # the rest is loading and metrics
     result["seconds_inference"] = round(inference_seconds, 3)
     return evaluation
+
+
+def _predicted(
+    segmenter: Segmenter, images: list[np.ndarray], with_members: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """``(probabilities, mask, members' probabilities or None)`` per image."""
+    if with_members:
+        return [(mean, mask, each) for each, mean, mask in segmenter.predict_members(images)]
+    return [(probs, mask, None) for probs, mask in segmenter.predict_with_proba(images)]
 
 
 def split_metrics(
@@ -241,6 +271,7 @@ def describe(metrics: dict[str, Any]) -> str:
             "boundary (per image): " + ", ".join(f"{m} {_mean_std(boundary[m])}" for m in names)
         )
     lines += _calibration_lines(metrics)
+    lines += _ensemble_lines(metrics)
     intervals = metrics.get("confidence_intervals")
     if intervals:
         level = round(100 * intervals["level"])
@@ -257,8 +288,8 @@ def _calibration_lines(metrics: dict[str, Any]) -> list[str]:
     if calibration:
         before, after = calibration["before"]["ece"], calibration["after"]["ece"]
         lines.append(
-            f"calibration: ECE {_number(before)} at T = 1, {_number(after)} at the stored "
-            f"T = {calibration['temperature']:.3g}"
+            f"calibration: ECE {_number(before)} at T = 1, {_number(after)} calibrated "
+            f"({after_label(calibration)})"
         )
     risk = (metrics.get("uncertainty") or {}).get("risk_coverage")
     if risk and risk["errors_removed"] is not None:
@@ -268,6 +299,25 @@ def _calibration_lines(metrics: dict[str, Any]) -> list[str]:
             f"(at random {risk['errors_removed_random']:.0%})"
         )
     return lines
+
+
+def _ensemble_lines(metrics: dict[str, Any]) -> list[str]:
+    """How many members, each one's score, and the ensemble's difference from the best."""
+    section = metrics.get("ensemble")
+    if not section:
+        return []
+    comparison = section["versus_best_member"]
+    key, bounds = comparison["metric"], comparison["interval"]
+    scores = ", ".join(_number(m["dataset"].get(key)) for m in section["members"])
+    best = section["members"][section["best_member"]]["checkpoint"]
+    text = "undefined" if bounds is None else f"[{bounds[0]:+.4f}, {bounds[1]:+.4f}]"
+    level = round(100 * comparison["level"])
+    return [
+        f"ensemble of {len(section['members'])} members, pooled {key} each: {scores}",
+        f"ensemble - best member ({best}): {comparison['difference']:+.4f} "
+        f"({level}% paired bootstrap CI {text}, better in "
+        f"{_number(comparison['share_above_zero'])} of resamples)",
+    ]
 
 
 def _number(value: float | None) -> str:

@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from unetkit.evaluation.calibration import after_label
 from unetkit.metrics.calibration import reliability_diagram
 from unetkit.metrics.uncertainty import risk_coverage_plot
 from unetkit.palette import class_palette
@@ -162,10 +163,9 @@ TRAINING_METRICS = (
 def reliability_before_after(calibration: Mapping[str, Any]) -> bytes:
     """The reliability diagram of metrics.json's ``calibration`` section: at ``T = 1`` and at the
     stored temperature (one curve when the two are the same, ``T = 1``)."""
-    temperature = calibration["temperature"]
-    if temperature == 1.0:
+    if calibration["temperature"] == 1.0:
         return reliability_diagram(calibration["after"], labels=("T = 1", ""))
-    labels = ("before (T = 1)", f"after (T = {temperature:.2f})")
+    labels = ("before (T = 1)", f"after ({after_label(calibration)})")
     return reliability_diagram(calibration["before"], calibration["after"], labels)
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.evaluation import figures
-from unetkit.evaluation.calibration import UNCERTAINTY_COLUMN
+from unetkit.evaluation.calibration import UNCERTAINTY_COLUMN, after_label
 from unetkit.evaluation.panels import Panel
+from unetkit.evaluation.report_ensemble import ensemble_body
 from unetkit.evaluation.report_html import (
     NO_BACKGROUND,
     chart_figure,
@@ -116,6 +117,7 @@ def write_report(
         ("charts", "Charts", _charts_body(metrics, class_names)),
         ("curves", "ROC and precision-recall", _curves_body(metrics, curves) if curves else ""),
         ("calibration", "Calibration and uncertainty", _calibration_body(metrics)),
+        ("ensemble", "Ensemble and its members", ensemble_body(metrics)),
         ("training", "Training", _history_body(history) if history else ""),
         (
             "examples",
@@ -280,8 +282,8 @@ def _calibration_body(metrics: Mapping[str, Any]) -> str:
         caption = (
             f"Reliability: of the pixels given a probability, the share that is right (the "
             f"dashed diagonal is perfect calibration). Expected calibration error "
-            f"{_plain(before)} at T = 1, {_plain(after)} at the stored temperature "
-            f"T = {calibration['temperature']:.3g}."
+            f"{_plain(before)} at T = 1, {_plain(after)} calibrated "
+            f"({escaped(after_label(calibration))})."
         )
         png = figures.reliability_before_after(calibration)
         charts += chart_figure(png, "Reliability diagram", caption)

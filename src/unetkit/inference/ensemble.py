@@ -69,6 +69,10 @@ def log_sigmoid(logits: torch.Tensor) -> torch.Tensor:
 def checkpoint_paths(sources: Sequence[str | Path]) -> list[Path]:
     """The checkpoint files named by ``sources``: files as given, and for a folder of
     ``unetkit cv`` every ``fold_*/checkpoints/best.pt`` in fold order."""
+    if not sources:
+        raise FileNotFoundError(
+            "no checkpoint given: pass --checkpoint FILE [FILE ...] or a cv folder"
+        )
     paths: list[Path] = []
     for source in map(Path, sources):
         if source.is_dir():

@@ -78,3 +78,51 @@ def _interval(values: np.ndarray, level: float) -> list[float] | None:
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(defined, [tail, 1.0 - tail])
     return [float(low), float(high)]
+
+
+def paired_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    binary: bool,
+    key: str,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``key(first) - key(second)`` of two models' per-image confusion matrices ``(N, C, C)`` of
+    the same N images, with its paired percentile bootstrap interval: both are re-pooled from the
+    same resampled images, so what the images have in common (hard ones, easy ones) cancels.
+
+    ``share_above_zero`` is the share of resamples where ``first`` scores higher, a one-sided
+    bootstrap answer to "is ``first`` better?".
+    """
+    if first.shape != second.shape:
+        raise ValueError(
+            f"a paired difference needs both models' matrices over the same images; got shapes "
+            f"{first.shape} and {second.shape}"
+        )
+    if resamples < 2:
+        raise ValueError(f"eval.ci_resamples must be at least 2; got {resamples}")
+    num_images, num_classes = len(first), first.shape[-1]
+    flats = [
+        m.reshape(num_images, num_classes * num_classes).astype(np.float64) for m in (first, second)
+    ]
+    draws = []
+    for weights in resample_weights(num_images, resamples, seed):
+        values = [
+            headline_arrays((weights @ flat).reshape(-1, num_classes, num_classes), binary)[key]
+            for flat in flats
+        ]
+        draws.append(values[0] - values[1])
+    differences = np.concatenate(draws)
+    pooled = [headline_arrays(m.sum(0, keepdims=True), binary)[key][0] for m in (first, second)]
+    defined = differences[~np.isnan(differences)]
+    return {
+        "metric": key,
+        "difference": float(pooled[0] - pooled[1]),
+        "interval": _interval(differences, level),
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+        "share_above_zero": float(np.mean(defined > 0)) if defined.size else None,
+    }

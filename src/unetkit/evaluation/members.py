@@ -1,0 +1,135 @@
+"""An ensemble's members scored beside it, in the ensemble's own pass.
+
+Whether averaging several models was worth it is a question about the same images: the
+``ensemble`` section of ``metrics.json`` gives every member's headline metrics and calibration,
+and the ensemble's difference from its best member with a paired bootstrap interval
+(:func:`~unetkit.metrics.bootstrap.paired_difference`). The members' probabilities come from
+:meth:`~unetkit.inference.segmenter.Segmenter.predict_members`, so each member is run once, through
+the path the ensemble takes, and the ensemble's probabilities are their mean.
+
+Calibration: each member is measured at its own stored temperature; the ensemble's ``after``
+side is the mean of its tempered members, what ``predict`` and ``serve`` deliver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from unetkit.config import EvalConfig
+from unetkit.evaluation.calibration import CalibrationCheck
+from unetkit.inference.calibration import Calibration, temper_probabilities
+from unetkit.metrics.bootstrap import paired_difference
+from unetkit.metrics.split import SplitMetrics, ranking_key
+from unetkit.metrics.summary import headline_keys
+from unetkit.tasks import Task
+
+
+class MemberScores:
+    """Per-member metrics and calibration of an ensemble, fed one image at a time."""
+
+    def __init__(
+        self,
+        checkpoints: Sequence[str],
+        calibrations: Sequence[Calibration],
+        task: Task,
+        class_names: Sequence[str],
+        options: EvalConfig,
+    ) -> None:
+        if len(checkpoints) != len(calibrations) or len(checkpoints) < 2:
+            raise ValueError(
+                f"an ensemble's members need one calibration each and there must be at least "
+                f"two; got {len(checkpoints)} checkpoints and {len(calibrations)} calibrations"
+            )
+        lean = dataclasses.replace(
+            options, boundary=False, instances=False, threshold_free=False, ci=False
+        )
+        self.task = task
+        self.checkpoints = list(checkpoints)
+        self.calibrations = list(calibrations)
+        self.options = options
+        self.metrics = [SplitMetrics(class_names, task.is_binary, lean) for _ in checkpoints]
+        self.checks = [
+            CalibrationCheck(task, c.temperature, _threshold(c, task)) for c in calibrations
+        ]
+
+    def add(
+        self,
+        name: str,
+        member_probs: np.ndarray,
+        target: np.ndarray,
+        objects: np.ndarray | None = None,
+    ) -> None:
+        """One image: the members' raw probabilities ``(M, C, H, W)`` and the target."""
+        for metrics, check, probs in zip(self.metrics, self.checks, member_probs, strict=True):
+            prediction = self._labels(probs)
+            metrics.add(name, probs, prediction, target, objects)
+            check.add(probs, prediction, target)
+
+    def calibrated_mean(self, member_probs: np.ndarray) -> np.ndarray:
+        """The ensemble's calibrated probabilities: the mean of each member at its own ``T``."""
+        tempered = [
+            temper_probabilities(probs, calibration.temperature, self.task)
+            for probs, calibration in zip(member_probs, self.calibrations, strict=True)
+        ]
+        return np.mean(tempered, axis=0, dtype=np.float32)
+
+    def ensemble_check(self) -> CalibrationCheck:
+        """The ensemble's check: raw mean before, :meth:`calibrated_mean` after."""
+        temperatures = [c.temperature for c in self.calibrations]
+        label = f"each member at its own T, {min(temperatures):.3g} to {max(temperatures):.3g}"
+        thresholds = [_threshold(c, self.task) for c in self.calibrations]
+        threshold = None if None in thresholds else float(np.mean(thresholds))  # as predict
+        return CalibrationCheck(self.task, None, threshold, after_label=label)
+
+    def section(self, ensemble_matrices: np.ndarray) -> dict[str, Any]:
+        """The ``ensemble`` section of ``metrics.json``."""
+        key = ranking_key(self.task.is_binary)
+        members = [self._member(i) for i in range(len(self.checkpoints))]
+        best = max(range(len(members)), key=lambda i: _or_minus_inf(members[i]["dataset"][key]))
+        comparison = paired_difference(
+            ensemble_matrices,
+            self.metrics[best].matrices,
+            self.task.is_binary,
+            key,
+            resamples=self.options.ci_resamples,
+            level=self.options.ci_level,
+        )
+        return {
+            "members": members,
+            "best_member": best,
+            "versus_best_member": comparison,
+        }
+
+    def _member(self, index: int) -> dict[str, Any]:
+        result = self.metrics[index].result()
+        keys = headline_keys(self.task.is_binary)
+        calibration = self.checks[index].sections()["calibration"]
+        return {
+            "checkpoint": self.checkpoints[index],
+            "dataset": {k: result["dataset"][k] for k in keys if k in result["dataset"]},
+            "per_image": {
+                k: result["per_image"][k]["mean"] for k in keys if k in result["per_image"]
+            },
+            "calibration": {
+                "temperature": calibration["temperature"],
+                "ece_before": calibration["before"]["ece"],
+                "ece_after": calibration["after"]["ece"],
+            },
+        }
+
+    def _labels(self, probs: np.ndarray) -> np.ndarray:
+        labels = self.task.labels_from_probabilities(torch.from_numpy(probs)[None])[0]
+        return labels.to(torch.uint8).numpy()
+
+
+def _threshold(calibration: Calibration, task: Task) -> float | None:
+    return (calibration.threshold or task.threshold) if task.is_binary else None
+
+
+def _or_minus_inf(value: float | None) -> float:
+    return float("-inf") if value is None else value

@@ -185,11 +185,15 @@ def test_each_fold_gets_the_train_arguments_less_the_cv_options(tmp_path):
         "--nproc", "2", "--epochs", "1", "a.b=1", "--out", str(run), "--plan", "off",
         "--time-budget", "30.0s", "--config", str(plan), "--resume", "auto",
     ]  # fmt: skip
+    seeded = cv_commands.fold_argv([*argv, "--seed=4"], run, False, None, None, seed=5)
+    assert "--seed=4" not in seeded and seeded[-2:] == ["--seed", "5"]
 
 
 def test_keys_that_each_fold_sets_are_refused(capsys, tmp_path):
     assert main(["cv", "--out", str(tmp_path), "train.out=elsewhere"]) == 2
     assert "use --out" in capsys.readouterr().err
+    assert main(["cv", "--out", str(tmp_path), "train.seed=3"]) == 2
+    assert "use --seed S (fold i trains with seed S + i)" in capsys.readouterr().err
 
 
 def cv_args(tmp_path, *extra: str) -> argparse.Namespace:
@@ -241,6 +245,7 @@ def test_two_folds_end_to_end(cv_run, capsys):
         run = cv_run / f"fold_{i}"
         for name in ("config.yaml", "checkpoints/best.pt", "metrics.json", "history.csv"):
             assert (run / name).is_file(), name
+        assert load_config(str(run / "config.yaml")).train.seed == i  # a diverse ensemble
         split = json.loads((run / "splits.json").read_text())
         assert split["test"] == folds["test"]
         assert split["val"] == folds["fold"][i]["val"]

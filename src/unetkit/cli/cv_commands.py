@@ -33,7 +33,12 @@ PLAN_FILE = "plan.yaml"
 # Flags of `cv` itself (one value each), not handed on to the folds' `train`.
 CV_OPTIONS = ("--folds", "--fold-seed", "--out", "--time-budget", "--time-budget-per-fold")
 # Keys each fold sets itself: given as KEY=VALUE they would send every fold to one place.
-FOLD_KEYS = ("train.out", "train.resume", "train.time_budget")
+FOLD_KEYS = {  # keys cv sets for each fold, and what to give instead
+    "train.out": "--out (the cv folder)",
+    "train.resume": "a rerun of the same command (it resumes fold by fold)",
+    "train.time_budget": "--time-budget-per-fold or --time-budget",
+    "train.seed": "--seed S (fold i trains with seed S + i)",
+}
 
 
 def add_cv_command(sub: argparse._SubParsersAction) -> None:
@@ -78,8 +83,9 @@ def cv(args: argparse.Namespace) -> int:
     assignment = assignment_for(cfg, args.folds, seed, cv_dir)
     _describe(assignment, cv_dir)
 
-    def train_fold(run_dir: Path, resume: bool) -> int:
-        return main(["train", *fold_argv(args.argv[1:], run_dir, resume, budget, plan)])
+    def train_fold(index: int, run_dir: Path, resume: bool) -> int:
+        seed = cfg.train.seed + index  # other initial weights and batches: a more diverse ensemble
+        return main(["train", *fold_argv(args.argv[1:], run_dir, resume, budget, plan, seed)])
 
     status = run_folds(cv_dir, assignment, train_fold, progress=not args.no_progress)
     if status:
@@ -93,13 +99,20 @@ def cv(args: argparse.Namespace) -> int:
 
 
 def fold_argv(
-    argv: Sequence[str], run_dir: Path, resume: bool, budget: str | None, plan: Path | None
+    argv: Sequence[str],
+    run_dir: Path,
+    resume: bool,
+    budget: str | None,
+    plan: Path | None,
+    seed: int | None = None,
 ) -> list[str]:
     """``train``'s arguments for one fold: ``cv``'s less its own options (and ``--config``,
-    when the plan replaces it), then the fold's folder, budget and plan."""
-    dropped = CV_OPTIONS + (("--config",) if plan else ())
+    when the plan replaces it), then the fold's folder, budget, plan and seed."""
+    dropped = CV_OPTIONS + ("--seed",) + (("--config",) if plan else ())
     kept = without_options(argv, dropped)
     extra = ["--out", str(run_dir), "--plan", "off"]
+    if seed is not None:
+        extra += ["--seed", str(seed)]
     if budget is not None:
         extra += ["--time-budget", str(budget)]
     if plan is not None:
@@ -191,8 +204,7 @@ def _refuse_fold_keys(pairs: list[str]) -> None:
         key = pair.partition("=")[0].strip()
         if key in FOLD_KEYS:
             raise ConfigError(
-                f"cv sets {key} for each fold; drop {pair!r} and use --out (the cv folder), "
-                f"--time-budget-per-fold or --time-budget instead"
+                f"cv sets {key} for each fold; drop {pair!r} and use {FOLD_KEYS[key]} instead"
             )
 
 

@@ -180,7 +180,7 @@ def fold_resumable(run_dir: Path) -> bool:
 
 
 # train(run_dir, resume) -> exit status: one fold's run by the ordinary training entry point.
-TrainFold = Callable[[Path, bool], int]
+TrainFold = Callable[[int, Path, bool], int]  # fold index, its run folder, resume
 
 
 def run_folds(
@@ -206,7 +206,7 @@ def _train_one(run_dir: Path, assignment: FoldAssignment, index: int, train: Tra
     print(f"fold {index}: {'resuming' if resume else 'training'} in {run_dir}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_split_record(assignment.split_record(index), run_dir / "splits.json")
-    status = train(run_dir, resume)
+    status = train(index, run_dir, resume)
     if status == 0 and not fold_finished(run_dir):
         print(f"fold {index} stopped before its test evaluation; rerun the same command to "
               f"resume it", flush=True)  # fmt: skip

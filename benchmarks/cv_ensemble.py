@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -98,8 +99,16 @@ def print_tables(names: list[str], out: Path) -> None:
         print(ensemble_row(name, metrics))
     print("\n(b) test ECE before and after temperature scaling (target: after/before <= 0.5)\n")
     print("| data | model | ECE before | ECE after | after/before |\n|---|---|---|---|---|")
+    ratios = []
     for name, metrics in evaluations.items():
         print("\n".join(calibration_rows(name, metrics)))
+        members = [m["calibration"] for m in metrics["ensemble"]["members"]]
+        ratios += [m["ece_after"] / m["ece_before"] for m in members]
+        raw = metrics["calibration"]["before"]["ece"] / statistics.mean(
+            m["ece_before"] for m in members
+        )
+        print(f"| {name} | raw ensemble / members' mean ECE at T = 1 | | | {raw:.2f} |")
+    print(f"\nmedian after/before over the {len(ratios)} members: {statistics.median(ratios):.2f}")
     print("\n(c) risk-coverage on the test split\n")
     print("| data | model | referred | errors removed (most uncertain) | at random |")
     print("|---|---|---|---|---|")

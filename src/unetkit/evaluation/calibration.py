@@ -120,8 +120,15 @@ def calibration_check(
     applied = applied_temperature(model)
     if calibration is None:
         calibration = Calibration(applied)
-    threshold = (calibration.threshold or task.threshold) if task.is_binary else None
-    return CalibrationCheck(task, calibration.temperature, threshold, applied)
+    return CalibrationCheck(
+        task, calibration.temperature, measured_threshold(calibration, task), applied
+    )
+
+
+def measured_threshold(calibration: Calibration, task: Task) -> float | None:
+    """The binary threshold a calibration's ``after`` side cuts at (its own, else the task's);
+    ``None`` for a multi-class task, which takes the most probable class."""
+    return (calibration.threshold or task.threshold) if task.is_binary else None
 
 
 def most_uncertain(rows: list[dict[str, Any]], count: int = 5) -> list[int]:

@@ -92,10 +92,7 @@ def evaluate_source(
             names, outputs, targets, strict=True
         ):
             metrics.add(name, probs, prediction, mask, objects)
-            calibrated = None
-            if members is not None:
-                members.add(name, each, mask, objects)
-                calibrated = members.calibrated_mean(each)
+            calibrated = None if members is None else members.add(name, each, mask, objects)
             if check is not None:
                 check.add(probs, prediction, mask, calibrated)
         bar.update(len(images))

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from unetkit.config import EvalConfig
-from unetkit.evaluation.calibration import CalibrationCheck
-from unetkit.inference.calibration import Calibration, temper_probabilities
+from unetkit.evaluation.calibration import CalibrationCheck, measured_threshold
+from unetkit.inference.calibration import Calibration
 from unetkit.metrics.bootstrap import paired_difference
+from unetkit.metrics.calibration import CalibrationHistogram
 from unetkit.metrics.split import SplitMetrics, ranking_key
 from unetkit.metrics.summary import headline_keys
 from unetkit.tasks import Task
@@ -53,8 +54,10 @@ class MemberScores:
         self.calibrations = list(calibrations)
         self.options = options
         self.metrics = [SplitMetrics(class_names, task.is_binary, lean) for _ in checkpoints]
-        self.checks = [
-            CalibrationCheck(task, c.temperature, _threshold(c, task)) for c in calibrations
+        # ECE at T = 1 and at each member's own T: histograms only, no per-member uncertainty
+        self.reliability = [
+            (CalibrationHistogram(task.num_classes), CalibrationHistogram(task.num_classes))
+            for _ in checkpoints
         ]
 
     def add(
@@ -63,26 +66,23 @@ class MemberScores:
         member_probs: np.ndarray,
         target: np.ndarray,
         objects: np.ndarray | None = None,
-    ) -> None:
-        """One image: the members' raw probabilities ``(M, C, H, W)`` and the target."""
-        for metrics, check, probs in zip(self.metrics, self.checks, member_probs, strict=True):
-            prediction = self._labels(probs)
-            metrics.add(name, probs, prediction, target, objects)
-            check.add(probs, prediction, target)
-
-    def calibrated_mean(self, member_probs: np.ndarray) -> np.ndarray:
-        """The ensemble's calibrated probabilities: the mean of each member at its own ``T``."""
-        tempered = [
-            temper_probabilities(probs, calibration.temperature, self.task)
-            for probs, calibration in zip(member_probs, self.calibrations, strict=True)
-        ]
+    ) -> np.ndarray:
+        """One image: the members' raw probabilities ``(M, C, H, W)`` and the target. Returns the
+        ensemble's calibrated probabilities, the mean of each member at its own ``T``."""
+        tempered = []
+        members = zip(self.metrics, self.reliability, self.calibrations, member_probs, strict=True)
+        for metrics, (before, after), calibration, probs in members:
+            metrics.add(name, probs, self._labels(probs), target, objects)
+            tempered.append(calibration.apply_to_probabilities(probs, self.task))
+            before.update(probs, target)
+            after.update(tempered[-1], target)
         return np.mean(tempered, axis=0, dtype=np.float32)
 
     def ensemble_check(self) -> CalibrationCheck:
-        """The ensemble's check: raw mean before, :meth:`calibrated_mean` after."""
+        """The ensemble's check: raw mean before, the calibrated mean :meth:`add` returns after."""
         temperatures = [c.temperature for c in self.calibrations]
         label = f"each member at its own T, {min(temperatures):.3g} to {max(temperatures):.3g}"
-        thresholds = [_threshold(c, self.task) for c in self.calibrations]
+        thresholds = [measured_threshold(c, self.task) for c in self.calibrations]
         threshold = None if None in thresholds else float(np.mean(thresholds))  # as predict
         return CalibrationCheck(self.task, None, threshold, after_label=label)
 
@@ -108,7 +108,7 @@ class MemberScores:
     def _member(self, index: int) -> dict[str, Any]:
         result = self.metrics[index].result()
         keys = headline_keys(self.task.is_binary)
-        calibration = self.checks[index].sections()["calibration"]
+        before, after = self.reliability[index]
         return {
             "checkpoint": self.checkpoints[index],
             "dataset": {k: result["dataset"][k] for k in keys if k in result["dataset"]},
@@ -116,19 +116,15 @@ class MemberScores:
                 k: result["per_image"][k]["mean"] for k in keys if k in result["per_image"]
             },
             "calibration": {
-                "temperature": calibration["temperature"],
-                "ece_before": calibration["before"]["ece"],
-                "ece_after": calibration["after"]["ece"],
+                "temperature": self.calibrations[index].temperature,
+                "ece_before": before.result()["ece"],
+                "ece_after": after.result()["ece"],
             },
         }
 
     def _labels(self, probs: np.ndarray) -> np.ndarray:
         labels = self.task.labels_from_probabilities(torch.from_numpy(probs)[None])[0]
         return labels.to(torch.uint8).numpy()
-
-
-def _threshold(calibration: Calibration, task: Task) -> float | None:
-    return (calibration.threshold or task.threshold) if task.is_binary else None
 
 
 def _or_minus_inf(value: float | None) -> float:

@@ -48,22 +48,37 @@ def bootstrap_intervals(
     headline metrics to bound (``dataset.<key>``); ``per_image_values`` maps a name to one value
     per image (NaN = undefined) whose mean is bounded (``per_image.<name>``).
     """
-    if resamples < 2:
-        raise ValueError(f"eval.ci_resamples must be at least 2; got {resamples}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"eval.ci_level must lie strictly between 0 and 1; got {level}")
-    num_images, num_classes = len(matrices), matrices.shape[-1]
-    flat = matrices.reshape(num_images, num_classes * num_classes).astype(np.float64)
+    _check_settings(resamples, level)
+    flat = _flat(matrices)
     draws: dict[str, list[np.ndarray]] = {}
-    for weights in resample_weights(num_images, resamples, seed):
-        pooled = (weights @ flat).reshape(-1, num_classes, num_classes)
-        headline = headline_arrays(pooled, binary)
+    for weights in resample_weights(len(matrices), resamples, seed):
+        headline = _resampled_headline(weights, flat, binary)
         for key in dataset_keys:
             draws.setdefault(f"dataset.{key}", []).append(headline[key])
         for name, values in per_image_values.items():
             draws.setdefault(f"per_image.{name}", []).append(_weighted_mean(weights, values))
     intervals = {key: _interval(np.concatenate(chunks), level) for key, chunks in draws.items()}
     return {"level": level, "resamples": resamples, "seed": seed, "intervals": intervals}
+
+
+def _check_settings(resamples: int, level: float) -> None:
+    if resamples < 2:
+        raise ValueError(f"eval.ci_resamples must be at least 2; got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"eval.ci_level must lie strictly between 0 and 1; got {level}")
+
+
+def _flat(matrices: np.ndarray) -> np.ndarray:
+    """Per-image confusion matrices ``(N, C, C)`` as ``(N, C * C)`` float64, to pool by ``@``."""
+    return matrices.reshape(len(matrices), -1).astype(np.float64)
+
+
+def _resampled_headline(
+    weights: np.ndarray, flat: np.ndarray, binary: bool
+) -> dict[str, np.ndarray]:
+    """The headline metrics of each resample: its images' matrices pooled with ``weights``."""
+    classes = int(round(np.sqrt(flat.shape[1])))
+    return headline_arrays((weights @ flat).reshape(-1, classes, classes), binary)
 
 
 def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -101,18 +116,11 @@ def paired_difference(
             f"a paired difference needs both models' matrices over the same images; got shapes "
             f"{first.shape} and {second.shape}"
         )
-    if resamples < 2:
-        raise ValueError(f"eval.ci_resamples must be at least 2; got {resamples}")
-    num_images, num_classes = len(first), first.shape[-1]
-    flats = [
-        m.reshape(num_images, num_classes * num_classes).astype(np.float64) for m in (first, second)
-    ]
+    _check_settings(resamples, level)
+    flats = [_flat(first), _flat(second)]
     draws = []
-    for weights in resample_weights(num_images, resamples, seed):
-        values = [
-            headline_arrays((weights @ flat).reshape(-1, num_classes, num_classes), binary)[key]
-            for flat in flats
-        ]
+    for weights in resample_weights(len(first), resamples, seed):
+        values = [_resampled_headline(weights, flat, binary)[key] for flat in flats]
         draws.append(values[0] - values[1])
     differences = np.concatenate(draws)
     pooled = [headline_arrays(m.sum(0, keepdims=True), binary)[key][0] for m in (first, second)]

@@ -44,6 +44,7 @@ from unetkit.models import build_model
 from unetkit.precision import Execution, choose_execution, detect_capabilities
 from unetkit.precision_probe import training_step_timer
 from unetkit.speed.bench import gemm_gflops_per_s
+from unetkit.tasks import Task
 
 try:
     import segmentation_models_pytorch as smp
@@ -107,7 +108,7 @@ def auto_execution(model: nn.Module, images: torch.Tensor) -> Execution:
     def loss(logits, masks):
         return nn.functional.binary_cross_entropy_with_logits(logits, masks[:, None].float())
 
-    timer = training_step_timer(model, loss, tuple(images.shape), 1, torch.device("cpu"))
+    timer = training_step_timer(model, loss, tuple(images.shape), Task(2), torch.device("cpu"))
     choice = choose_execution("auto", "auto", detect_capabilities(torch.device("cpu")), timer)
     print(choice.describe(), flush=True)
     return choice.execution

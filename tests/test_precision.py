@@ -147,7 +147,7 @@ def test_probes_time_a_copy_and_leave_the_model_untouched():
         def forward(self, logits, masks):
             return criterion(logits, masks[:, None].float().clamp(max=1))
 
-    train = training_step_timer(model, Binary(), (2, 3, 16, 16), 1, torch.device("cpu"))
+    train = training_step_timer(model, Binary(), (2, 3, 16, 16), Task(2), torch.device("cpu"))
     infer = inference_timer(model, (2, 3, 16, 16), torch.device("cpu"))
     for execution in (Execution(), Execution("bf16", True)):
         assert 0 < train(execution) < math.inf

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from unetkit.precision import Execution
+from unetkit.tasks import Task
 
 Timer = Callable[[Execution], float]
 
@@ -53,12 +54,16 @@ def _median_of_calls(step: Callable[[], torch.Tensor], steps: int, device: torch
 
 
 def _random_batch(
-    shape: tuple[int, int, int, int], out_channels: int, device: torch.device
+    shape: tuple[int, int, int, int], task: Task, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and masks of ``task``'s kind: class ids ``(N, H, W)``, or 0/1 per label
+    ``(N, L, H, W)`` for a multi-label task."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator)
-    classes = max(out_channels, 2)
-    masks = torch.randint(0, classes, (shape[0], *shape[2:]), generator=generator)
+    if task.multilabel:
+        masks = torch.randint(0, 2, (shape[0], task.num_classes, *shape[2:]), generator=generator)
+    else:
+        masks = torch.randint(0, task.num_classes, (shape[0], *shape[2:]), generator=generator)
     return images.to(device), masks.to(device)
 
 
@@ -66,13 +71,13 @@ def training_step_timer(
     model: nn.Module,
     criterion: nn.Module,
     batch_shape: tuple[int, int, int, int],
-    out_channels: int,
+    task: Task,
     device: torch.device,
     steps: int = 3,
 ) -> Timer:
     """Seconds per forward + backward of ``model`` (a copy) on a ``batch_shape`` batch; the
     loss is computed in fp32 as in training."""
-    images, masks = _random_batch(batch_shape, out_channels, device)
+    images, masks = _random_batch(batch_shape, task, device)
 
     def measure(execution: Execution) -> float:
         probe = execution.prepare(copy.deepcopy(model).to(device)).train()
@@ -98,7 +103,7 @@ def inference_timer(
     steps: int = 3,
 ) -> Timer:
     """Seconds per forward pass of ``model`` (a copy, in eval mode) on a ``batch_shape`` batch."""
-    images, _ = _random_batch(batch_shape, 2, device)
+    images, _ = _random_batch(batch_shape, Task(2), device)
 
     def measure(execution: Execution) -> float:
         probe = execution.prepare(copy.deepcopy(model).to(device)).eval()

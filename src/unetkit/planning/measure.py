@@ -68,9 +68,7 @@ def step_seconds(name: str, options: dict[str, Any], side: int, setting: ProbeSe
     model = build_candidate_model(name, options, setting).to(setting.device)
     criterion = build_loss(setting.loss_spec, setting.task).to(setting.device)
     shape = (setting.batch_size, setting.in_channels, side, side)
-    timer = training_step_timer(
-        model, criterion, shape, setting.task.out_channels, setting.device, steps=3
-    )
+    timer = training_step_timer(model, criterion, shape, setting.task, setting.device, steps=3)
     return timer(setting.execution) * STEP_OVERHEAD
 
 

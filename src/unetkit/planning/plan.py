@@ -359,7 +359,7 @@ def _probe_setting(
     model = build_candidate_model(name, options, base).to(device)
     criterion = build_loss(cfg.loss.spec, task).to(device)
     shape = (batch_size, cfg.data.in_channels, side, side)
-    timer = training_step_timer(model, criterion, shape, task.out_channels, device)
+    timer = training_step_timer(model, criterion, shape, task, device)
     choice = choose_execution(
         cfg.train.precision, cfg.train.channels_last, detect_capabilities(device), timer
     )

@@ -359,7 +359,7 @@ def _training(
     model.to(memory_format=torch.contiguous_format).train()
     batch_size = images.shape[0]
     flops = count_flops(lambda: criterion(model(images), targets).backward()) / batch_size / 1e9
-    timer = training_step_timer(model, criterion, tuple(images.shape), task.out_channels, device)
+    timer = training_step_timer(model, criterion, tuple(images.shape), task, device)
     choice = choose_execution(*asked, detect_capabilities(device), timer)
     execution = choice.execution
     execution.prepare(model)

@@ -249,7 +249,7 @@ def choose_training_execution(
     """
     height, width = size_hw(cfg.data.img_size)
     shape = (cfg.train.batch_size, cfg.data.in_channels, height, width)
-    timer = training_step_timer(model, criterion, shape, task.out_channels, processes.device)
+    timer = training_step_timer(model, criterion, shape, task, processes.device)
     capabilities = detect_capabilities(processes.device)
     choice = choose_execution(cfg.train.precision, cfg.train.channels_last, capabilities, timer)
     return processes.share(choice) if processes.enabled else choice

@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from unetkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unetkit.cli.main import main
@@ -159,21 +158,6 @@ def test_the_per_image_score_is_the_mean_entropy_of_the_valid_pixels(binary_run)
     order = most_uncertain(rows, 2)
     scores = sorted((row["uncertainty"] for row in rows), reverse=True)
     assert [rows[i]["uncertainty"] for i in order] == scores[:2]
-
-
-def test_multilabel_runs_skip_the_calibration_with_a_reason(tmp_path, monkeypatch):
-    from unetkit.training import calibrate
-
-    class MultiLabel:
-        task = type("T", (), {"multilabel": True})()
-
-    (tmp_path / "checkpoints").mkdir()
-    save_checkpoint({"x": torch.zeros(1)}, tmp_path / "checkpoints" / "best.pt")
-    monkeypatch.setattr(calibrate, "model_from_checkpoint", lambda path: None)
-    monkeypatch.setattr(calibrate.Segmenter, "from_loaded", lambda *a: MultiLabel())
-    lines = calibrate.calibrate_run(tmp_path, SyntheticSource(2), "val_loss", "cpu", 2)
-    assert lines == ["calibration: skipped (multi-label tasks are not supported yet)"]
-    assert "calibration" not in load_checkpoint(tmp_path / "checkpoints" / "best.pt")
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,7 @@ def test_health_and_model_describe_the_checkpoint(url):
         "model": "unet",
         "task": "multiclass",
         "threshold": None,
+        "label_thresholds": None,
         "classes": [
             {"id": 0, "name": "background", "colour": [0, 0, 0]},
             {"id": 1, "name": "class1", "colour": colours[0]},

@@ -16,7 +16,8 @@ Glossary (one word per idea, the same in code, config, CLI and docs):
   channel, cut at ``task.threshold``) vs more (a softmax over ``num_classes`` channels).
   **foreground**: every class id ``>= 1``; class 0 is the background.
 * **multi-label** (``"multilabel"``, ``task.type: multilabel``): ``num_classes`` labels that may
-  overlap, no background channel; one sigmoid channel per label, each cut at ``task.threshold``.
+  overlap, no background channel; one sigmoid channel per label, each cut at ``task.threshold``
+  (or at its own, ``task.label_thresholds``, tuned on validation).
   Its mask is ``(L, H, W)`` of 0/1 per label (``IGNORE_INDEX`` where that label is not counted),
   its prediction the same shape, its probs ``(N, L, H, W)``.
 * **target**: the ground-truth mask of class ids (``IGNORE_INDEX`` where unlabelled).
@@ -51,12 +52,14 @@ class Task:
     """What the model predicts: how many classes, and whether the head is a binary sigmoid.
 
     With ``multilabel`` True, ``num_classes`` counts labels (no background) and every label has
-    its own sigmoid channel.
+    its own sigmoid channel, cut at ``label_thresholds[l]`` where those are set (one per label,
+    e.g. tuned on validation), else at ``threshold``.
     """
 
     num_classes: int
     threshold: float = 0.5
     multilabel: bool = False
+    label_thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.multilabel and self.num_classes < 1:
@@ -68,6 +71,22 @@ class Task:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
+        if self.label_thresholds is not None:
+            object.__setattr__(self, "label_thresholds", self._checked_label_thresholds())
+
+    def _checked_label_thresholds(self) -> tuple[float, ...]:
+        values = tuple(float(value) for value in self.label_thresholds or ())
+        if not self.multilabel:
+            raise ValueError(
+                f"label_thresholds {list(values)} apply to a multi-label task; a binary task has "
+                f"one threshold and a multi-class one takes the most probable class"
+            )
+        if len(values) != self.num_classes or not all(0.0 < v < 1.0 for v in values):
+            raise ValueError(
+                f"label_thresholds must give one value strictly between 0 and 1 per label "
+                f"({self.num_classes} labels); got {list(values)}"
+            )
+        return values
 
     @classmethod
     def from_config(cls, num_classes: int, threshold: float = 0.5, task_type: str = "auto") -> Task:
@@ -87,22 +106,39 @@ class Task:
     def from_dict(cls, stored: dict) -> Task:
         """The task of a checkpoint's or an export's ``task`` record (:meth:`to_dict`); a key
         it does not know is a TypeError, as for the constructor."""
-        unknown = sorted(set(stored) - {"num_classes", "threshold", "type"})
+        unknown = sorted(set(stored) - {"num_classes", "threshold", "type", "label_thresholds"})
         if unknown:
             raise TypeError(f"a task record has no key(s) {unknown}")
+        label_thresholds = stored.get("label_thresholds")
         return cls(
             int(stored["num_classes"]),
             float(stored.get("threshold", 0.5)),
             multilabel=stored.get("type") == "multilabel",
+            label_thresholds=None if label_thresholds is None else tuple(label_thresholds),
         )
 
     def to_dict(self) -> dict:
         """The stored record: ``num_classes`` and ``threshold``, plus ``type`` when multi-label
-        (binary and multi-class records stay as they were)."""
+        and ``label_thresholds`` when set (binary and multi-class records stay as they were)."""
         record: dict = {"num_classes": self.num_classes, "threshold": self.threshold}
         if self.multilabel:
             record["type"] = "multilabel"
+        if self.label_thresholds is not None:
+            record["label_thresholds"] = list(self.label_thresholds)
         return record
+
+    @property
+    def cuts(self) -> list[float] | None:
+        """Each label's threshold (a multi-label task's), else ``None``."""
+        if not self.multilabel:
+            return None
+        return list(self.label_thresholds or (self.threshold,) * self.num_classes)
+
+    def _label_cuts(self, probs: torch.Tensor) -> torch.Tensor | float:
+        """What a multi-label ``(N, L, H, W)`` is compared with: one number, or one per label."""
+        if self.label_thresholds is None:
+            return self.threshold
+        return torch.tensor(self.label_thresholds, device=probs.device).view(1, -1, 1, 1)
 
     @property
     def kind(self) -> str:
@@ -141,7 +177,8 @@ class Task:
         """Predicted class ids ``(N, H, W)`` (int64) from logits ``(N, out_channels, H, W)``;
         multi-label: 0/1 per label, ``(N, L, H, W)``."""
         if self.multilabel:
-            return (torch.sigmoid(logits.float()) > self.threshold).long()
+            probs = torch.sigmoid(logits.float())
+            return (probs > self._label_cuts(probs)).long()
         if self.is_binary:
             return (torch.sigmoid(logits.float()[:, 0]) > self.threshold).long()
         return logits.argmax(dim=1)
@@ -149,7 +186,7 @@ class Task:
     def labels_from_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
         """Predicted class ids from :meth:`probabilities` (e.g. after resizing them)."""
         if self.multilabel:
-            return (probs > self.threshold).long()
+            return (probs > self._label_cuts(probs)).long()
         if self.is_binary:
             return (probs[:, 1] > self.threshold).long()
         return probs.argmax(dim=1)

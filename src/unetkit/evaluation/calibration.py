@@ -14,8 +14,10 @@ does not commute with averaging (a second pass would double the cost). Without a
 probabilities; the risk-coverage curve asks whether the Segmenter's errors sit where it is unsure.
 Every accumulator holds bin counts only, so a whole split costs a few kB.
 
-Multi-label tasks have no section here (their labels are independent sigmoids, not one class
-distribution; calibrating them is not supported yet).
+A multi-label task's labels are independent sigmoids, not one class distribution, so every
+(label, pixel) pair counts as one binary pixel (:func:`reliability_inputs`): one reliability
+diagram of the foreground probability over all labels, a binary entropy per pair, and an error
+wherever a label is predicted wrong.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class CalibrationCheck:
         self,
         task: Task,
         temperature: float | None,
-        threshold: float | None,
+        threshold: float | list[float] | None,
         applied: float = 1.0,
         after_label: str | None = None,
     ) -> None:
@@ -57,8 +59,8 @@ class CalibrationCheck:
         self.after_label = after_label or f"T = {temperature:.3g}"
         self.applied = applied  # already in the probabilities given to :meth:`add`
         self.threshold = threshold
-        self.before = CalibrationHistogram(task.num_classes)
-        self.after = CalibrationHistogram(task.num_classes)
+        self.before = reliability_histogram(task)
+        self.after = reliability_histogram(task)
         self.risk = RiskCoverage()
         self.scores: list[float | None] = []
 
@@ -80,6 +82,10 @@ class CalibrationCheck:
                 if self.applied == self.temperature
                 else temper_probabilities(raw, self.temperature, self.task)
             )
+        if self.task.multilabel:
+            prediction = prediction.reshape(-1, prediction.shape[-1])  # as the target below
+            raw, _ = reliability_inputs(self.task, raw, target)
+            calibrated, target = reliability_inputs(self.task, calibrated, target)
         self.before.update(raw, target)
         self.after.update(calibrated, target)
         entropy = predictive_entropy(calibrated)
@@ -110,13 +116,26 @@ class CalibrationCheck:
             row[UNCERTAINTY_COLUMN] = score
 
 
+def reliability_histogram(task: Task) -> CalibrationHistogram:
+    """The reliability counts of ``task``: a multi-label task's are those of a binary one."""
+    return CalibrationHistogram(2 if task.multilabel else task.num_classes)
+
+
+def reliability_inputs(task: Task, probs: np.ndarray, target: np.ndarray) -> tuple[Any, Any]:
+    """``probs`` ``(C, H, W)`` and ``target`` as :func:`reliability_histogram` counts them: a
+    multi-label image's ``(L, H, W)`` become the two-channel probabilities ``(2, L * H, W)``
+    and target ``(L * H, W)`` of a binary image; other tasks' unchanged."""
+    if not task.multilabel:
+        return probs, target
+    foreground = np.asarray(probs, dtype=np.float32).reshape(-1, probs.shape[-1])
+    return np.stack([1.0 - foreground, foreground]), np.asarray(target).reshape(foreground.shape)
+
+
 def calibration_check(
     task: Task, model: Any, calibration: Calibration | None = None
-) -> CalibrationCheck | None:
+) -> CalibrationCheck:
     """The check of a Segmenter's ``task`` and ``model``, measuring ``calibration`` (default:
-    the temperature the model applies, at the task's threshold); ``None`` for multi-label."""
-    if task.multilabel:
-        return None
+    the temperature the model applies, at the task's threshold)."""
     applied = applied_temperature(model)
     if calibration is None:
         calibration = Calibration(applied)
@@ -125,9 +144,12 @@ def calibration_check(
     )
 
 
-def measured_threshold(calibration: Calibration, task: Task) -> float | None:
-    """The binary threshold a calibration's ``after`` side cuts at (its own, else the task's);
-    ``None`` for a multi-class task, which takes the most probable class."""
+def measured_threshold(calibration: Calibration, task: Task) -> float | list[float] | None:
+    """The binary threshold a calibration's ``after`` side cuts at (its own, else the task's), a
+    multi-label task's threshold per label; ``None`` for a multi-class task, which takes the most
+    probable class."""
+    if task.multilabel:
+        return calibration.with_threshold(task).cuts
     return (calibration.threshold or task.threshold) if task.is_binary else None
 
 

@@ -35,8 +35,8 @@ from unetkit.evaluation.panels import Panel
 from unetkit.evaluation.report import write_report
 from unetkit.inference.calibration import Calibration
 from unetkit.inference.segmenter import Segmenter
-from unetkit.metrics.multilabel import RANKING_KEY, MultilabelMetrics
-from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics, ranking_key
+from unetkit.metrics.multilabel import RANKING_KEY, split_metrics
+from unetkit.metrics.split import BOUNDARY_METRICS, ranking_key
 from unetkit.metrics.summary import format_table
 from unetkit.tasks import Task
 
@@ -103,6 +103,7 @@ def evaluate_source(
         "task": segmenter.task.kind,
         "class_names": segmenter.class_names,
         **({"threshold": segmenter.task.threshold} if _thresholded(segmenter.task) else {}),
+        **({"label_thresholds": segmenter.task.cuts} if segmenter.task.label_thresholds else {}),
         "inference": {  # the precision and layout it ran in, and the config that reproduces it
             **segmenter.execution_choice.to_dict(),
             "config": segmenter.inference_config().to_dict(),
@@ -134,15 +135,6 @@ def _predicted(
     if with_members:
         return [(mean, mask, each) for each, mean, mask in segmenter.predict_members(images)]
     return [(probs, mask, None) for probs, mask in segmenter.predict_with_proba(images)]
-
-
-def split_metrics(
-    task: Task, class_names: list[str], options: EvalConfig
-) -> SplitMetrics | MultilabelMetrics:
-    """The accumulator of ``task``'s metrics: label by label for a multi-label task."""
-    if task.multilabel:
-        return MultilabelMetrics(class_names, options)
-    return SplitMetrics(class_names, task.is_binary, options)
 
 
 def write_evaluation(

@@ -21,11 +21,16 @@ import numpy as np
 import torch
 
 from unetkit.config import EvalConfig
-from unetkit.evaluation.calibration import CalibrationCheck, measured_threshold
+from unetkit.evaluation.calibration import (
+    CalibrationCheck,
+    measured_threshold,
+    reliability_histogram,
+    reliability_inputs,
+)
 from unetkit.inference.calibration import Calibration
 from unetkit.metrics.bootstrap import paired_difference
-from unetkit.metrics.calibration import CalibrationHistogram
-from unetkit.metrics.split import SplitMetrics, ranking_key
+from unetkit.metrics.multilabel import split_metrics
+from unetkit.metrics.split import ranking_key
 from unetkit.metrics.summary import headline_keys
 from unetkit.tasks import Task
 
@@ -53,11 +58,10 @@ class MemberScores:
         self.checkpoints = list(checkpoints)
         self.calibrations = list(calibrations)
         self.options = options
-        self.metrics = [SplitMetrics(class_names, task.is_binary, lean) for _ in checkpoints]
+        self.metrics = [split_metrics(task, class_names, lean) for _ in checkpoints]
         # ECE at T = 1 and at each member's own T: histograms only, no per-member uncertainty
         self.reliability = [
-            (CalibrationHistogram(task.num_classes), CalibrationHistogram(task.num_classes))
-            for _ in checkpoints
+            (reliability_histogram(task), reliability_histogram(task)) for _ in checkpoints
         ]
 
     def add(
@@ -74,8 +78,8 @@ class MemberScores:
         for metrics, (before, after), calibration, probs in members:
             metrics.add(name, probs, self._labels(probs), target, objects)
             tempered.append(calibration.apply_to_probabilities(probs, self.task))
-            before.update(probs, target)
-            after.update(tempered[-1], target)
+            before.update(*reliability_inputs(self.task, probs, target))
+            after.update(*reliability_inputs(self.task, tempered[-1], target))
         return np.mean(tempered, axis=0, dtype=np.float32)
 
     def ensemble_check(self) -> CalibrationCheck:
@@ -83,7 +87,8 @@ class MemberScores:
         temperatures = [c.temperature for c in self.calibrations]
         label = f"each member at its own T, {min(temperatures):.3g} to {max(temperatures):.3g}"
         thresholds = [measured_threshold(c, self.task) for c in self.calibrations]
-        threshold = None if None in thresholds else float(np.mean(thresholds))  # as predict
+        # as predict: the members' mean (per label for a multi-label task)
+        threshold = None if None in thresholds else np.mean(thresholds, axis=0).tolist()
         return CalibrationCheck(self.task, None, threshold, after_label=label)
 
     def section(self, ensemble_matrices: np.ndarray) -> dict[str, Any]:

@@ -5,8 +5,10 @@ several (an ensemble, :mod:`unetkit.inference.ensemble`), each with its stored c
 * **Temperature**: each member's logits are divided by its own ``T`` (:class:`Tempered`) before
   the ensemble averages probabilities, so an ensemble averages calibrated probabilities. Inside
   the model, so an export bakes ``logits / T`` into its graph and every runtime agrees.
-* **Threshold** (binary, multi-label): the stored one becomes the task's threshold; for an
-  ensemble the mean of its members' stored thresholds; ``threshold`` (``--threshold``) overrides.
+* **Threshold** (binary, multi-label): the stored one becomes the task's threshold (a multi-label
+  task's stored per-label thresholds its ``label_thresholds``); for an ensemble the mean of its
+  members' stored ones, label by label; ``threshold`` (``--threshold``) overrides, for every
+  label alike.
 
 The result's checkpoint no longer holds ``calibration`` but ``calibrated`` (the temperatures and
 threshold applied), so calibrating twice is impossible and exports can record what they hold.
@@ -77,9 +79,14 @@ def load_model(
     stored = [c.threshold for c in calibrations if c.threshold is not None]
     chosen = threshold if threshold is not None else _mean(stored)
     task = with_threshold(loaded.task, chosen, "--threshold" if threshold is not None else None)
-    if chosen is None and all(c.temperature == 1.0 for c in calibrations):
+    per_label = None if threshold is not None else _label_means(calibrations)
+    if per_label is not None:
+        task = Calibration(label_thresholds=per_label).with_threshold(task)
+    if chosen is None and per_label is None and all(c.temperature == 1.0 for c in calibrations):
         return loaded
     applied = {"temperatures": [c.temperature for c in calibrations], "threshold": chosen}
+    if per_label is not None:
+        applied["label_thresholds"] = list(per_label)
     checkpoint = {**loaded.checkpoint, APPLIED_KEY: applied}
     return dataclasses.replace(loaded, task=task, checkpoint=checkpoint)
 
@@ -112,3 +119,12 @@ def applied_calibration(record: dict[str, Any]) -> dict[str, Any] | None:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _label_means(calibrations: list[Calibration]) -> tuple[float, ...] | None:
+    """Each label's mean stored threshold over the members that store per-label ones (members
+    share one task, so one label count; the task checks it)."""
+    stored = [c.label_thresholds for c in calibrations if c.label_thresholds is not None]
+    if not stored:
+        return None
+    return tuple(sum(values) / len(values) for values in zip(*stored, strict=True))

@@ -12,6 +12,10 @@ checkpoint, so every inference path applies the same two numbers.
   of a binary task) at thresholds 0.01, 0.02, ... 0.99 from a probability histogram, and keeps
   the best; ties go to the threshold nearest 0.5. Tune it on probabilities already tempered by the
   fitted ``T``, since those are what inference will cut.
+* **Multi-label**: every (pixel, label) pair is one Bernoulli, so one ``T`` is fitted on all of
+  them as for a binary task, and each label gets its own threshold
+  (:func:`tune_label_thresholds`: an organ and the small lesion inside it rarely share the best
+  cut). A label without foreground in the sample keeps the task's threshold.
 
 :class:`Calibration` holds both, and travels in a checkpoint as ``checkpoint["calibration"]``
 (:meth:`Calibration.to_dict`); a checkpoint without it reads as the identity (``T = 1``, the
@@ -46,11 +50,13 @@ _SATURATED = 2.0**-24  # float32 resolution of a probability near 1: sigmoid log
 
 @dataclass(frozen=True)
 class Calibration:
-    """How logits become calibrated probabilities and a binary mask: ``logits / temperature``,
-    cut at ``threshold`` (``None``: the task's own threshold)."""
+    """How logits become calibrated probabilities and a mask: ``logits / temperature``, cut at
+    ``threshold`` (binary; ``None``: the task's own threshold) or at ``label_thresholds`` (one per
+    label of a multi-label task)."""
 
     temperature: float = 1.0
     threshold: float | None = None
+    label_thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -61,6 +67,14 @@ class Calibration:
             raise ValueError(
                 f"calibration threshold must lie strictly between 0 and 1; got {self.threshold}"
             )
+        if self.label_thresholds is not None:
+            values = tuple(float(value) for value in self.label_thresholds)
+            if not values or not all(0.0 < value < 1.0 for value in values):
+                raise ValueError(
+                    f"calibration label_thresholds must each lie strictly between 0 and 1; got "
+                    f"{list(values)}"
+                )
+            object.__setattr__(self, "label_thresholds", values)
 
     def apply(self, logits: Any) -> Any:
         """``logits / temperature`` (tensor or NumPy array, any shape); unchanged at ``T = 1``."""
@@ -71,20 +85,32 @@ class Calibration:
         return temper_probabilities(probs, self.temperature, task)
 
     def with_threshold(self, task: Task) -> Task:
-        """``task`` with the tuned threshold where one is set."""
+        """``task`` with the tuned threshold(s) where set: one threshold replaces every label's
+        of a multi-label task; ``label_thresholds`` need one value per label."""
+        if self.label_thresholds is not None:
+            if not task.multilabel:
+                raise ValueError(
+                    f"calibration label_thresholds {list(self.label_thresholds)} apply to a "
+                    f"multi-label task; this one is {task.kind}"
+                )
+            return dataclasses.replace(task, label_thresholds=self.label_thresholds)
         if self.threshold is None:
             return task
-        if not task.is_binary and not getattr(task, "multilabel", False):
+        if not task.is_binary and not task.multilabel:
             raise ValueError(
                 f"a calibration threshold ({self.threshold}) applies to a binary task; this task "
                 f"has {task.num_classes} classes and takes the most probable one"
             )
-        return dataclasses.replace(task, threshold=self.threshold)
+        return dataclasses.replace(task, threshold=self.threshold, label_thresholds=None)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for ``checkpoint["calibration"]`` and metrics.json."""
+        """Plain data for ``checkpoint["calibration"]`` and metrics.json (``label_thresholds``
+        only where set, so binary and multi-class records read as before)."""
         threshold = None if self.threshold is None else float(self.threshold)
-        return {"temperature": float(self.temperature), "threshold": threshold}
+        record: dict[str, Any] = {"temperature": float(self.temperature), "threshold": threshold}
+        if self.label_thresholds is not None:
+            record["label_thresholds"] = list(self.label_thresholds)
+        return record
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any] | None) -> Calibration:
@@ -92,16 +118,17 @@ class Calibration:
         existed) is the identity."""
         if record is None:
             return cls()
-        unknown = sorted(set(record) - {"temperature", "threshold"})
+        unknown = sorted(set(record) - {"temperature", "threshold", "label_thresholds"})
         if unknown:
             raise ValueError(
-                f"calibration record has unknown keys {unknown}; it holds 'temperature' and "
-                f"'threshold' (written by Calibration.to_dict)"
+                f"calibration record has unknown keys {unknown}; it holds 'temperature', "
+                f"'threshold' and 'label_thresholds' (written by Calibration.to_dict)"
             )
-        threshold = record.get("threshold")
+        threshold, label_thresholds = record.get("threshold"), record.get("label_thresholds")
         return cls(
             temperature=float(record.get("temperature", 1.0)),
             threshold=None if threshold is None else float(threshold),
+            label_thresholds=None if label_thresholds is None else tuple(label_thresholds),
         )
 
     @classmethod
@@ -130,7 +157,7 @@ def fit_temperature(
 
     ``logits``: ``(N, out_channels, H, W)``, ``(out_channels, H, W)``, pixels ``(P, out_channels)``
     (as :class:`LogitSample` holds them), or a sequence of per-image tensors; ``targets`` the
-    matching class ids (255 = ignore).
+    matching class ids (255 = ignore), or a multi-label task's 0/1 maps of the logits' shape.
     """
     values, labels = _valid_pixels(logits, targets, task)
     if len(labels) == 0:
@@ -142,7 +169,7 @@ def fit_temperature(
     low, high = bounds
     if not 0 < low < high:
         raise ValueError(f"temperature bounds must satisfy 0 < low < high; got {bounds}")
-    slope = _binary_slope if task.is_binary else _softmax_slope
+    slope = _binary_slope if task.is_binary or task.multilabel else _softmax_slope
     return 1.0 / _convex_minimiser(lambda beta: slope(values, labels, beta), 1.0 / high, 1.0 / low)
 
 
@@ -157,16 +184,21 @@ def fit_calibration(
     probabilities ``(C, H, W)`` (at ``T = 1``, as the Segmenter returns them) and target.
 
     The temperature is fitted on a :class:`LogitSample`; for a binary task with a ``metric``, the
-    threshold is then tuned on the same pixels' tempered probabilities (``None``: keep the task's).
+    threshold is then tuned on the same pixels' tempered probabilities, for a multi-label task
+    each label's (``None``: keep the task's).
     """
     sample = LogitSample(task, per_image=per_image, seed=seed)
     for probs, target in pairs:
         sample.add(logits_from_probabilities(probs, task), target)
     temperature = fit_temperature(sample.logits, sample.targets, task, seed=seed)
-    if metric is None or not task.is_binary:
+    if metric is None or not (task.is_binary or task.multilabel):
         return Calibration(temperature)
-    tempered = torch.sigmoid(sample.logits[:, 0] / temperature)
-    return Calibration(temperature, tune_threshold(tempered, sample.targets, metric).threshold)
+    tempered = torch.sigmoid(sample.logits / temperature)
+    if task.multilabel:
+        choices = tune_label_thresholds(tempered, sample.targets, metric, task.threshold)
+        return Calibration(temperature, label_thresholds=tuple(c.threshold for c in choices))
+    choice = tune_threshold(tempered[:, 0], sample.targets, metric)
+    return Calibration(temperature, choice.threshold)
 
 
 class LogitSample:
@@ -184,8 +216,10 @@ class LogitSample:
 
     def add(self, logits: Any, target: Any) -> None:
         """One image's logits ``(out_channels, H, W)`` (or a batch) and target; to sample a
-        Segmenter's output, pass :func:`logits_from_probabilities` of its probabilities."""
-        values, labels = _valid_pixels(logits, target, self.task)
+        Segmenter's output, pass :func:`logits_from_probabilities` of its probabilities. A
+        multi-label pixel is kept with all its labels (targets ``(P, L)``, 255: not counted)."""
+        pick = _label_rows if self.task.multilabel else _valid_pixels
+        values, labels = pick(logits, target, self.task)
         if len(labels) > self.per_image:
             keep = torch.randperm(len(labels), generator=self._generator)[: self.per_image]
             values, labels = values[keep], labels[keep]
@@ -201,18 +235,21 @@ class LogitSample:
 
     @property
     def targets(self) -> torch.Tensor:
-        """The sampled pixels' class ids ``(P,)``."""
-        return torch.cat(self._targets) if self._targets else torch.zeros(0, dtype=torch.int64)
+        """The sampled pixels' class ids ``(P,)`` (multi-label: ``(P, L)`` of 0, 1, 255)."""
+        if self._targets:
+            return torch.cat(self._targets)
+        shape = (0, self.task.num_classes) if self.task.multilabel else (0,)
+        return torch.zeros(shape, dtype=torch.int64)
 
 
 def logits_from_probabilities(probs: Any, task: Task) -> torch.Tensor:
     """Logits that give back ``probs`` (``(C, H, W)`` or ``(N, C, H, W)``, as the Segmenter returns
-    them): log-probabilities for a softmax, ``log p / (1 - p)`` of the foreground for a sigmoid.
+    them): log-probabilities for a softmax, ``log p / (1 - p)`` of the foreground for a sigmoid
+    (of every label, multi-label).
 
     Exact up to float32 saturation: a sigmoid probability that rounds to 1 (logit above ~16.6)
     comes back as 16.6, a softmax one that underflows to 0 as log of the smallest float32.
     """
-    _refuse_multilabel(task, "logits_from_probabilities")
     values = as_tensor(probs).double()
     channels = values.shape[-3] if values.ndim >= 3 else None
     if channels != task.num_classes:
@@ -220,9 +257,9 @@ def logits_from_probabilities(probs: Any, task: Task) -> torch.Tensor:
             f"logits_from_probabilities takes probabilities (C, H, W) or (N, C, H, W) with "
             f"C = {task.num_classes}; got shape {tuple(values.shape)}"
         )
-    if task.is_binary:
-        foreground = values.narrow(-3, 1, 1).clamp(_SATURATED, 1.0 - _SATURATED)
-        return torch.logit(foreground)
+    if task.is_binary or task.multilabel:
+        foreground = values if task.multilabel else values.narrow(-3, 1, 1)
+        return torch.logit(foreground.clamp(_SATURATED, 1.0 - _SATURATED))
     return values.clamp(min=torch.finfo(torch.float32).tiny).log()
 
 
@@ -282,6 +319,28 @@ def tune_threshold(
     return threshold_from_histogram(histogram, metric, thresholds)
 
 
+def tune_label_thresholds(
+    probs: Any, targets: Any, metric: str = "dice", default: float = 0.5
+) -> list[ThresholdChoice]:
+    """:func:`tune_threshold` for each label of a multi-label sample: ``probs`` and ``targets``
+    ``(P, L)`` (targets 0, 1, 255 = not counted). A label with no counted foreground pixel has
+    nothing to tune on: it keeps ``default``, with a NaN score."""
+    probs, targets = as_tensor(probs), as_tensor(targets)
+    if probs.ndim != 2 or probs.shape != targets.shape:
+        raise ValueError(
+            f"tune_label_thresholds takes probabilities and targets (P, L) of one shape; got "
+            f"{tuple(probs.shape)} and {tuple(targets.shape)}"
+        )
+    choices = []
+    for label in range(probs.shape[1]):
+        if bool((targets[:, label] == 1).any()):
+            choices.append(tune_threshold(probs[:, label], targets[:, label], metric))
+        else:
+            grid, nan = np.array([default]), np.array([math.nan])
+            choices.append(ThresholdChoice(_metric_key(metric), default, math.nan, grid, nan))
+    return choices
+
+
 def threshold_from_histogram(
     histogram: ScoreHistogram, metric: str = "dice", thresholds: Sequence[float] = THRESHOLDS
 ) -> ThresholdChoice:
@@ -338,8 +397,12 @@ def _metric_key(metric: str) -> str:
 
 
 def _valid_pixels(logits: Any, targets: Any, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-    """The counted pixels as logits ``(P, out_channels)`` (float32) and class ids ``(P,)``."""
-    _refuse_multilabel(task, "temperature fitting")
+    """The counted pixels as logits ``(P, out_channels)`` (float32) and class ids ``(P,)``; of a
+    multi-label task, the counted (pixel, label) pairs as ``(P, 1)`` and 0/1 ``(P,)``."""
+    if task.multilabel:
+        rows, labels = _label_rows(logits, targets, task)
+        counted = labels != IGNORE_INDEX
+        return rows[counted][:, None], labels[counted]
     if isinstance(logits, list | tuple):
         if len(logits) != len(targets):
             raise ValueError(f"got {len(logits)} logit arrays for {len(targets)} targets")
@@ -414,9 +477,28 @@ def _convex_minimiser(slope: Any, low: float, high: float) -> float:
     return point
 
 
-def _refuse_multilabel(task: Task, where: str) -> None:
-    if getattr(task, "multilabel", False):
+def _label_rows(logits: Any, targets: Any, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """A multi-label task's pixels with at least one counted label: logits and 0/1/255 targets,
+    both ``(P, L)``; from ``(N, L, H, W)``, ``(L, H, W)`` or ``(P, L)`` pairs, or lists of them."""
+    if isinstance(logits, list | tuple):
+        if len(logits) != len(targets) or not logits:
+            raise ValueError(f"got {len(logits)} logit arrays for {len(targets)} targets")
+        rows = [_label_rows(one, target, task) for one, target in zip(logits, targets, strict=True)]
+        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+    values, labels = as_tensor(logits).float().cpu(), as_tensor(targets).long().cpu()
+    count = task.num_classes
+    if values.ndim == 3:
+        values, labels = values[None], labels[None]
+    if values.ndim == 4 and values.shape[1] == count and labels.shape == values.shape:
+        values = values.permute(0, 2, 3, 1).reshape(-1, count)
+        labels = labels.permute(0, 2, 3, 1).reshape(-1, count)
+    if values.ndim != 2 or values.shape[1] != count or labels.shape != values.shape:
         raise ValueError(
-            f"{where} supports binary and multi-class tasks; this task is multi-label "
-            f"({task.num_classes} independent sigmoid labels)"
+            f"a multi-label task takes logits (N, {count}, H, W), ({count}, H, W) or (P, {count}) "
+            f"with 0/1 targets of the same shape (255 = not counted); got "
+            f"{tuple(as_tensor(logits).shape)} and {tuple(as_tensor(targets).shape)}"
         )
+    counted = labels != IGNORE_INDEX
+    check_class_ids(labels, 2, "temperature fitting: a multi-label target", counted)
+    keep = counted.any(dim=1)
+    return values[keep], labels[keep]

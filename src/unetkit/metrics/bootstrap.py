@@ -81,6 +81,24 @@ def _resampled_headline(
     return headline_arrays((weights @ flat).reshape(-1, classes, classes), binary)
 
 
+def _pooled_headline(
+    weights: np.ndarray, matrices: np.ndarray, binary: bool
+) -> dict[str, np.ndarray]:
+    """:func:`_resampled_headline` of ``(N, C, C)`` matrices, or of a multi-label task's
+    ``(N, L, 2, 2)``: its ``mean_iou`` and ``mean_dice`` over the labels defined."""
+    if matrices.ndim == 3:
+        return _resampled_headline(weights, _flat(matrices), binary)
+    labels = [
+        _resampled_headline(weights, _flat(matrices[:, i]), True) for i in range(matrices.shape[1])
+    ]
+    means = {}
+    for metric in ("iou", "dice"):
+        values = np.stack([label[f"foreground_{metric}"] for label in labels])
+        defined = ~np.isnan(values)
+        means[f"mean_{metric}"] = divide(np.where(defined, values, 0.0).sum(0), defined.sum(0))
+    return means
+
+
 def _weighted_mean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     defined = ~np.isnan(values)
     return divide(weights @ np.where(defined, values, 0.0), weights @ defined.astype(np.float64))
@@ -107,6 +125,9 @@ def paired_difference(
     """``key(first) - key(second)`` of two models' per-image confusion matrices ``(N, C, C)`` of
     the same N images, with its paired percentile bootstrap interval: both are re-pooled from the
     same resampled images, so what the images have in common (hard ones, easy ones) cancels.
+    A multi-label task's matrices are ``(N, L, 2, 2)``: each label is pooled as a binary task and
+    ``mean_iou`` / ``mean_dice`` are the means over the labels where defined, as in its
+    ``dataset`` section.
 
     ``share_above_zero`` is the share of resamples where ``first`` scores higher, a one-sided
     bootstrap answer to "is ``first`` better?".
@@ -117,13 +138,13 @@ def paired_difference(
             f"{first.shape} and {second.shape}"
         )
     _check_settings(resamples, level)
-    flats = [_flat(first), _flat(second)]
     draws = []
     for weights in resample_weights(len(first), resamples, seed):
-        values = [_resampled_headline(weights, flat, binary)[key] for flat in flats]
+        values = [_pooled_headline(weights, matrices, binary)[key] for matrices in (first, second)]
         draws.append(values[0] - values[1])
     differences = np.concatenate(draws)
-    pooled = [headline_arrays(m.sum(0, keepdims=True), binary)[key][0] for m in (first, second)]
+    everything = np.ones((1, len(first)))
+    pooled = [_pooled_headline(everything, m, binary)[key][0] for m in (first, second)]
     defined = differences[~np.isnan(differences)]
     return {
         "metric": key,

@@ -29,6 +29,7 @@ from unetkit.metrics.confusion import ConfusionMatrix
 from unetkit.metrics.per_image import mean_defined, spread
 from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics
 from unetkit.metrics.summary import CLASS_METRICS, summarise
+from unetkit.tasks import Task
 
 RANKING_KEY = "mean_iou"
 """The per-image value that ranks a multi-label task's images (mean IoU over labels)."""
@@ -137,6 +138,12 @@ class MultilabelMetrics:
             p = np.asarray(probs[index], dtype=np.float32)
             label.add(name, np.stack([1.0 - p, p]), prediction[index], target[index])
 
+    @property
+    def matrices(self) -> np.ndarray:
+        """Per-image confusion matrices of every label, ``(N, L, 2, 2)`` (what
+        :func:`~unetkit.metrics.bootstrap.paired_difference` resamples)."""
+        return np.stack([label.matrices for label in self.labels], axis=1)
+
     def result(self) -> dict[str, Any]:
         """The metric sections of ``metrics.json`` (see the module docstring)."""
         results = [label.result() for label in self.labels]
@@ -223,3 +230,13 @@ class MultilabelMetrics:
 
     def _boundary_metrics(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(metric for metric in BOUNDARY_METRICS if metric in row)
+
+
+def split_metrics(
+    task: Task, class_names: Sequence[str], options: EvalConfig
+) -> SplitMetrics | MultilabelMetrics:
+    """The accumulator of ``task``'s metrics over a split: label by label for a multi-label
+    task (what ``evaluate`` and each ensemble member use)."""
+    if task.multilabel:
+        return MultilabelMetrics(class_names, options)
+    return SplitMetrics(list(class_names), task.is_binary, options)

@@ -3,7 +3,9 @@
 Class areas list every class of the model, in class-id order, those absent from the mask too (0
 pixels). ``fraction`` is ``pixels / (width * height)``; an image has at least one pixel, so it is
 always defined. A value that does not apply is ``null``: the threshold of a multi-class model (its
-labels are the argmax) and the package version when unetkit runs without being installed.
+labels are the argmax), ``label_thresholds`` of any but a multi-label model (its cut per label,
+tuned on validation or all ``threshold``) and the package version when unetkit runs without being
+installed.
 
 A multi-label model answers per label: ``classes`` lists the labels with the pixels where each is
 present, ``labels`` adds each label's own mask (0 / 255 PNG), and the PNG answer (``mask``)
@@ -97,6 +99,7 @@ def model_info(segmenter: Segmenter, model_name: str | None) -> dict[str, Any]:
         "model": model_name,
         "task": task.kind,
         "threshold": task.threshold if task.is_binary or task.multilabel else None,
+        "label_thresholds": task.cuts,  # a multi-label task's cut per label, else null
         "classes": [
             {"id": i, "name": name, "colour": [int(c) for c in palette[i]]}
             for i, name in enumerate(segmenter.class_names)

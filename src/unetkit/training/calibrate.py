@@ -6,13 +6,17 @@ Each checkpoint is fitted on its own weights, on a bounded sample of validation 
 (:class:`~unetkit.inference.calibration.LogitSample`, 10 000 per image, 250 000 in the fit), so it
 costs one validation pass at original resolution. The binary threshold is tuned for the monitored
 metric when that is a binary headline metric (``val_foreground_dice``, ...), else for the Dice.
-``eval.calibrate=false`` turns it off; multi-label tasks are skipped (not supported yet). What it
-found is written to ``calibration.json`` in the run folder and printed as one line.
+A multi-label task gets one ``T`` over all its labels and one threshold per label, each tuned for
+the label's own value of the monitored mean (``val_mean_iou``: the label's IoU), so their mean
+is the one monitored. ``eval.calibrate=false`` turns it off. What it found is written to
+``calibration.json`` in the run folder and printed as one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +29,17 @@ from unetkit.data.sources import SampleSource
 from unetkit.inference.calibration import (
     Calibration,
     LogitSample,
+    ThresholdChoice,
     fit_temperature,
     logits_from_probabilities,
     store_calibration,
+    tune_label_thresholds,
     tune_threshold,
 )
 from unetkit.inference.segmenter import Segmenter
 from unetkit.metrics.calibration import expected_calibration_error
 from unetkit.metrics.summary import headline_arrays
-from unetkit.tasks import Task
+from unetkit.tasks import IGNORE_INDEX, Task
 
 RECORD_FILE = "calibration.json"
 DEFAULT_METRIC = "foreground_dice"
@@ -50,8 +56,6 @@ def calibrate_run(
     records, lines = {}, []
     for path in present:
         segmenter = Segmenter.from_loaded(model_from_checkpoint(path), device, batch_size)
-        if segmenter.task.multilabel:
-            return ["calibration: skipped (multi-label tasks are not supported yet)"]
         try:
             record = fit_checkpoint(segmenter, val, monitor)
         except ValueError as error:  # e.g. no foreground in val to tune a threshold on
@@ -81,16 +85,49 @@ def fit_checkpoint(segmenter: Segmenter, val: SampleSource, monitor: str) -> dic
             "after": _ece(logits, targets, task, temperature),
         },
     }
-    threshold = None
+    calibration = Calibration(temperature)
     if task.is_binary:
         metric = threshold_metric(monitor)
         raw = torch.sigmoid(logits[:, 0])
         before = tune_threshold(raw, targets, metric, thresholds=(round(task.threshold, 3),))
         choice = tune_threshold(torch.sigmoid(logits[:, 0] / temperature), targets, metric)
-        threshold = choice.threshold
+        calibration = Calibration(temperature, choice.threshold)
         record["metric"] = {"name": metric, "before": before.score, "after": choice.score}
-    record["calibration"] = Calibration(temperature, threshold).to_dict()
+    elif task.multilabel:
+        calibration, record["metric"] = _label_thresholds(
+            logits, targets, temperature, segmenter.class_names, label_metric(monitor), task
+        )
+    record["calibration"] = calibration.to_dict()
     return record
+
+
+def _label_thresholds(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    names: list[str],
+    metric: str,
+    task: Task,
+) -> tuple[Calibration, dict[str, Any]]:
+    """One threshold per label, with each label's ``metric`` at the task's threshold before
+    calibration and at its tuned one after, and their means over the labels where defined."""
+    default = task.threshold
+    raw = tune_label_thresholds(torch.sigmoid(logits), targets, metric, default)
+    before = [_at(choice, default) for choice in raw]
+    tempered = torch.sigmoid(logits / temperature)
+    after = tune_label_thresholds(tempered, targets, metric, default)
+    labels = {
+        name: {"threshold": a.threshold, "before": _defined(b), "after": _defined(a)}
+        for name, b, a in zip(names, before, after, strict=True)
+    }
+    summary = {
+        "name": f"mean_{metric.removeprefix('foreground_')}",
+        "before": _mean_defined([row["before"] for row in labels.values()]),
+        "after": _mean_defined([row["after"] for row in labels.values()]),
+        "labels": labels,
+    }
+    thresholds = tuple(choice.threshold for choice in after)
+    return Calibration(temperature, label_thresholds=thresholds), summary
 
 
 def threshold_metric(monitor: str) -> str:
@@ -100,16 +137,29 @@ def threshold_metric(monitor: str) -> str:
     return name if name in headline_arrays(np.ones((2, 2)), binary=True) else DEFAULT_METRIC
 
 
+def label_metric(monitor: str) -> str:
+    """The binary metric each label is tuned for, so that the labels' mean is the monitor:
+    ``val_mean_iou`` -> ``foreground_iou``; the foreground Dice when the monitor is none."""
+    name = monitor.removeprefix("val_").removeprefix("ema_").removeprefix("mean_")
+    return threshold_metric(f"foreground_{name}")
+
+
 def calibration_line(record: dict[str, Any], name: str | None = None) -> str:
     """``calibration: T = 1.42, threshold 0.46 (val foreground_dice 0.81 -> 0.83, ECE ...)``."""
     calibration, ece = record["calibration"], record["ece"]
     where = "" if name is None else f" of {name}"
     head = f"calibration{where}: T = {calibration['temperature']:.2f}"
     details = []
-    if calibration["threshold"] is not None:
-        head += f", threshold {calibration['threshold']:.2f}"
+    cuts = calibration.get("label_thresholds")
+    if calibration["threshold"] is not None or cuts is not None:
+        head += (
+            f", threshold {calibration['threshold']:.2f}"
+            if cuts is None
+            else f", thresholds {' '.join(f'{cut:.2f}' for cut in cuts)}"
+        )
         metric = record["metric"]
-        details.append(f"val {metric['name']} {metric['before']:.2f} -> {metric['after']:.2f}")
+        scores = f"{_text(metric['before'], 2)} -> {_text(metric['after'], 2)}"
+        details.append(f"val {metric['name']} {scores}")
     details.append(f"ECE {_text(ece['before'])} -> {_text(ece['after'])}")
     return f"{head} ({', '.join(details)})"
 
@@ -124,10 +174,31 @@ def _pairs(segmenter: Segmenter, source: SampleSource) -> Iterator[tuple[np.ndar
 
 
 def _ece(logits: torch.Tensor, targets: torch.Tensor, task: Task, temperature: float) -> float:
-    """The ECE of sampled pixels ``(P, out_channels)`` at ``temperature``."""
+    """The ECE of sampled pixels ``(P, out_channels)`` at ``temperature``; of a multi-label
+    task, of every counted (pixel, label) pair as one binary pixel."""
+    if task.multilabel:
+        counted = targets != IGNORE_INDEX
+        logits, targets, task = logits[counted][:, None], targets[counted], Task(2)
     probs = task.probabilities((logits / temperature).T[None, :, :, None])
     return expected_calibration_error(probs, targets[None, :, None]) or 0.0
 
 
-def _text(value: float) -> str:
-    return f"{value:.3f}"
+def _at(choice: ThresholdChoice, threshold: float) -> ThresholdChoice:
+    """``choice``'s score read at ``threshold`` (on its curve's nearest point) instead of its
+    best one."""
+    nearest = int(np.argmin(np.abs(choice.thresholds - threshold)))
+    score = float(choice.scores[nearest])
+    return dataclasses.replace(choice, threshold=float(choice.thresholds[nearest]), score=score)
+
+
+def _defined(choice: ThresholdChoice) -> float | None:
+    return None if math.isnan(choice.score) else choice.score
+
+
+def _mean_defined(values: list[float | None]) -> float | None:
+    defined = [value for value in values if value is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+def _text(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -320,7 +320,11 @@ def tune_threshold(
 
 
 def tune_label_thresholds(
-    probs: Any, targets: Any, metric: str = "dice", default: float = 0.5
+    probs: Any,
+    targets: Any,
+    metric: str = "dice",
+    default: float = 0.5,
+    thresholds: Sequence[float] = THRESHOLDS,
 ) -> list[ThresholdChoice]:
     """:func:`tune_threshold` for each label of a multi-label sample: ``probs`` and ``targets``
     ``(P, L)`` (targets 0, 1, 255 = not counted). A label with no counted foreground pixel has
@@ -334,7 +338,8 @@ def tune_label_thresholds(
     choices = []
     for label in range(probs.shape[1]):
         if bool((targets[:, label] == 1).any()):
-            choices.append(tune_threshold(probs[:, label], targets[:, label], metric))
+            choice = tune_threshold(probs[:, label], targets[:, label], metric, None, thresholds)
+            choices.append(choice)
         else:
             grid, nan = np.array([default]), np.array([math.nan])
             choices.append(ThresholdChoice(_metric_key(metric), default, math.nan, grid, nan))

@@ -14,7 +14,6 @@ is the one monitored. ``eval.calibrate=false`` turns it off. What it found is wr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -112,8 +111,8 @@ def _label_thresholds(
     """One threshold per label, with each label's ``metric`` at the task's threshold before
     calibration and at its tuned one after, and their means over the labels where defined."""
     default = task.threshold
-    raw = tune_label_thresholds(torch.sigmoid(logits), targets, metric, default)
-    before = [_at(choice, default) for choice in raw]
+    raw = torch.sigmoid(logits)
+    before = tune_label_thresholds(raw, targets, metric, default, (round(default, 3),))
     tempered = torch.sigmoid(logits / temperature)
     after = tune_label_thresholds(tempered, targets, metric, default)
     labels = {
@@ -181,14 +180,6 @@ def _ece(logits: torch.Tensor, targets: torch.Tensor, task: Task, temperature: f
         logits, targets, task = logits[counted][:, None], targets[counted], Task(2)
     probs = task.probabilities((logits / temperature).T[None, :, :, None])
     return expected_calibration_error(probs, targets[None, :, None]) or 0.0
-
-
-def _at(choice: ThresholdChoice, threshold: float) -> ThresholdChoice:
-    """``choice``'s score read at ``threshold`` (on its curve's nearest point) instead of its
-    best one."""
-    nearest = int(np.argmin(np.abs(choice.thresholds - threshold)))
-    score = float(choice.scores[nearest])
-    return dataclasses.replace(choice, threshold=float(choice.thresholds[nearest]), score=score)
 
 
 def _defined(choice: ThresholdChoice) -> float | None:

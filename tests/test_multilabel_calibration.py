@@ -32,7 +32,7 @@ from unetkit.inference.calibration import (
 )
 from unetkit.inference.segmenter import Segmenter
 from unetkit.losses.build import build_loss
-from unetkit.metrics.bootstrap import paired_difference
+from unetkit.metrics.bootstrap import bootstrap_intervals, paired_difference
 from unetkit.metrics.calibration import expected_calibration_error
 from unetkit.models import build_model
 from unetkit.precision import Execution
@@ -157,6 +157,18 @@ def test_a_paired_difference_over_labels_by_hand():
     assert result["interval"] == pytest.approx([0.5, 0.5]) and result["share_above_zero"] == 1.0
 
 
+def test_bootstrap_intervals_of_the_mean_over_labels_by_hand():
+    # every image alike: label 0 perfect (IoU 1), label 1 IoU 0.5 -> mean IoU 0.75 in every resample
+    image = np.array([[[5, 0], [0, 5]], [[5, 5], [0, 5]]])
+    matrices = np.stack([image] * 4)
+    per_image = {"mean_iou": np.array([0.75, 0.75, 0.75, math.nan])}
+    section = bootstrap_intervals(matrices, False, ["mean_iou", "mean_dice"], per_image, 20)
+    intervals = section["intervals"]
+    assert intervals["dataset.mean_iou"] == pytest.approx([0.75, 0.75])
+    assert intervals["dataset.mean_dice"] == pytest.approx([(1.0 + 2 / 3) / 2] * 2)
+    assert intervals["per_image.mean_iou"] == pytest.approx([0.75, 0.75])
+
+
 # --- end to end: train, predict, serve, export, evaluate, ensembles -------------------------------
 
 
@@ -235,6 +247,22 @@ def test_evaluate_measures_every_label_pixel_as_a_binary_pixel(calibrated_runs, 
     assert before["pixels"] == 3 * pixels  # three labels, none ignored in the synthetic masks
     assert before["ece"] != after["ece"]
     assert 0 < metrics["uncertainty"]["risk_coverage"]["errors_removed"] <= 1
+
+
+def test_ci_bounds_the_means_over_labels(calibrated_runs, tmp_path):
+    _, _, known = calibrated_runs
+    with contextlib.redirect_stdout(io.StringIO()):
+        args = ["evaluate", "--checkpoint", str(known), "--out", str(tmp_path), "--no-progress"]
+        fast = ["eval.boundary=false", "eval.instances=false", "eval.ci_resamples=50"]
+        assert main([*args, "--ci", *fast]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    intervals = metrics["confidence_intervals"]["intervals"]
+    assert set(intervals) == {
+        "dataset.mean_iou", "dataset.mean_dice", "per_image.mean_iou", "per_image.mean_dice"
+    }  # fmt: skip
+    low, high = intervals["dataset.mean_iou"]
+    assert 0.0 <= low <= high <= 1.0
+    assert "95% CI" in (tmp_path / "report.html").read_text()
 
 
 def test_reliability_inputs_turn_labels_into_binary_pixels_by_hand():

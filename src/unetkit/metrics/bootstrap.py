@@ -44,15 +44,15 @@ def bootstrap_intervals(
 ) -> dict[str, Any]:
     """The ``confidence_intervals`` section of ``metrics.json``.
 
-    ``matrices`` are the per-image confusion matrices ``(N, C, C)``; ``dataset_keys`` the pooled
+    ``matrices`` are the per-image confusion matrices ``(N, C, C)`` (a multi-label task's
+    ``(N, L, 2, 2)``, bounding ``mean_iou`` / ``mean_dice``); ``dataset_keys`` the pooled
     headline metrics to bound (``dataset.<key>``); ``per_image_values`` maps a name to one value
     per image (NaN = undefined) whose mean is bounded (``per_image.<name>``).
     """
     _check_settings(resamples, level)
-    flat = _flat(matrices)
     draws: dict[str, list[np.ndarray]] = {}
     for weights in resample_weights(len(matrices), resamples, seed):
-        headline = _resampled_headline(weights, flat, binary)
+        headline = _pooled_headline(weights, matrices, binary)
         for key in dataset_keys:
             draws.setdefault(f"dataset.{key}", []).append(headline[key])
         for name, values in per_image_values.items():

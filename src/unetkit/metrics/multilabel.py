@@ -18,6 +18,7 @@ the answers:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from unetkit.config import EvalConfig
+from unetkit.metrics.bootstrap import bootstrap_intervals
 from unetkit.metrics.confusion import ConfusionMatrix
 from unetkit.metrics.per_image import mean_defined, spread
 from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics
@@ -158,6 +160,8 @@ class MultilabelMetrics:
             sections["instance"] = self._gathered(results, "instance")
         if self.options.boundary:
             sections["boundary"] = self._boundary_section(results)
+        if self.options.ci:
+            sections["confidence_intervals"] = self._intervals()
         sections["per_label"] = [
             {"name": name, **result} for name, result in zip(self.label_names, results, strict=True)
         ]
@@ -185,6 +189,21 @@ class MultilabelMetrics:
 
     def ranking_key(self) -> str:
         return RANKING_KEY
+
+    def _intervals(self) -> dict[str, Any]:
+        """Bootstrap intervals of the means over labels, pooled and per image (images, not
+        labels, are resampled: an image's labels stay together)."""
+        keys = [f"mean_{metric}" for metric in _IMAGE_METRICS]
+        rows = self.rows()
+        values = {key: np.array([_nan(row[key]) for row in rows]) for key in keys}
+        return bootstrap_intervals(
+            self.matrices,
+            False,
+            keys,
+            values,
+            resamples=self.options.ci_resamples,
+            level=self.options.ci_level,
+        )
 
     def curves(self) -> dict[str, dict[str, list[float]]]:
         """ROC and PR curve points per label, for plotting."""
@@ -230,6 +249,10 @@ class MultilabelMetrics:
 
     def _boundary_metrics(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(metric for metric in BOUNDARY_METRICS if metric in row)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def split_metrics(

@@ -50,9 +50,10 @@ def bootstrap_intervals(
     per image (NaN = undefined) whose mean is bounded (``per_image.<name>``).
     """
     _check_settings(resamples, level)
+    flat = _flat(matrices)
     draws: dict[str, list[np.ndarray]] = {}
     for weights in resample_weights(len(matrices), resamples, seed):
-        headline = _pooled_headline(weights, matrices, binary)
+        headline = _pooled_headline(weights, flat, binary)
         for key in dataset_keys:
             draws.setdefault(f"dataset.{key}", []).append(headline[key])
         for name, values in per_image_values.items():
@@ -69,8 +70,9 @@ def _check_settings(resamples: int, level: float) -> None:
 
 
 def _flat(matrices: np.ndarray) -> np.ndarray:
-    """Per-image confusion matrices ``(N, C, C)`` as ``(N, C * C)`` float64, to pool by ``@``."""
-    return matrices.reshape(len(matrices), -1).astype(np.float64)
+    """Per-image confusion matrices ``(N, C, C)`` as ``(N, C * C)`` float64, to pool by ``@``
+    (a multi-label task's ``(N, L, 2, 2)`` as ``(N, L, 4)``)."""
+    return matrices.reshape(*matrices.shape[:-2], -1).astype(np.float64)
 
 
 def _resampled_headline(
@@ -81,16 +83,12 @@ def _resampled_headline(
     return headline_arrays((weights @ flat).reshape(-1, classes, classes), binary)
 
 
-def _pooled_headline(
-    weights: np.ndarray, matrices: np.ndarray, binary: bool
-) -> dict[str, np.ndarray]:
-    """:func:`_resampled_headline` of ``(N, C, C)`` matrices, or of a multi-label task's
-    ``(N, L, 2, 2)``: its ``mean_iou`` and ``mean_dice`` over the labels defined."""
-    if matrices.ndim == 3:
-        return _resampled_headline(weights, _flat(matrices), binary)
-    labels = [
-        _resampled_headline(weights, _flat(matrices[:, i]), True) for i in range(matrices.shape[1])
-    ]
+def _pooled_headline(weights: np.ndarray, flat: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
+    """:func:`_resampled_headline` of :func:`_flat` matrices; of a multi-label task's
+    ``(N, L, 4)``, its ``mean_iou`` and ``mean_dice`` over the labels defined."""
+    if flat.ndim == 2:
+        return _resampled_headline(weights, flat, binary)
+    labels = [_resampled_headline(weights, flat[:, i], True) for i in range(flat.shape[1])]
     means = {}
     for metric in ("iou", "dice"):
         values = np.stack([label[f"foreground_{metric}"] for label in labels])
@@ -138,13 +136,14 @@ def paired_difference(
             f"{first.shape} and {second.shape}"
         )
     _check_settings(resamples, level)
+    flats = [_flat(first), _flat(second)]
     draws = []
     for weights in resample_weights(len(first), resamples, seed):
-        values = [_pooled_headline(weights, matrices, binary)[key] for matrices in (first, second)]
+        values = [_pooled_headline(weights, flat, binary)[key] for flat in flats]
         draws.append(values[0] - values[1])
     differences = np.concatenate(draws)
     everything = np.ones((1, len(first)))
-    pooled = [_pooled_headline(everything, m, binary)[key][0] for m in (first, second)]
+    pooled = [_pooled_headline(everything, flat, binary)[key][0] for flat in flats]
     defined = differences[~np.isnan(differences)]
     return {
         "metric": key,

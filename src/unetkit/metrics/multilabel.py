@@ -18,7 +18,6 @@ the answers:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch
 from unetkit.config import EvalConfig
 from unetkit.metrics.bootstrap import bootstrap_intervals
 from unetkit.metrics.confusion import ConfusionMatrix
-from unetkit.metrics.per_image import mean_defined, spread
+from unetkit.metrics.per_image import as_float_array, mean_defined, spread
 from unetkit.metrics.split import BOUNDARY_METRICS, SplitMetrics
 from unetkit.metrics.summary import CLASS_METRICS, summarise
 from unetkit.tasks import Task
@@ -195,7 +194,7 @@ class MultilabelMetrics:
         labels, are resampled: an image's labels stay together)."""
         keys = [f"mean_{metric}" for metric in _IMAGE_METRICS]
         rows = self.rows()
-        values = {key: np.array([_nan(row[key]) for row in rows]) for key in keys}
+        values = {key: as_float_array([row[key] for row in rows]) for key in keys}
         return bootstrap_intervals(
             self.matrices,
             False,
@@ -249,10 +248,6 @@ class MultilabelMetrics:
 
     def _boundary_metrics(self, row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(metric for metric in BOUNDARY_METRICS if metric in row)
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
 
 
 def split_metrics(

@@ -37,6 +37,7 @@ from unetkit.inference.calibration import (
 )
 from unetkit.inference.segmenter import Segmenter
 from unetkit.metrics.calibration import expected_calibration_error
+from unetkit.metrics.per_image import mean_defined
 from unetkit.metrics.summary import headline_arrays
 from unetkit.tasks import IGNORE_INDEX, Task
 
@@ -121,8 +122,8 @@ def _label_thresholds(
     }
     summary = {
         "name": f"mean_{metric.removeprefix('foreground_')}",
-        "before": _mean_defined([row["before"] for row in labels.values()]),
-        "after": _mean_defined([row["after"] for row in labels.values()]),
+        "before": mean_defined([row["before"] for row in labels.values()]),
+        "after": mean_defined([row["after"] for row in labels.values()]),
         "labels": labels,
     }
     thresholds = tuple(choice.threshold for choice in after)
@@ -184,11 +185,6 @@ def _ece(logits: torch.Tensor, targets: torch.Tensor, task: Task, temperature: f
 
 def _defined(choice: ThresholdChoice) -> float | None:
     return None if math.isnan(choice.score) else choice.score
-
-
-def _mean_defined(values: list[float | None]) -> float | None:
-    defined = [value for value in values if value is not None]
-    return sum(defined) / len(defined) if defined else None
 
 
 def _text(value: float | None, digits: int = 3) -> str:

@@ -335,6 +335,8 @@ def test_calibration_applies_and_refuses() -> None:
     with pytest.raises(ValueError, match="strictly between"):
         Calibration(threshold=1.0)
     with pytest.raises(ValueError, match="unknown keys"):
+        Calibration.from_dict({"temperature": 2.0, "shift": 1.0})
+    with pytest.raises(ValueError, match="bias must be a list"):
         Calibration.from_dict({"temperature": 2.0, "bias": 1.0})
 
 

@@ -2,9 +2,10 @@
 several (an ensemble, :mod:`unetkit.inference.ensemble`), each with its stored calibration
 (:mod:`unetkit.inference.calibration`) applied.
 
-* **Temperature**: each member's logits are divided by its own ``T`` (:class:`Tempered`) before
-  the ensemble averages probabilities, so an ensemble averages calibrated probabilities. Inside
-  the model, so an export bakes ``logits / T`` into its graph and every runtime agrees.
+* **Temperature and bias**: each member's logits become ``logits / T + b`` with its own ``T``
+  and bias (:class:`Tempered`) before the ensemble averages probabilities, so an ensemble
+  averages calibrated probabilities. Inside the model, so an export bakes them into its graph
+  and every runtime agrees.
 * **Threshold** (binary, multi-label): the stored one becomes the task's threshold (a multi-label
   task's stored per-label thresholds its ``label_thresholds``); for an ensemble the mean of its
   members' stored ones, label by label; ``threshold`` (``--threshold``) overrides, for every
@@ -38,19 +39,32 @@ Sources = str | Path | Sequence[str | Path]
 
 
 class Tempered(nn.Module):
-    """A model whose logits are divided by ``temperature`` (temperature scaling)."""
+    """A model whose logits are divided by ``temperature`` (temperature scaling) and shifted by
+    ``bias``, one per output channel (None: no shift)."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(
+        self, model: nn.Module, temperature: float, bias: Sequence[float] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.temperature = float(temperature)
+        self.bias = None if bias is None else tuple(float(value) for value in bias)
+        if self.bias is not None:
+            shift = torch.tensor(self.bias, dtype=torch.float32).reshape(1, -1, 1, 1)
+            self.register_buffer("logit_bias", shift, persistent=False)
+
+    @property
+    def calibration(self) -> Calibration:
+        """The logit map it applies."""
+        return Calibration(self.temperature, bias=self.bias)
 
     @property
     def size_multiple(self) -> int | None:
         return getattr(self.model, "size_multiple", None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images) / self.temperature
+        logits = self.model(images) / self.temperature
+        return logits if self.bias is None else logits + self.logit_bias.to(logits.dtype)
 
 
 def as_sources(sources: Sources) -> list[str | Path]:
@@ -73,7 +87,7 @@ def load_model(
     def tempered(member: LoadedModel) -> LoadedModel:
         calibration = Calibration.from_checkpoint(member.checkpoint)
         calibrations.append(calibration)
-        return with_temperature(member, calibration.temperature)
+        return with_calibration(member, calibration)
 
     loaded = load_ensemble(as_sources(sources), weights, prepare=tempered)
     stored = [c.threshold for c in calibrations if c.threshold is not None]
@@ -82,20 +96,25 @@ def load_model(
     per_label = None if threshold is not None else _label_means(calibrations)
     if per_label is not None:
         task = Calibration(label_thresholds=per_label).with_threshold(task)
-    if chosen is None and per_label is None and all(c.temperature == 1.0 for c in calibrations):
+    if chosen is None and per_label is None and not any(c.maps_logits for c in calibrations):
         return loaded
     applied = {"temperatures": [c.temperature for c in calibrations], "threshold": chosen}
+    if any(c.bias is not None for c in calibrations):
+        applied["biases"] = [None if c.bias is None else list(c.bias) for c in calibrations]
     if per_label is not None:
         applied["label_thresholds"] = list(per_label)
     checkpoint = {**loaded.checkpoint, APPLIED_KEY: applied}
     return dataclasses.replace(loaded, task=task, checkpoint=checkpoint)
 
 
-def with_temperature(loaded: LoadedModel, temperature: float) -> LoadedModel:
-    """``loaded`` with its logits divided by ``temperature``; its checkpoint without the
-    ``calibration`` record (now applied)."""
+def with_calibration(loaded: LoadedModel, calibration: Calibration) -> LoadedModel:
+    """``loaded`` with ``calibration``'s temperature and bias on its logits (its thresholds are
+    the caller's to apply); its checkpoint without the ``calibration`` record (now applied)."""
+    calibration.check_channels(loaded.task)
     checkpoint = {k: v for k, v in loaded.checkpoint.items() if k != CHECKPOINT_KEY}
-    model = loaded.model if temperature == 1.0 else Tempered(loaded.model, temperature).eval()
+    model = loaded.model
+    if calibration.maps_logits:
+        model = Tempered(model, calibration.temperature, calibration.bias).eval()
     return dataclasses.replace(loaded, model=model, checkpoint=checkpoint)
 
 

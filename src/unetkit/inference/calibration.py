@@ -12,8 +12,15 @@ checkpoint, so every inference path applies the same two numbers.
   of a binary task) at thresholds 0.01, 0.02, ... 0.99 from a probability histogram, and keeps
   the best; ties go to the threshold nearest 0.5. Tune it on probabilities already tempered by the
   fitted ``T``, since those are what inference will cut.
+* **Bias** (binary, multi-label; ``eval.calibration_bias``, on by default): beside ``T``, one
+  bias per sigmoid channel, ``sigmoid(z / T + b)``, fitted jointly by maximum likelihood
+  (:func:`fit_temperature_and_bias`: Platt scaling on the logit, :mod:`unetkit.inference.platt`).
+  ``T`` alone only sharpens or softens around 0.5; a model whose errors lean one way needs the
+  shift too. On the issue-15 cross-validation folds (benchmarks/README) it halved the test ECE
+  where even the best possible ``T`` could not. A multi-class task keeps ``T`` only: a bias per
+  class would move its most probable class, i.e. its predictions.
 * **Multi-label**: every (pixel, label) pair is one Bernoulli, so one ``T`` is fitted on all of
-  them as for a binary task, and each label gets its own threshold
+  them as for a binary task (and one bias per label), and each label gets its own threshold
   (:func:`tune_label_thresholds`: an organ and the small lesion inside it rarely share the best
   cut). A label without foreground in the sample keeps the task's threshold.
 
@@ -35,6 +42,7 @@ import numpy as np
 import torch
 
 from unetkit.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.inference.platt import fit_scale_and_biases
 from unetkit.metrics.confusion import as_tensor
 from unetkit.metrics.curves import ScoreHistogram
 from unetkit.metrics.summary import headline_arrays
@@ -50,13 +58,14 @@ _SATURATED = 2.0**-24  # float32 resolution of a probability near 1: sigmoid log
 
 @dataclass(frozen=True)
 class Calibration:
-    """How logits become calibrated probabilities and a mask: ``logits / temperature``, cut at
-    ``threshold`` (binary; ``None``: the task's own threshold) or at ``label_thresholds`` (one per
-    label of a multi-label task)."""
+    """How logits become calibrated probabilities and a mask: ``logits / temperature + bias``
+    (``bias``: one per sigmoid channel, or None), cut at ``threshold`` (binary; ``None``: the
+    task's own threshold) or at ``label_thresholds`` (one per label of a multi-label task)."""
 
     temperature: float = 1.0
     threshold: float | None = None
     label_thresholds: tuple[float, ...] | None = None
+    bias: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -75,14 +84,74 @@ class Calibration:
                     f"{list(values)}"
                 )
             object.__setattr__(self, "label_thresholds", values)
+        if self.bias is not None:
+            bias = tuple(float(value) for value in self.bias)
+            if not bias or not all(math.isfinite(value) for value in bias):
+                raise ValueError(
+                    f"calibration bias must be finite numbers, one per sigmoid channel; got "
+                    f"{list(bias)}"
+                )
+            object.__setattr__(self, "bias", bias)
 
-    def apply(self, logits: Any) -> Any:
-        """``logits / temperature`` (tensor or NumPy array, any shape); unchanged at ``T = 1``."""
-        return logits if self.temperature == 1.0 else logits / self.temperature
+    @property
+    def maps_logits(self) -> bool:
+        """Whether it changes logits at all (a temperature other than 1, or a bias)."""
+        return self.temperature != 1.0 or self.bias is not None
+
+    def logit_map(self) -> Calibration:
+        """Only what changes logits (temperature and bias), thresholds dropped: two calibrations
+        give the same probabilities exactly when their logit maps are equal."""
+        return Calibration(self.temperature, bias=self.bias)
+
+    def apply(self, logits: Any, channel_axis: int = -3) -> Any:
+        """``logits / temperature + bias`` (tensor or NumPy array; the bias along
+        ``channel_axis``: -3 for ``(C, H, W)`` and ``(N, C, H, W)``, -1 for pixels ``(P, C)``)."""
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature
+        return scaled if self.bias is None else scaled + self._bias_for(scaled, channel_axis)
+
+    def undo(self, logits: Any, channel_axis: int = -3) -> Any:
+        """The logits :meth:`apply` was given back from its output."""
+        shifted = logits if self.bias is None else logits - self._bias_for(logits, channel_axis)
+        return shifted if self.temperature == 1.0 else shifted * self.temperature
 
     def apply_to_probabilities(self, probs: Any, task: Task) -> Any:
-        """:func:`temper_probabilities` at this temperature, for paths that hold probabilities."""
-        return temper_probabilities(probs, self.temperature, task)
+        """``probs`` as they would be with this calibration on the logits behind them, for paths
+        that hold probabilities (same shape and kind, float32)."""
+        return _mapped_probabilities(probs, task, self.apply) if self.maps_logits else probs
+
+    def undo_on_probabilities(self, probs: Any, task: Task) -> Any:
+        """The raw probabilities behind calibrated ones (:meth:`apply_to_probabilities` undone)."""
+        return _mapped_probabilities(probs, task, self.undo) if self.maps_logits else probs
+
+    def check_channels(self, task: Task) -> None:
+        """Refuse a bias that does not fit ``task``: one per sigmoid channel of a binary or
+        multi-label task; a multi-class task takes none."""
+        if self.bias is None:
+            return
+        if not (task.is_binary or task.multilabel):
+            raise ValueError(
+                f"a calibration bias {list(self.bias)} applies to sigmoid channels; this task has "
+                f"{task.num_classes} softmax classes (calibrate it with a temperature only)"
+            )
+        if len(self.bias) != task.out_channels:
+            raise ValueError(
+                f"a calibration bias needs one value per sigmoid channel ({task.out_channels}); "
+                f"got {len(self.bias)}: {list(self.bias)}"
+            )
+
+    def describe(self) -> str:
+        """``T = 1.24`` or ``T = 1.24, bias -0.12`` (one bias per label of a multi-label task)."""
+        text = f"T = {self.temperature:.3g}"
+        if self.bias is not None:
+            text += ", bias " + " ".join(f"{value:+.2f}" for value in self.bias)
+        return text
+
+    def _bias_for(self, logits: Any, channel_axis: int) -> Any:
+        shape = [1] * logits.ndim
+        shape[channel_axis] = len(self.bias)
+        if isinstance(logits, torch.Tensor):
+            return torch.tensor(self.bias, dtype=logits.dtype, device=logits.device).reshape(shape)
+        return np.asarray(self.bias, dtype=logits.dtype).reshape(shape)
 
     def with_threshold(self, task: Task) -> Task:
         """``task`` with the tuned threshold(s) where set: one threshold replaces every label's
@@ -110,6 +179,8 @@ class Calibration:
         record: dict[str, Any] = {"temperature": float(self.temperature), "threshold": threshold}
         if self.label_thresholds is not None:
             record["label_thresholds"] = list(self.label_thresholds)
+        if self.bias is not None:
+            record["bias"] = list(self.bias)
         return record
 
     @classmethod
@@ -118,17 +189,23 @@ class Calibration:
         existed) is the identity."""
         if record is None:
             return cls()
-        unknown = sorted(set(record) - {"temperature", "threshold", "label_thresholds"})
+        unknown = sorted(set(record) - {"temperature", "threshold", "label_thresholds", "bias"})
         if unknown:
             raise ValueError(
                 f"calibration record has unknown keys {unknown}; it holds 'temperature', "
-                f"'threshold' and 'label_thresholds' (written by Calibration.to_dict)"
+                f"'threshold', 'label_thresholds' and 'bias' (written by Calibration.to_dict)"
             )
         threshold, label_thresholds = record.get("threshold"), record.get("label_thresholds")
+        bias = record.get("bias")
+        if bias is not None and not isinstance(bias, list | tuple):
+            raise ValueError(
+                f"calibration bias must be a list of numbers, one per sigmoid channel; got {bias!r}"
+            )
         return cls(
             temperature=float(record.get("temperature", 1.0)),
             threshold=None if threshold is None else float(threshold),
             label_thresholds=None if label_thresholds is None else tuple(label_thresholds),
+            bias=None if bias is None else tuple(bias),
         )
 
     @classmethod
@@ -159,18 +236,60 @@ def fit_temperature(
     (as :class:`LogitSample` holds them), or a sequence of per-image tensors; ``targets`` the
     matching class ids (255 = ignore), or a multi-label task's 0/1 maps of the logits' shape.
     """
-    values, labels = _valid_pixels(logits, targets, task)
-    if len(labels) == 0:
-        raise ValueError("temperature fitting: no pixel counts (every target is 255 or empty)")
-    if len(labels) > max_pixels:
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(labels), generator=generator)[:max_pixels]
-        values, labels = values[keep], labels[keep]
+    values, labels = _sampled(max_pixels, seed, *_valid_pixels(logits, targets, task))
+    low, high = _checked_bounds(bounds)
+    slope = _binary_slope if task.is_binary or task.multilabel else _softmax_slope
+    return 1.0 / _convex_minimiser(lambda beta: slope(values, labels, beta), 1.0 / high, 1.0 / low)
+
+
+def fit_temperature_and_bias(
+    logits: Any,
+    targets: Any,
+    task: Task,
+    max_pixels: int = 250_000,
+    seed: int = 0,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> Calibration:
+    """The temperature (within ``bounds``) and bias per sigmoid channel maximising the likelihood
+    of ``targets`` under ``sigmoid(logits / T + b)``: of a binary task one bias, of a multi-label
+    task one per label with ``T`` shared (inputs as :func:`fit_temperature`'s). A label whose
+    counted pixels are all one kind keeps bias 0."""
+    if not (task.is_binary or task.multilabel):
+        raise ValueError(
+            f"a logit bias is fitted for sigmoid channels (binary, multi-label); this task has "
+            f"{task.num_classes} softmax classes: use fit_temperature"
+        )
+    if task.multilabel:
+        rows, labels = _label_rows(logits, targets, task)
+        channels = torch.arange(task.num_classes).expand_as(labels)
+        counted = labels != IGNORE_INDEX
+        values, labels, channels = rows[counted], labels[counted], channels[counted]
+    else:
+        values, labels = _valid_pixels(logits, targets, task)
+        values, channels = values[:, 0], torch.zeros(len(labels), dtype=torch.int64)
+    values, labels, channels = _sampled(max_pixels, seed, values, labels, channels)
+    low, high = _checked_bounds(bounds)
+    scale, bias = fit_scale_and_biases(
+        values, labels, channels, task.out_channels, (1.0 / high, 1.0 / low)
+    )
+    return Calibration(1.0 / scale, bias=tuple(bias))
+
+
+def _sampled(max_pixels: int, seed: int, *columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same seeded random ``max_pixels`` rows of each column (all where fewer)."""
+    if len(columns[1]) == 0:
+        raise ValueError("calibration fitting: no pixel counts (every target is 255 or empty)")
+    if len(columns[1]) <= max_pixels:
+        return columns
+    keep = torch.randperm(len(columns[1]), generator=torch.Generator().manual_seed(seed))
+    return tuple(column[keep[:max_pixels]] for column in columns)
+
+
+def _checked_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     low, high = bounds
     if not 0 < low < high:
         raise ValueError(f"temperature bounds must satisfy 0 < low < high; got {bounds}")
-    slope = _binary_slope if task.is_binary or task.multilabel else _softmax_slope
-    return 1.0 / _convex_minimiser(lambda beta: slope(values, labels, beta), 1.0 / high, 1.0 / low)
+    return low, high
 
 
 def fit_calibration(
@@ -179,26 +298,39 @@ def fit_calibration(
     metric: str | None = "dice",
     per_image: int = 10_000,
     seed: int = 0,
+    bias: bool = True,
 ) -> Calibration:
     """The :class:`Calibration` of a validation split in one pass: ``pairs`` yields each image's
     probabilities ``(C, H, W)`` (at ``T = 1``, as the Segmenter returns them) and target.
 
-    The temperature is fitted on a :class:`LogitSample`; for a binary task with a ``metric``, the
-    threshold is then tuned on the same pixels' tempered probabilities, for a multi-label task
-    each label's (``None``: keep the task's).
+    The temperature (and, with ``bias``, a binary or multi-label task's bias per channel) is
+    fitted on a :class:`LogitSample`; for a binary task with a ``metric``, the threshold is then
+    tuned on the same pixels' calibrated probabilities, for a multi-label task each label's
+    (``None``: keep the task's).
     """
     sample = LogitSample(task, per_image=per_image, seed=seed)
     for probs, target in pairs:
         sample.add(logits_from_probabilities(probs, task), target)
-    temperature = fit_temperature(sample.logits, sample.targets, task, seed=seed)
+    calibration = fit_logit_map(sample.logits, sample.targets, task, bias, seed)
     if metric is None or not (task.is_binary or task.multilabel):
-        return Calibration(temperature)
-    tempered = torch.sigmoid(sample.logits / temperature)
+        return calibration
+    calibrated = torch.sigmoid(calibration.apply(sample.logits, channel_axis=-1))
     if task.multilabel:
-        choices = tune_label_thresholds(tempered, sample.targets, metric, task.threshold)
-        return Calibration(temperature, label_thresholds=tuple(c.threshold for c in choices))
-    choice = tune_threshold(tempered[:, 0], sample.targets, metric)
-    return Calibration(temperature, choice.threshold)
+        choices = tune_label_thresholds(calibrated, sample.targets, metric, task.threshold)
+        cuts = tuple(choice.threshold for choice in choices)
+        return dataclasses.replace(calibration, label_thresholds=cuts)
+    choice = tune_threshold(calibrated[:, 0], sample.targets, metric)
+    return dataclasses.replace(calibration, threshold=choice.threshold)
+
+
+def fit_logit_map(
+    logits: Any, targets: Any, task: Task, bias: bool = True, seed: int = 0
+) -> Calibration:
+    """The temperature, and with ``bias`` a sigmoid task's bias per channel (a multi-class task
+    gets ``T`` only), of sampled pixels."""
+    if bias and (task.is_binary or task.multilabel):
+        return fit_temperature_and_bias(logits, targets, task, seed=seed)
+    return Calibration(fit_temperature(logits, targets, task, seed=seed))
 
 
 class LogitSample:
@@ -266,9 +398,12 @@ def logits_from_probabilities(probs: Any, task: Task) -> torch.Tensor:
 def temper_probabilities(probs: Any, temperature: float, task: Task) -> Any:
     """``probs`` as they would be with logits divided by ``temperature`` (same shape and kind,
     NumPy or tensor, float32); for evaluating calibration on probabilities already computed."""
-    if temperature == 1.0:
-        return probs
-    logits = logits_from_probabilities(probs, task) / temperature
+    return Calibration(temperature).apply_to_probabilities(probs, task)
+
+
+def _mapped_probabilities(probs: Any, task: Task, logit_map: Any) -> Any:
+    """``probs`` with ``logit_map`` applied to the logits behind them (same shape and kind)."""
+    logits = logit_map(logits_from_probabilities(probs, task))
     batched = logits if logits.ndim == 4 else logits[None]
     tempered = task.probabilities(batched).float().reshape(as_tensor(probs).shape)
     if isinstance(probs, torch.Tensor):

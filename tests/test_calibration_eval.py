@@ -16,7 +16,7 @@ import pytest
 from unetkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unetkit.cli.main import main
 from unetkit.data.datasets.synthetic import SyntheticSource
-from unetkit.evaluation.calibration import applied_temperature, most_uncertain
+from unetkit.evaluation.calibration import model_calibration, most_uncertain
 from unetkit.evaluation.evaluate import evaluate_source, write_evaluation
 from unetkit.inference.calibration import fit_calibration, store_calibration
 from unetkit.inference.segmenter import Segmenter
@@ -29,7 +29,7 @@ TINY = [
 ]  # fmt: skip
 TINY_KEYS = ["data.synthetic_count=16", "model.options.base_width=4", "model.options.depth=2"]
 LINE = re.compile(
-    r"calibration of best\.pt: T = \d+\.\d\d, threshold 0\.\d\d "
+    r"calibration of best\.pt: T = \d+\.\d\d, bias [+-]\d+\.\d\d, threshold 0\.\d\d "
     r"\(val \w+ \d\.\d\d -> \d\.\d\d, ECE \d\.\d{3} -> \d\.\d{3}\)"
 )
 FAST_EVAL = ["eval.boundary=false", "eval.instances=false"]
@@ -64,6 +64,7 @@ def test_training_stores_a_fitted_calibration_in_best_and_ema(binary_run):
         stored = load_checkpoint(out / "checkpoints" / name)["calibration"]
         assert stored == record[name]["calibration"]
         assert stored["temperature"] > 0 and 0 < stored["threshold"] < 1
+        assert len(stored["bias"]) == 1  # binary: one sigmoid channel, fitted with T
     assert "calibration" not in load_checkpoint(out / "checkpoints" / "last.pt")
     # the final test measured the stored calibration; its masks are the raw model's at the
     # task's threshold, as `unetkit evaluate` gives them
@@ -71,6 +72,7 @@ def test_training_stores_a_fitted_calibration_in_best_and_ema(binary_run):
     stored = load_checkpoint(out / "checkpoints" / "best.pt")["calibration"]
     assert metrics["calibration"]["temperature"] == pytest.approx(stored["temperature"])
     assert metrics["calibration"]["threshold"] == pytest.approx(stored["threshold"])
+    assert metrics["calibration"]["bias"] == pytest.approx(stored["bias"])
     assert metrics["threshold"] == 0.5
 
 
@@ -110,7 +112,7 @@ def test_evaluate_reports_ece_falling_under_a_stored_temperature(binary_run, tmp
     store_calibration(path, calibration)
 
     segmenter = Segmenter.from_checkpoint(path, device="cpu", batch_size=4)
-    assert applied_temperature(segmenter.model) == pytest.approx(calibration.temperature)
+    assert model_calibration(segmenter.model).temperature == pytest.approx(calibration.temperature)
     evaluation = evaluate_source(segmenter, test, progress=False)
     section = evaluation.metrics["calibration"]
     assert section["temperature"] == pytest.approx(calibration.temperature)

@@ -16,7 +16,7 @@ from unetkit.checkpoint import model_from_checkpoint
 from unetkit.cli.main import main
 from unetkit.config import config_from_dict
 from unetkit.data import build_splits
-from unetkit.inference.calibration import Calibration, temper_probabilities
+from unetkit.inference.calibration import Calibration
 from unetkit.inference.segmenter import Segmenter
 from unetkit.metrics.bootstrap import paired_difference
 from unetkit.metrics.calibration import CalibrationHistogram
@@ -99,10 +99,7 @@ def test_the_ensemble_is_the_mean_and_its_calibration_that_of_tempered_members(
         probs = [single.predict_proba(image) for single in singles]
         raw = np.mean(probs, axis=0)
         tempered = np.mean(
-            [
-                temper_probabilities(p, c.temperature, task)
-                for p, c in zip(probs, calibrations, strict=True)
-            ],
+            [c.apply_to_probabilities(p, task) for p, c in zip(probs, calibrations, strict=True)],
             axis=0,
         )
         before.update(raw, mask)

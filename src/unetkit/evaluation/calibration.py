@@ -1,18 +1,19 @@
 """Calibration and uncertainty of an evaluated split: the ``calibration`` and ``uncertainty``
 sections of ``metrics.json`` and the per-image ``uncertainty`` column of ``per_image.csv``.
 
-Two temperatures meet here: the one the Segmenter already applies (its model is
-:class:`~unetkit.inference.calibrated.Tempered` when loaded by ``Segmenter.from_checkpoint``), and
-the one to measure (by default the same; a raw Segmenter can be given a checkpoint's stored
-:class:`~unetkit.inference.calibration.Calibration`). One pass gives both sides: ``before`` counts
-the probabilities at ``T = 1`` (those of a raw model as they are, a tempered model's tempered back),
-``after`` the same at the measured ``T``. Tempering back is exact up to float32 saturation where
-the model saw the image at its own size; where the Segmenter resized or averaged probabilities
-(another image size, sliding windows, TTA) it is close to but not the raw model's, since tempering
-does not commute with averaging (a second pass would double the cost). Without a temperature,
-``T = 1`` and ``before == after``. Uncertainty is the predictive entropy of the ``after``
-probabilities; the risk-coverage curve asks whether the Segmenter's errors sit where it is unsure.
-Every accumulator holds bin counts only, so a whole split costs a few kB.
+Two calibrations (temperature, and a sigmoid task's bias) meet here: the one the Segmenter
+already applies (its model is :class:`~unetkit.inference.calibrated.Tempered` when loaded by
+``Segmenter.from_checkpoint``), and the one to measure (by default the same; a raw Segmenter can
+be given a checkpoint's stored :class:`~unetkit.inference.calibration.Calibration`). One pass gives
+both sides: ``before`` counts the raw probabilities (those of a raw model as they are, a tempered
+model's with its calibration undone), ``after`` the same under the measured calibration. Undoing
+is exact up to float32 saturation where the model saw the image at its own size; where the
+Segmenter resized or averaged probabilities (another image size, sliding windows, TTA) it is close
+to but not the raw model's, since the logit map does not commute with averaging (a second pass
+would double the cost). Without a calibration, ``T = 1`` and ``before == after``. Uncertainty is
+the predictive entropy of the ``after`` probabilities; the risk-coverage curve asks whether the
+Segmenter's errors sit where it is unsure. Every accumulator holds bin counts only, so a whole
+split costs a few kB.
 
 A multi-label task's labels are independent sigmoids, not one class distribution, so every
 (label, pixel) pair counts as one binary pixel (:func:`reliability_inputs`): one reliability
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from unetkit.inference.calibrated import Tempered
-from unetkit.inference.calibration import Calibration, temper_probabilities
+from unetkit.inference.calibration import Calibration
 from unetkit.metrics.calibration import CalibrationHistogram
 from unetkit.metrics.uncertainty import RiskCoverage, image_uncertainty, predictive_entropy
 from unetkit.tasks import Task
@@ -35,12 +36,12 @@ from unetkit.tasks import Task
 UNCERTAINTY_COLUMN = "uncertainty"  # per_image.csv: the image's mean predictive entropy
 
 
-def applied_temperature(model: Any) -> float:
-    """The temperature a Segmenter's model divides its logits by: ``Tempered``'s, else 1.
+def model_calibration(model: Any) -> Calibration:
+    """The logit map a Segmenter's model applies: ``Tempered``'s, else the identity.
 
-    An ensemble tempers each member on its own before averaging, so no single ``T`` undoes it;
-    it reads as 1 (``before`` then equals ``after``)."""
-    return float(model.temperature) if isinstance(model, Tempered) else 1.0
+    An ensemble calibrates each member on its own before averaging, so no single map undoes it;
+    it reads as the identity (``before`` then equals ``after``)."""
+    return model.calibration if isinstance(model, Tempered) else Calibration()
 
 
 class CalibrationCheck:
@@ -49,15 +50,17 @@ class CalibrationCheck:
     def __init__(
         self,
         task: Task,
-        temperature: float | None,
+        calibration: Calibration | None,
         threshold: float | list[float] | None,
-        applied: float = 1.0,
+        applied: Calibration | None = None,
         after_label: str | None = None,
     ) -> None:
         self.task = task
-        self.temperature = temperature  # measured: ``after`` is at this T (None: see add)
-        self.after_label = after_label or f"T = {temperature:.3g}"
-        self.applied = applied  # already in the probabilities given to :meth:`add`
+        # measured: ``after`` is under this logit map (None: given to :meth:`add`)
+        self.calibration = None if calibration is None else calibration.logit_map()
+        self.after_label = after_label or self.calibration.describe()
+        # already in the probabilities given to :meth:`add`
+        self.applied = Calibration() if applied is None else applied.logit_map()
         self.threshold = threshold
         self.before = reliability_histogram(task)
         self.after = reliability_histogram(task)
@@ -73,14 +76,14 @@ class CalibrationCheck:
     ) -> None:
         """One image: the Segmenter's probabilities ``(C, H, W)``, its mask and the target.
 
-        ``calibrated``: the ``after`` probabilities where no single temperature gives them (an
-        ensemble's members each at their own ``T``); ``probs`` are then the raw ones."""
-        raw = temper_probabilities(probs, 1.0 / self.applied, self.task)
+        ``calibrated``: the ``after`` probabilities where no single calibration gives them (an
+        ensemble's members each at their own); ``probs`` are then the raw ones."""
+        raw = self.applied.undo_on_probabilities(probs, self.task)
         if calibrated is None:
             calibrated = (
                 probs
-                if self.applied == self.temperature
-                else temper_probabilities(raw, self.temperature, self.task)
+                if self.applied == self.calibration
+                else self.calibration.apply_to_probabilities(raw, self.task)
             )
         if self.task.multilabel:
             prediction = prediction.reshape(-1, prediction.shape[-1])  # as the target below
@@ -96,7 +99,8 @@ class CalibrationCheck:
         """``calibration`` and ``uncertainty`` for metrics.json."""
         return {
             "calibration": {
-                "temperature": self.temperature,
+                "temperature": None if self.calibration is None else self.calibration.temperature,
+                "bias": None if self.calibration is None else _listed(self.calibration.bias),
                 "after_label": self.after_label,  # what "after" applied, for people
                 "threshold": self.threshold,
                 "before": self.before.result(),
@@ -136,12 +140,10 @@ def calibration_check(
 ) -> CalibrationCheck:
     """The check of a Segmenter's ``task`` and ``model``, measuring ``calibration`` (default:
     the temperature the model applies, at the task's threshold)."""
-    applied = applied_temperature(model)
+    applied = model_calibration(model)
     if calibration is None:
-        calibration = Calibration(applied)
-    return CalibrationCheck(
-        task, calibration.temperature, measured_threshold(calibration, task), applied
-    )
+        calibration = applied
+    return CalibrationCheck(task, calibration, measured_threshold(calibration, task), applied)
 
 
 def measured_threshold(calibration: Calibration, task: Task) -> float | list[float] | None:
@@ -158,6 +160,10 @@ def most_uncertain(rows: list[dict[str, Any]], count: int = 5) -> list[int]:
     scored = [(row.get(UNCERTAINTY_COLUMN), i) for i, row in enumerate(rows)]
     scored = [(score, i) for score, i in scored if score is not None]
     return [i for _, i in sorted(scored, key=lambda pair: -pair[0])[:count]]
+
+
+def _listed(values: tuple[float, ...] | None) -> list[float] | None:
+    return None if values is None else list(values)
 
 
 def after_label(calibration: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ uses, so the numbers describe the path a deployed model takes. Every number come
 :class:`~unetkit.metrics.split.SplitMetrics`; this module only drives it and writes the outputs:
 ``metrics.json``, ``per_image.csv`` and ``report.html``. A multi-label task is scored label by
 label by :class:`~unetkit.metrics.multilabel.MultilabelMetrics`, which reads the same way.
-Calibration (the ECE before and after the stored temperature) and uncertainty (risk-coverage,
+Calibration (the ECE before and after the stored calibration) and uncertainty (risk-coverage,
 a per-image score) come from :mod:`unetkit.evaluation.calibration`, in the same pass.
 """
 
@@ -67,7 +67,7 @@ def evaluate_source(
 ) -> Evaluation:
     """Metrics of ``segmenter`` on every sample of ``source`` (see :mod:`unetkit.metrics.split`).
 
-    ``calibration``: the temperature the ``calibration`` section measures (default: the one the
+    ``calibration``: the calibration the ``calibration`` section measures (default: the one the
     Segmenter applies; see :mod:`unetkit.evaluation.calibration`). It changes no other number.
     ``members``: the segmenter is a PyTorch ensemble of raw members; score each beside it (the
     ``ensemble`` section, :mod:`unetkit.evaluation.members`).
@@ -271,7 +271,7 @@ def describe(metrics: dict[str, Any]) -> str:
 
 
 def _calibration_lines(metrics: dict[str, Any]) -> list[str]:
-    """The ECE before / after the stored temperature and the risk-coverage headline."""
+    """The ECE before / after the stored calibration and the risk-coverage headline."""
     lines = []
     calibration = metrics.get("calibration")
     if calibration:

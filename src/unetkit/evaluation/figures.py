@@ -162,8 +162,8 @@ TRAINING_METRICS = (
 
 def reliability_before_after(calibration: Mapping[str, Any]) -> bytes:
     """The reliability diagram of metrics.json's ``calibration`` section: at ``T = 1`` and at the
-    stored temperature (one curve when the two are the same, ``T = 1``)."""
-    if calibration["temperature"] == 1.0:
+    stored calibration (one curve when the two are the same: ``T = 1``, no bias)."""
+    if calibration["temperature"] == 1.0 and not calibration.get("bias"):
         return reliability_diagram(calibration["after"], labels=("T = 1", ""))
     labels = ("before (T = 1)", f"after ({after_label(calibration)})")
     return reliability_diagram(calibration["before"], calibration["after"], labels)

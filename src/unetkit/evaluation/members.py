@@ -7,8 +7,9 @@ and the ensemble's difference from its best member with a paired bootstrap inter
 :meth:`~unetkit.inference.segmenter.Segmenter.predict_members`, so each member is run once, through
 the path the ensemble takes, and the ensemble's probabilities are their mean.
 
-Calibration: each member is measured at its own stored temperature; the ensemble's ``after``
-side is the mean of its tempered members, what ``predict`` and ``serve`` deliver.
+Calibration: each member is measured at its own stored calibration (temperature and bias); the
+ensemble's ``after`` side is the mean of its calibrated members, what ``predict`` and ``serve``
+deliver.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class MemberScores:
         """The ensemble's check: raw mean before, the calibrated mean :meth:`add` returns after."""
         temperatures = [c.temperature for c in self.calibrations]
         label = f"each member at its own T, {min(temperatures):.3g} to {max(temperatures):.3g}"
+        if any(c.bias is not None for c in self.calibrations):
+            label += ", and its own bias"
         thresholds = [measured_threshold(c, self.task) for c in self.calibrations]
         # as predict: the members' mean (per label for a multi-label task)
         threshold = None if None in thresholds else np.mean(thresholds, axis=0).tolist()
@@ -122,6 +125,7 @@ class MemberScores:
             },
             "calibration": {
                 "temperature": self.calibrations[index].temperature,
+                "bias": self.calibrations[index].to_dict().get("bias"),
                 "ece_before": before.result()["ece"],
                 "ece_after": after.result()["ece"],
             },

@@ -273,7 +273,7 @@ def _curves_body(
 
 
 def _calibration_body(metrics: Mapping[str, Any]) -> str:
-    """The reliability diagram before / after the stored temperature and the risk-coverage curve
+    """The reliability diagram before / after the stored calibration and the risk-coverage curve
     (metrics.json's ``calibration`` and ``uncertainty``); empty when neither was measured."""
     calibration, uncertainty = metrics.get("calibration"), metrics.get("uncertainty")
     charts = ""

@@ -142,6 +142,7 @@ class EvalConfig:
     report: bool = True  # per_image.csv and report.html beside metrics.json
     panels: int = 4  # best and worst images shown in the report, each
     calibrate: bool = True  # end of training: fit T (and a binary threshold) on val into best.pt
+    calibration_bias: bool = True  # binary / multi-label: fit a logit bias beside T (Platt)
 
 
 @dataclass

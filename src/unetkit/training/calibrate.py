@@ -1,19 +1,22 @@
-"""The end of training: fit temperature scaling (and a binary task's threshold) on the validation
-split and store it in ``best.pt`` (and ``ema.pt``), so the final test and every inference path
-apply it (see :mod:`unetkit.inference.calibration`).
+"""The end of training: fit temperature scaling (with a bias per sigmoid channel, and a binary
+task's threshold) on the validation split and store it in ``best.pt`` (and ``ema.pt``), so the
+final test and every inference path apply it (see :mod:`unetkit.inference.calibration`).
 
 Each checkpoint is fitted on its own weights, on a bounded sample of validation pixels
 (:class:`~unetkit.inference.calibration.LogitSample`, 10 000 per image, 250 000 in the fit), so it
 costs one validation pass at original resolution. The binary threshold is tuned for the monitored
 metric when that is a binary headline metric (``val_foreground_dice``, ...), else for the Dice.
-A multi-label task gets one ``T`` over all its labels and one threshold per label, each tuned for
-the label's own value of the monitored mean (``val_mean_iou``: the label's IoU), so their mean
-is the one monitored. ``eval.calibrate=false`` turns it off. What it found is written to
+A multi-label task gets one ``T`` over all its labels, one bias and one threshold per label, each
+threshold tuned for the label's own value of the monitored mean (``val_mean_iou``: the label's
+IoU), so their mean is the one monitored. A binary or multi-label task's bias (Platt scaling on
+the logit) is fitted jointly with ``T`` unless ``eval.calibration_bias=false``; a multi-class task
+gets ``T`` only. ``eval.calibrate=false`` turns it all off. What it found is written to
 ``calibration.json`` in the run folder and printed as one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -29,7 +32,7 @@ from unetkit.inference.calibration import (
     Calibration,
     LogitSample,
     ThresholdChoice,
-    fit_temperature,
+    fit_logit_map,
     logits_from_probabilities,
     store_calibration,
     tune_label_thresholds,
@@ -46,9 +49,15 @@ DEFAULT_METRIC = "foreground_dice"
 
 
 def calibrate_run(
-    run_dir: Path, val: SampleSource, monitor: str, device: Any, batch_size: int
+    run_dir: Path,
+    val: SampleSource,
+    monitor: str,
+    device: Any,
+    batch_size: int,
+    bias: bool = True,
 ) -> list[str]:
-    """Fit and store the calibration of each final checkpoint; the lines to print."""
+    """Fit and store the calibration of each final checkpoint (``bias``: with a logit bias for
+    a binary or multi-label task, ``eval.calibration_bias``); the lines to print."""
     checkpoints = [run_dir / "checkpoints" / name for name in ("best.pt", "ema.pt")]
     present = [path for path in checkpoints if path.is_file()]
     if len(val) == 0:
@@ -57,7 +66,7 @@ def calibrate_run(
     for path in present:
         segmenter = Segmenter.from_loaded(model_from_checkpoint(path), device, batch_size)
         try:
-            record = fit_checkpoint(segmenter, val, monitor)
+            record = fit_checkpoint(segmenter, val, monitor, bias)
         except ValueError as error:  # e.g. no foreground in val to tune a threshold on
             lines.append(f"calibration of {path.name}: skipped ({error})")
             continue
@@ -69,7 +78,9 @@ def calibrate_run(
     return lines
 
 
-def fit_checkpoint(segmenter: Segmenter, val: SampleSource, monitor: str) -> dict[str, Any]:
+def fit_checkpoint(
+    segmenter: Segmenter, val: SampleSource, monitor: str, bias: bool = True
+) -> dict[str, Any]:
     """The calibration of the Segmenter's raw model on ``val``, with the validation ECE (and the
     binary metric) of the sampled pixels before and after it."""
     task = segmenter.task
@@ -77,26 +88,27 @@ def fit_checkpoint(segmenter: Segmenter, val: SampleSource, monitor: str) -> dic
     for probs, target in _pairs(segmenter, val):
         sample.add(logits_from_probabilities(probs, task), target)
     logits, targets = sample.logits, sample.targets
-    temperature = fit_temperature(logits, targets, task)
+    calibration = fit_logit_map(logits, targets, task, bias)
     record: dict[str, Any] = {
         "pixels": len(targets),
         "ece": {
-            "before": _ece(logits, targets, task, 1.0),
-            "after": _ece(logits, targets, task, temperature),
+            "before": _ece(logits, targets, task, Calibration()),
+            "after": _ece(logits, targets, task, calibration),
         },
     }
-    calibration = Calibration(temperature)
+    calibrated = torch.sigmoid(calibration.apply(logits, channel_axis=-1))
     if task.is_binary:
         metric = threshold_metric(monitor)
         raw = torch.sigmoid(logits[:, 0])
         before = tune_threshold(raw, targets, metric, thresholds=(round(task.threshold, 3),))
-        choice = tune_threshold(torch.sigmoid(logits[:, 0] / temperature), targets, metric)
-        calibration = Calibration(temperature, choice.threshold)
+        choice = tune_threshold(calibrated[:, 0], targets, metric)
+        calibration = dataclasses.replace(calibration, threshold=choice.threshold)
         record["metric"] = {"name": metric, "before": before.score, "after": choice.score}
     elif task.multilabel:
-        calibration, record["metric"] = _label_thresholds(
-            logits, targets, temperature, segmenter.class_names, label_metric(monitor), task
+        cuts, record["metric"] = _label_thresholds(
+            logits, targets, calibrated, segmenter.class_names, label_metric(monitor), task
         )
+        calibration = dataclasses.replace(calibration, label_thresholds=cuts)
     record["calibration"] = calibration.to_dict()
     return record
 
@@ -104,18 +116,18 @@ def fit_checkpoint(segmenter: Segmenter, val: SampleSource, monitor: str) -> dic
 def _label_thresholds(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    temperature: float,
+    calibrated: torch.Tensor,
     names: list[str],
     metric: str,
     task: Task,
-) -> tuple[Calibration, dict[str, Any]]:
-    """One threshold per label, with each label's ``metric`` at the task's threshold before
-    calibration and at its tuned one after, and their means over the labels where defined."""
+) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """One threshold per label on the ``calibrated`` probabilities, with each label's ``metric``
+    at the task's threshold before calibration and at its tuned one after, and their means over
+    the labels where defined."""
     default = task.threshold
     raw = torch.sigmoid(logits)
     before = tune_label_thresholds(raw, targets, metric, default, (round(default, 3),))
-    tempered = torch.sigmoid(logits / temperature)
-    after = tune_label_thresholds(tempered, targets, metric, default)
+    after = tune_label_thresholds(calibrated, targets, metric, default)
     labels = {
         name: {"threshold": a.threshold, "before": _defined(b), "after": _defined(a)}
         for name, b, a in zip(names, before, after, strict=True)
@@ -126,8 +138,7 @@ def _label_thresholds(
         "after": mean_defined([row["after"] for row in labels.values()]),
         "labels": labels,
     }
-    thresholds = tuple(choice.threshold for choice in after)
-    return Calibration(temperature, label_thresholds=thresholds), summary
+    return tuple(choice.threshold for choice in after), summary
 
 
 def threshold_metric(monitor: str) -> str:
@@ -145,10 +156,13 @@ def label_metric(monitor: str) -> str:
 
 
 def calibration_line(record: dict[str, Any], name: str | None = None) -> str:
-    """``calibration: T = 1.42, threshold 0.46 (val foreground_dice 0.81 -> 0.83, ECE ...)``."""
+    """``calibration: T = 1.42, bias -0.12, threshold 0.46 (val foreground_dice 0.81 -> 0.83,
+    ECE ...)``."""
     calibration, ece = record["calibration"], record["ece"]
     where = "" if name is None else f" of {name}"
     head = f"calibration{where}: T = {calibration['temperature']:.2f}"
+    if calibration.get("bias") is not None:
+        head += ", bias " + " ".join(f"{value:+.2f}" for value in calibration["bias"])
     details = []
     cuts = calibration.get("label_thresholds")
     if calibration["threshold"] is not None or cuts is not None:
@@ -173,13 +187,16 @@ def _pairs(segmenter: Segmenter, source: SampleSource) -> Iterator[tuple[np.ndar
         yield from zip(probs, (mask for _, mask in loaded), strict=True)
 
 
-def _ece(logits: torch.Tensor, targets: torch.Tensor, task: Task, temperature: float) -> float:
-    """The ECE of sampled pixels ``(P, out_channels)`` at ``temperature``; of a multi-label
+def _ece(
+    logits: torch.Tensor, targets: torch.Tensor, task: Task, calibration: Calibration
+) -> float:
+    """The ECE of sampled pixels ``(P, out_channels)`` under ``calibration``; of a multi-label
     task, of every counted (pixel, label) pair as one binary pixel."""
+    logits = calibration.apply(logits, channel_axis=-1)
     if task.multilabel:
         counted = targets != IGNORE_INDEX
         logits, targets, task = logits[counted][:, None], targets[counted], Task(2)
-    probs = task.probabilities((logits / temperature).T[None, :, :, None])
+    probs = task.probabilities(logits.T[None, :, :, None])
     return expected_calibration_error(probs, targets[None, :, None]) or 0.0
 
 

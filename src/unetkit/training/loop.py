@@ -273,7 +273,12 @@ def _calibrate(parts: RunParts) -> None:
         _log(parts, "calibration: off (eval.calibrate=false)")
         return
     lines = calibrate_run(
-        parts.run_dir, parts.splits.val, cfg.train.monitor, parts.device, cfg.train.batch_size
+        parts.run_dir,
+        parts.splits.val,
+        cfg.train.monitor,
+        parts.device,
+        cfg.train.batch_size,
+        bias=cfg.eval.calibration_bias,
     )
     for line in lines:
         _log(parts, line)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from unetkit.cli import commands, cv_commands, data_commands, plan_commands
+from unetkit.cli import calibrate_commands, commands, cv_commands, data_commands, plan_commands
 from unetkit.cli.flags import (
     BATCH_SIZE_OPTIONS,
     DATASET_FLAGS,
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     cv_commands.add_cv_command(sub)
     _add_evaluate(sub)
+    _add_calibrate(sub)
     _add_predict(sub)
     _add_plan(sub)
     _add_bench(sub)
@@ -149,6 +150,27 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     add_deprecated_alias(p, "--min-area", "--metric-min-area", "metric_min_area", type=int)
     add_inference_flags(p)
     p.set_defaults(handler=commands.evaluate)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a finished run's temperature, bias and threshold again on its validation split",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run folders, checkpoint files (RUN/checkpoints/best.pt) or a `unetkit cv` folder",
+    )
+    p.add_argument(
+        "--bias",
+        action=argparse.BooleanOptionalAction,
+        help="fit a logit bias beside the temperature (binary, multi-label; default: the run's "
+        "eval.calibration_bias)",
+    )
+    add_device_flags(p, "images per model call")
+    p.set_defaults(handler=calibrate_commands.calibrate)
 
 
 def add_inference_flags(parser: argparse.ArgumentParser, mode_alias: bool = False) -> None:

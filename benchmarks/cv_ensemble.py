@@ -1,5 +1,6 @@
 """Issue 15's three targets on real data: a k-fold ensemble against its best fold, the ECE
-before and after temperature scaling, and risk-coverage against random referral, on the test split.
+before and after calibration (temperature, and bias where stored), and risk-coverage against
+random referral, on the test split.
 
 For each dataset: ``unetkit cv --folds K --time-budget-per-fold B --plan on`` (skipped when the
 cv folder is complete), then ``unetkit evaluate --checkpoint CV_FOLDER`` (the ensemble, each member
@@ -75,11 +76,18 @@ def calibration_rows(name: str, metrics: dict) -> list[str]:
     rows = []
     for index, member in enumerate(metrics["ensemble"]["members"]):
         calibration = member["calibration"]
-        rows.append(_ece_row(name, f"fold {index} (T = {calibration['temperature']:.2f})",
+        rows.append(_ece_row(name, f"fold {index} ({_mapping(calibration)})",
                              calibration["ece_before"], calibration["ece_after"]))  # fmt: skip
     before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
     rows.append(_ece_row(name, "ensemble", before["ece"], after["ece"]))
     return rows
+
+
+def _mapping(calibration: dict) -> str:
+    """The member's stored calibration, e.g. ``T = 1.31, bias -0.42``."""
+    bias = calibration.get("bias")
+    shift = f", bias {', '.join(f'{b:+.2f}' for b in bias)}" if bias else ""
+    return f"T = {calibration['temperature']:.2f}{shift}"
 
 
 def _ece_row(name: str, who: str, before: float, after: float) -> str:
@@ -102,7 +110,7 @@ def print_tables(names: list[str], out: Path) -> None:
           "resamples > 0 |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for name, metrics in evaluations.items():
         print(ensemble_row(name, metrics))
-    print("\n(b) test ECE before and after temperature scaling (target: after/before <= 0.5)\n")
+    print("\n(b) test ECE before and after calibration (target: after/before <= 0.5)\n")
     print("| data | model | ECE before | ECE after | after/before |\n|---|---|---|---|---|")
     ratios = []
     for name, metrics in evaluations.items():

@@ -140,7 +140,7 @@ def test_the_record_reads_back_and_refuses_a_bias_that_does_not_fit():
     assert Calibration.from_dict(calibration.to_dict()) == calibration
     assert "bias" not in Calibration(1.3).to_dict()  # older records read as before
     assert Calibration.from_dict({"temperature": 1.3, "threshold": None}).bias is None
-    assert calibration.describe() == "T = 1.3, bias -0.20"
+    assert calibration.describe() == "T = 1.30, bias -0.20"
     assert calibration.logit_map() == Calibration(1.3, bias=(-0.2,))
     with pytest.raises(ValueError, match="finite numbers"):
         Calibration(bias=(float("nan"),))

@@ -169,4 +169,4 @@ def _listed(values: tuple[float, ...] | None) -> list[float] | None:
 def after_label(calibration: dict[str, Any]) -> str:
     """What the ``after`` side of a ``calibration`` section applied, e.g. ``T = 1.24`` (older
     metrics.json files have the temperature only)."""
-    return calibration.get("after_label") or f"T = {calibration['temperature']:.3g}"
+    return calibration.get("after_label") or f"T = {calibration['temperature']:.2f}"

@@ -141,7 +141,7 @@ class Calibration:
 
     def describe(self) -> str:
         """``T = 1.24`` or ``T = 1.24, bias -0.12`` (one bias per label of a multi-label task)."""
-        text = f"T = {self.temperature:.3g}"
+        text = f"T = {self.temperature:.2f}"
         if self.bias is not None:
             text += ", bias " + " ".join(f"{value:+.2f}" for value in self.bias)
         return text

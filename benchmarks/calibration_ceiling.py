@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.cli.commands import saved_split_record
+from unetkit.cli.scoring import saved_split_record
 from unetkit.config import config_from_dict
 from unetkit.data.registry import build_splits
 from unetkit.inference.calibration import Calibration, logits_from_probabilities

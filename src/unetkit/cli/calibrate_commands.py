@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from unetkit.checkpoint import load_checkpoint
-from unetkit.cli.commands import saved_split_record
+from unetkit.cli.scoring import saved_split_record
 from unetkit.config import config_from_dict
 from unetkit.data.registry import build_splits
 from unetkit.inference.ensemble import checkpoint_paths

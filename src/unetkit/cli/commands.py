@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
+from unetkit.cli.ensemble_evaluation import evaluate_ensemble
 from unetkit.cli.flags import config_from_args, flag_overrides
+from unetkit.cli.scoring import saved_split_record, score_split
 from unetkit.config import Config, ConfigError, available_presets
 from unetkit.data import DATASETS, DataError, build_splits
-from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
+from unetkit.evaluation.evaluate import describe, write_evaluation
 from unetkit.inference.backends import (
     BackendChoice,
     load_segmenter,
@@ -79,8 +81,6 @@ def evaluate(args: argparse.Namespace) -> int:
     _refuse_ignored_overrides(args.overrides)
     paths = checkpoint_paths(args.checkpoint)
     if len(paths) > 1:
-        from unetkit.cli.ensemble_evaluation import evaluate_ensemble
-
         evaluation, cfg, out = evaluate_ensemble(
             args, paths, lambda ck: _evaluation_config(ck, args), given_inference_options(args)
         )
@@ -104,21 +104,6 @@ def evaluate(args: argparse.Namespace) -> int:
     history_file = run_dir / "history.csv"
     history = read_history_csv(history_file) if history_file.is_file() else None
     return _write_evaluation(evaluation, out, cfg, history)
-
-
-def score_split(
-    segmenter: Segmenter, source: Any, args: argparse.Namespace, cfg: Config, **given: Any
-) -> Any:
-    """``evaluate_source`` on ``args.split`` with the flags and eval options of ``evaluate``;
-    ``given``: the calibration or ensemble members to measure beside."""
-    return evaluate_source(
-        segmenter,
-        source,
-        split=args.split,
-        options=cfg.eval,
-        progress=not args.no_progress,
-        **given,
-    )
 
 
 def _write_evaluation(
@@ -365,11 +350,3 @@ def _refuse_ignored_overrides(pairs: list[str]) -> None:
 def _evaluation_config(checkpoint: dict[str, Any], args: argparse.Namespace) -> Config:
     """The checkpoint's config, pointed at other data if asked, with the evaluation flags."""
     return config_from_args(args, base=checkpoint["config"])
-
-
-def saved_split_record(run_dir: Path, checkpoint: dict[str, Any], cfg: Config) -> dict | None:
-    """The run's own split, when evaluating on the data it was trained on."""
-    trained = checkpoint["config"]["data"]
-    same_data = (trained["dataset"], trained["root"]) == (cfg.data.dataset, cfg.data.root)
-    path = run_dir / "splits.json"
-    return json.loads(path.read_text()) if same_data and path.is_file() else None

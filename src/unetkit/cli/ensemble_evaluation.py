@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.checkpoint import load_checkpoint
+from unetkit.cli.scoring import saved_split_record, score_split
 from unetkit.config import Config, ConfigError
 from unetkit.data import build_splits
 from unetkit.data.splits import SplitRecord
@@ -41,8 +42,6 @@ def evaluate_ensemble(
         loaded.class_names,
         cfg.eval,
     )
-    from unetkit.cli.commands import score_split
-
     evaluation = score_split(segmenter, source, args, cfg, members=members)
     evaluation.metrics["checkpoint"] = f"ensemble of {len(paths)}: {_common_folder(paths)}"
     evaluation.metrics["checkpoints"] = [str(path) for path in paths]
@@ -57,8 +56,6 @@ def shared_split_record(
     Members of ``unetkit cv`` share the test split but not val or train: each fold's val is
     another fold's training data, so scoring the ensemble there would flatter it.
     """
-    from unetkit.cli.commands import saved_split_record
-
     records = [
         saved_split_record(path.resolve().parent.parent, checkpoint, cfg)
         for path, checkpoint in zip(paths, checkpoints, strict=True)

@@ -183,3 +183,16 @@ def test_overrides_after_several_checkpoints_are_overrides_not_files():
     reclaim_overrides(args)
     assert args.checkpoint == ["a.pt", "runs/lr=0.1/best.pt"]
     assert args.overrides == ["eval.boundary=false"]
+
+
+def test_a_checkpoint_file_named_like_an_override_stays_a_checkpoint(tmp_path, monkeypatch):
+    from unetkit.cli.flags import reclaim_overrides
+    from unetkit.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "best.v2=final.pt").write_bytes(b"")
+    argv = ["evaluate", "--checkpoint", "a.pt", "best.v2=final.pt", "eval.boundary=false"]
+    args = build_parser().parse_args(argv)
+    reclaim_overrides(args)
+    assert args.checkpoint == ["a.pt", "best.v2=final.pt"]
+    assert args.overrides == ["eval.boundary=false"]

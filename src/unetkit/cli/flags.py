@@ -12,6 +12,7 @@ import argparse
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from unetkit.config import Config, load_config
@@ -184,13 +185,14 @@ def reclaim_overrides(args: argparse.Namespace) -> None:
     """Move KEY=VALUE pairs that a several-valued flag swallowed back into ``overrides``.
 
     ``--checkpoint A B eval.boundary=false`` hands all three to ``--checkpoint`` (argparse cannot
-    tell where its list ends); a dotted key with ``=`` and no ``/`` before it is no file."""
+    tell where its list ends); a dotted key with ``=`` and no ``/`` before it is an override,
+    unless a file of that name exists (``best.v2=final.pt`` beside the command)."""
     checkpoints = getattr(args, "checkpoint", None)
     if not isinstance(checkpoints, list) or not hasattr(args, "overrides"):
         return
-    keys = [item for item in checkpoints if DOTTED_KEY.match(item)]
+    keys = [item for item in checkpoints if DOTTED_KEY.match(item) and not Path(item).exists()]
     if keys:
-        args.checkpoint = [item for item in checkpoints if not DOTTED_KEY.match(item)]
+        args.checkpoint = [item for item in checkpoints if item not in keys]
         args.overrides = keys + list(args.overrides or [])
 
 

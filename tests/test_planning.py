@@ -85,6 +85,14 @@ def test_the_budget_buys_the_largest_candidate_that_still_converges():
         decisions.choose_candidate([], 100)
 
 
+def test_a_candidate_label_names_every_option_of_the_model():
+    plain = Candidate("unet", {"base_width": 16}, 192, 0.1)
+    timm = Candidate("unet", {"base_width": 16, "encoder": "mobilenetv3_large_100"}, 192, 0.1)
+    assert plain.label == "unet (base width 16) at 192 px"
+    assert timm.label == "unet (base width 16, encoder mobilenetv3_large_100) at 192 px"
+    assert Candidate("resnet34-unet", {}, 160, 0.1).label == "resnet34-unet at 160 px"
+
+
 def test_validation_share_augmentation_and_tta_follow_the_measured_costs():
     assert decisions.train_repeats(train_seconds_per_pass=100, validation_seconds=5) == 1
     assert decisions.train_repeats(train_seconds_per_pass=2, validation_seconds=1) == 5

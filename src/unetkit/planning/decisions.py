@@ -94,8 +94,9 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        width = self.options.get("base_width")
-        name = f"{self.model} (base width {width})" if width else self.model
+        """``unet (base width 16, encoder mobilenetv3_large_100) at 192 px``: every option."""
+        options = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.options.items())
+        name = f"{self.model} ({options})" if options else self.model
         return f"{name} at {self.input_side} px"
 
 

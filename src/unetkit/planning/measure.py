@@ -37,7 +37,9 @@ STEP_OVERHEAD = 1.15
 # reason. With pretrained weights, `model.name=resnet34-unet` is the user's choice to make.
 # The family under one budget (benchmarks/README.md, issue 14: Pet 4 min, ISBI 3 min, AMX Xeon)
 # agrees: on Pet the plain U-Net led attention-unet, unet-plus-plus, resenc-unet, the MobileNetV3
-# and ResNet-34 encoders by 0.027 to 0.114 test foreground IoU; on ISBI none was separated.
+# and ResNet-34 encoders by 0.027 to 0.114 test foreground IoU; on ISBI none was separated. At the
+# issue's 20 minutes on Pet (Zen 5) it led unet-plus-plus, attention-unet and resenc-unet by 0.016,
+# 0.048 and 0.087 (0.793 against 0.778, 0.745, 0.707).
 MODEL_LADDER: list[tuple[str, dict[str, Any]]] = [
     ("unet", {"base_width": 16}),
     ("unet", {"base_width": 24}),

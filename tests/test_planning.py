@@ -103,6 +103,14 @@ def test_validation_share_augmentation_and_tta_follow_the_measured_costs():
     assert decisions.warmup_epochs(100) == 3.0
 
 
+def test_the_evaluation_reserve_is_the_safe_estimate_capped_at_half_the_budget():
+    reserve, reason = decisions.evaluation_reserve(evaluation_seconds=50, budget_seconds=1200)
+    assert reserve == 70.0 and reason == "70 s of the budget kept for it"  # 50 x 1.3 + 5
+    reserve, reason = decisions.evaluation_reserve(evaluation_seconds=150, budget_seconds=240)
+    assert reserve == 120.0  # 200 s wanted: the run is told it will end ~80 s late
+    assert "needs ~200 s" in reason and "~80 s late" in reason
+
+
 def test_a_final_reserve_ends_the_training_steps_earlier():
     plain, reserved = TimeBudget(100.0), TimeBudget(100.0, final_reserve=50.0)
     started = time.perf_counter() - 30

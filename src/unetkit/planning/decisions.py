@@ -17,7 +17,8 @@ Every rule reads a plain property of the data or the machine, never a dataset's 
 - **Validation** costs at most :data:`VALIDATION_SHARE` of the training time: a small split is
   repeated within an epoch so that validating once per epoch stays within that share.
 - **TTA** (four flips) is on when the final evaluation with it fits in :data:`EVALUATION_SHARE`
-  of the budget.
+  of the budget. The final evaluation's estimate (with a safety margin) is kept at the end of the
+  budget, at most half of it: beyond that the plan says by how much the run will overrun.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EVALUATION_SHARE = 0.05
 PROBE_SHARE = 0.05
 LOADING_SHARE = 0.05  # decoding above this share of a step turns the sample cache on
 WARMUP_SHARE = 0.03  # of the planned steps
+EVALUATION_SAFETY = 1.3  # the final evaluation's estimate is a few measured images
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,19 @@ def choose_tta(
     return False, (
         f"4 flips would make the test evaluation ~{with_tta:.0f} s, over its share "
         f"({allowance:.0f} s)"
+    )
+
+
+def evaluation_reserve(evaluation_seconds: float, budget_seconds: float) -> tuple[float, str]:
+    """Seconds kept at the end of the budget for the test evaluation, at most half the budget
+    (training must keep the other half), and what that means for the run's length."""
+    wanted = evaluation_seconds * EVALUATION_SAFETY + 5.0
+    reserve = round(min(wanted, budget_seconds / 2), 1)
+    if wanted <= reserve:
+        return reserve, f"{reserve:.0f} s of the budget kept for it"
+    return reserve, (
+        f"it needs ~{wanted:.0f} s, more than half the budget, so {reserve:.0f} s are kept and "
+        f"the run may end ~{wanted - reserve:.0f} s late; a longer --time-budget avoids that"
     )
 
 

@@ -48,7 +48,6 @@ from unetkit.tasks import Task
 RESIZE_SIDES = (128, 160, 192, 256)
 TILE_SIDES = (128, 192, 256)
 DEFAULT_TILE_SIDE = 256  # without a budget
-EVALUATION_SAFETY = 1.3  # the final evaluation's estimate is a few measured images
 
 
 @dataclass
@@ -301,11 +300,11 @@ def _plan_schedule(
     if fixed_tta is not None:
         tta, tta_reason = fixed_tta, f"TTA {'on' if fixed_tta else 'off'}, as configured"
     evaluation = len(splits.test) * scoring + inference * (4 if tta else 1)
-    reserve = round(min(evaluation * EVALUATION_SAFETY + 5.0, budget / 2), 1)
+    reserve, reserve_reason = decisions.evaluation_reserve(evaluation, budget)
     plan.choose(
         {"eval.tta": tta, "train.final_reserve": reserve},
         "test evaluation",
-        f"{tta_reason}; {reserve:.0f} s of the budget kept for it",
+        f"{tta_reason}; {reserve_reason}",
     )
     plan.measured.update(inference_s_per_image=round(per_image, 4), planned_steps=round(steps))
     _note_fixed_choices(plan, cfg, steps)

@@ -44,6 +44,7 @@ def test_registry_holds_the_family_with_one_line_descriptions() -> None:
     for name in list_models():
         description = model_description(name)
         assert description and "\n" not in description, name
+        assert "``" not in description and not description.endswith("."), description
     assert "Oktay" in model_description("attention-unet")
 
 

@@ -31,7 +31,10 @@ from unetkit.models.state_dicts import as_state_dict
 ENCODER_WIDTHS = (64, 64, 128, 256, 512)  # channels at strides 2, 4, 8, 16, 32
 
 
-@register_model("resnet34-unet")
+@register_model(
+    "resnet34-unet",
+    "ResNet-34 encoder (torchvision, ImageNet weights optional) + U-Net decoder of five blocks",
+)
 class ResNet34UNet(AnySizeSegmenter):
     """ResNet-34 encoder + U-Net decoder of five blocks (``decoder_widths``, deepest first).
 

@@ -36,7 +36,10 @@ TIMM_PREFIX = "tu-"  # segmentation_models_pytorch's spelling of "a timm encoder
 UPSAMPLING_MODES = ("nearest", "bilinear")
 
 
-@register_model("timm-unet")
+@register_model(
+    "timm-unet",
+    "U-Net decoder on any timm encoder; default mobilenetv3_large_100, chosen for fast CPU use",
+)
 class TimmUNet(AnySizeSegmenter):
     """U-Net decoder on any timm encoder (default mobilenetv3_large_100, chosen for fast CPU use).
 

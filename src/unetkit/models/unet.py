@@ -16,7 +16,8 @@ UPSAMPLERS = ("transpose", "bilinear", "nearest")
 
 @register_model(
     "unet",
-    "classic U-Net (Ronneberger et al. 2015); norm, activation, down/up-sampling, SE options",
+    "classic U-Net (Ronneberger et al. 2015); norm, activation, down/up-sampling, SE options; "
+    "encoder=<timm model> puts a timm encoder under its decoder",
 )
 class UNet(DeepSupervisedSegmenter):
     """Encoder of ``depth`` down-samplings with widths ``base_width * 2**i``, mirrored decoder.

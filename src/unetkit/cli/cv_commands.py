@@ -19,6 +19,7 @@ from unetkit.cli.flags import TRAIN_FLAGS, add_config_flags, config_from_args, f
 from unetkit.cli.plan_commands import PLAN_CHOICES, explicit_keys, should_plan
 from unetkit.config import Config, ConfigError, load_config
 from unetkit.training.budget import parse_duration
+from unetkit.training.calibrate_ensemble import calibrate_ensemble
 from unetkit.training.cv import (
     FoldAssignment,
     assignment_for,
@@ -31,7 +32,10 @@ from unetkit.training.distributed import under_torchrun
 
 PLAN_FILE = "plan.yaml"
 # Flags of `cv` itself (one value each), not handed on to the folds' `train`.
-CV_OPTIONS = ("--folds", "--fold-seed", "--out", "--time-budget", "--time-budget-per-fold")
+CV_OPTIONS = (
+    "--folds", "--fold-seed", "--out", "--time-budget", "--time-budget-per-fold",
+    "--calibration-holdout",
+)  # fmt: skip
 # Keys each fold sets itself: given as KEY=VALUE they would send every fold to one place.
 FOLD_KEYS = {  # keys cv sets for each fold, and what to give instead
     "train.out": "--out (the cv folder)",
@@ -56,6 +60,10 @@ def add_cv_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: "
                    "data.split_seed)")  # fmt: skip
+    p.add_argument("--calibration-holdout", type=float, default=0.0, metavar="FRACTION",
+                   help="set this share of train + val (0 to 0.5, whole images) aside from every "
+                   "fold and fit one calibration of the ensemble's mean there (default 0: each "
+                   "member keeps its own)")  # fmt: skip
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--time-budget-per-fold", metavar="DURATION", help="each fold trains "
                         "this long (90s, 20m, 1.5h)")  # fmt: skip
@@ -80,7 +88,7 @@ def cv(args: argparse.Namespace) -> int:
     cfg, plan = _planned(args, cv_dir)
     budget = cfg.train.time_budget
     seed = cfg.data.split_seed if args.fold_seed is None else args.fold_seed
-    assignment = assignment_for(cfg, args.folds, seed, cv_dir)
+    assignment = assignment_for(cfg, args.folds, seed, cv_dir, args.calibration_holdout)
     _describe(assignment, cv_dir)
 
     def train_fold(index: int, run_dir: Path, resume: bool) -> int:
@@ -90,6 +98,8 @@ def cv(args: argparse.Namespace) -> int:
     status = run_folds(cv_dir, assignment, train_fold, progress=not args.no_progress)
     if status:
         return status
+    for line in calibrate_ensemble(cv_dir, assignment):
+        print(line, flush=True)
     summary = summarise_folds(cv_dir, assignment)
     written = write_summary(summary, cv_dir)
     print(format_summary(summary))
@@ -214,8 +224,10 @@ def _describe(assignment: FoldAssignment, cv_dir: Path) -> None:
     groups = "/".join(str(len(fold.groups)) for fold in assignment.folds) + " images"
     if [len(f.groups) for f in assignment.folds] != [len(f.val) for f in assignment.folds]:
         sizes += f" ({groups})"
+    held = len(assignment.calibration)
+    kept = f"{held} held out to calibrate the ensemble; " if held else ""
     print(
-        f"cv: {len(assignment.folds)} folds of {sizes}, seed {assignment.seed}; "
+        f"cv: {len(assignment.folds)} folds of {sizes}, seed {assignment.seed}; {kept}"
         f"{len(assignment.test)} test samples shared; {cv_dir / 'folds.json'}",
         flush=True,
     )

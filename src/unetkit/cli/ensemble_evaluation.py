@@ -17,6 +17,7 @@ from unetkit.evaluation.evaluate import Evaluation
 from unetkit.evaluation.members import MemberScores
 from unetkit.inference.calibration import Calibration
 from unetkit.inference.ensemble import load_ensemble
+from unetkit.inference.ensemble_calibration import pooled_calibration
 from unetkit.inference.segmenter import Segmenter
 
 
@@ -41,6 +42,7 @@ def evaluate_ensemble(
         loaded.task,
         loaded.class_names,
         cfg.eval,
+        pooled=pooled_calibration(args.checkpoint),  # a cv folder's calibration of the mean
     )
     evaluation = score_split(segmenter, source, args, cfg, members=members)
     evaluation.metrics["checkpoint"] = f"ensemble of {len(paths)}: {_common_folder(paths)}"

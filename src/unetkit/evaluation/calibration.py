@@ -29,6 +29,7 @@ import numpy as np
 
 from unetkit.inference.calibrated import Tempered
 from unetkit.inference.calibration import Calibration
+from unetkit.inference.ensemble import ProbabilityAverage
 from unetkit.metrics.calibration import CalibrationHistogram
 from unetkit.metrics.uncertainty import RiskCoverage, image_uncertainty, predictive_entropy
 from unetkit.tasks import Task
@@ -37,10 +38,13 @@ UNCERTAINTY_COLUMN = "uncertainty"  # per_image.csv: the image's mean predictive
 
 
 def model_calibration(model: Any) -> Calibration:
-    """The logit map a Segmenter's model applies: ``Tempered``'s, else the identity.
+    """The logit map a Segmenter's model applies: ``Tempered``'s or an ensemble's pooled one,
+    else the identity.
 
-    An ensemble calibrates each member on its own before averaging, so no single map undoes it;
-    it reads as the identity (``before`` then equals ``after``)."""
+    An ensemble that calibrates each member on its own before averaging has no single map that
+    undoes it; it reads as the identity (``before`` then equals ``after``)."""
+    if isinstance(model, ProbabilityAverage) and model.calibration is not None:
+        return model.calibration
     return model.calibration if isinstance(model, Tempered) else Calibration()
 
 

@@ -8,8 +8,9 @@ and the ensemble's difference from its best member with a paired bootstrap inter
 the path the ensemble takes, and the ensemble's probabilities are their mean.
 
 Calibration: each member is measured at its own stored calibration (temperature and bias); the
-ensemble's ``after`` side is the mean of its calibrated members, what ``predict`` and ``serve``
-deliver.
+ensemble's ``after`` side is what ``predict`` and ``serve`` deliver: the mean of its calibrated
+members, or, for a cv folder calibrated as a whole (``pooled``), that calibration on the raw
+mean, with the mean of calibrated members' ECE beside it for comparison.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class MemberScores:
         task: Task,
         class_names: Sequence[str],
         options: EvalConfig,
+        pooled: Calibration | None = None,
     ) -> None:
         if len(checkpoints) != len(calibrations) or len(checkpoints) < 2:
             raise ValueError(
@@ -58,12 +60,14 @@ class MemberScores:
         self.task = task
         self.checkpoints = list(checkpoints)
         self.calibrations = list(calibrations)
+        self.pooled = pooled
         self.options = options
         self.metrics = [split_metrics(task, class_names, lean) for _ in checkpoints]
         # ECE at T = 1 and at each member's own T: histograms only, no per-member uncertainty
         self.reliability = [
             (reliability_histogram(task), reliability_histogram(task)) for _ in checkpoints
         ]
+        self.members_mean = reliability_histogram(task)  # beside a pooled calibration
 
     def add(
         self,
@@ -73,7 +77,8 @@ class MemberScores:
         objects: np.ndarray | None = None,
     ) -> np.ndarray:
         """One image: the members' raw probabilities ``(M, C, H, W)`` and the target. Returns the
-        ensemble's calibrated probabilities, the mean of each member at its own ``T``."""
+        ensemble's calibrated probabilities: the mean of each member at its own ``T``, or the
+        pooled calibration on the raw mean."""
         tempered = []
         members = zip(self.metrics, self.reliability, self.calibrations, member_probs, strict=True)
         for metrics, (before, after), calibration, probs in members:
@@ -81,10 +86,19 @@ class MemberScores:
             tempered.append(calibration.apply_to_probabilities(probs, self.task))
             before.update(*reliability_inputs(self.task, probs, target))
             after.update(*reliability_inputs(self.task, tempered[-1], target))
-        return np.mean(tempered, axis=0, dtype=np.float32)
+        members_mean = np.mean(tempered, axis=0, dtype=np.float32)
+        if self.pooled is None:
+            return members_mean
+        self.members_mean.update(*reliability_inputs(self.task, members_mean, target))
+        raw_mean = np.mean(member_probs, axis=0, dtype=np.float32)
+        return self.pooled.apply_to_probabilities(raw_mean, self.task)
 
     def ensemble_check(self) -> CalibrationCheck:
         """The ensemble's check: raw mean before, the calibrated mean :meth:`add` returns after."""
+        if self.pooled is not None:
+            label = f"the mean at one pooled {self.pooled.describe()}"
+            threshold = measured_threshold(self.pooled, self.task)
+            return CalibrationCheck(self.task, self.pooled, threshold, after_label=label)
         temperatures = [c.temperature for c in self.calibrations]
         label = f"each member at its own T, {min(temperatures):.3g} to {max(temperatures):.3g}"
         if any(c.bias is not None for c in self.calibrations):
@@ -107,11 +121,13 @@ class MemberScores:
             resamples=self.options.ci_resamples,
             level=self.options.ci_level,
         )
-        return {
-            "members": members,
-            "best_member": best,
-            "versus_best_member": comparison,
-        }
+        section = {"members": members, "best_member": best, "versus_best_member": comparison}
+        if self.pooled is not None:
+            section["pooled_calibration"] = {
+                **self.pooled.to_dict(),
+                "ece_mean_of_calibrated_members": self.members_mean.result()["ece"],
+            }
+        return section
 
     def _member(self, index: int) -> dict[str, Any]:
         result = self.metrics[index].result()

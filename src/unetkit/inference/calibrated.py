@@ -4,12 +4,14 @@ several (an ensemble, :mod:`unetkit.inference.ensemble`), each with its stored c
 
 * **Temperature and bias**: each member's logits become ``logits / T + b`` with its own ``T``
   and bias (:class:`Tempered`) before the ensemble averages probabilities, so an ensemble
-  averages calibrated probabilities. Inside the model, so an export bakes them into its graph
+  averages calibrated probabilities. A ``unetkit cv`` folder with an ensemble calibration
+  (:mod:`unetkit.inference.ensemble_calibration`) instead averages its raw members and maps the
+  mean with that one ``T`` and bias. Inside the model, so an export bakes them into its graph
   and every runtime agrees.
 * **Threshold** (binary, multi-label): the stored one becomes the task's threshold (a multi-label
   task's stored per-label thresholds its ``label_thresholds``); for an ensemble the mean of its
-  members' stored ones, label by label; ``threshold`` (``--threshold``) overrides, for every
-  label alike.
+  members' stored ones, label by label (or the ensemble calibration's own); ``threshold``
+  (``--threshold``) overrides, for every label alike.
 
 The result's checkpoint no longer holds ``calibration`` but ``calibrated`` (the temperatures and
 threshold applied), so calibrating twice is impossible and exports can record what they hold.
@@ -31,6 +33,7 @@ from torch import nn
 from unetkit.checkpoint import LoadedModel
 from unetkit.inference.calibration import CHECKPOINT_KEY, Calibration
 from unetkit.inference.ensemble import load_ensemble
+from unetkit.inference.ensemble_calibration import pooled_calibration
 from unetkit.tasks import Task
 
 APPLIED_KEY = "calibrated"  # in the loaded checkpoint and exported metadata: what was applied
@@ -80,16 +83,10 @@ def source_names(sources: Sources) -> str:
 def load_model(
     sources: Sources, threshold: float | None = None, weights: str = "model"
 ) -> LoadedModel:
-    """The calibrated model of one checkpoint, several (averaged), or a ``unetkit cv`` folder;
-    ``threshold`` overrides the stored one (a binary or multi-label task only)."""
-    calibrations: list[Calibration] = []
-
-    def tempered(member: LoadedModel) -> LoadedModel:
-        calibration = Calibration.from_checkpoint(member.checkpoint)
-        calibrations.append(calibration)
-        return with_calibration(member, calibration)
-
-    loaded = load_ensemble(as_sources(sources), weights, prepare=tempered)
+    """The calibrated model of one checkpoint, several (averaged), or a ``unetkit cv`` folder
+    (its ensemble calibration when it has one); ``threshold`` overrides the stored one (a binary
+    or multi-label task only)."""
+    loaded, calibrations, pooled = _calibrated_members(as_sources(sources), weights)
     stored = [c.threshold for c in calibrations if c.threshold is not None]
     chosen = threshold if threshold is not None else _mean(stored)
     task = with_threshold(loaded.task, chosen, "--threshold" if threshold is not None else None)
@@ -103,8 +100,31 @@ def load_model(
         applied["biases"] = [None if c.bias is None else list(c.bias) for c in calibrations]
     if per_label is not None:
         applied["label_thresholds"] = list(per_label)
+    if pooled:
+        applied["pooled"] = True  # one calibration of the ensemble's mean, not one per member
     checkpoint = {**loaded.checkpoint, APPLIED_KEY: applied}
     return dataclasses.replace(loaded, task=task, checkpoint=checkpoint)
+
+
+def _calibrated_members(
+    sources: list[str | Path], weights: str
+) -> tuple[LoadedModel, list[Calibration], bool]:
+    """The model with its logit maps applied, the calibrations whose thresholds it takes, and
+    whether that is one calibration of a cv ensemble's mean (fitted on the ``model`` weights)."""
+    pooled = pooled_calibration(sources) if weights == "model" else None
+    if pooled is not None:
+        loaded = load_ensemble(sources, weights, calibration=pooled)
+        pooled.check_channels(loaded.task)
+        checkpoint = {k: v for k, v in loaded.checkpoint.items() if k != CHECKPOINT_KEY}
+        return dataclasses.replace(loaded, checkpoint=checkpoint), [pooled], True
+    calibrations: list[Calibration] = []
+
+    def tempered(member: LoadedModel) -> LoadedModel:
+        calibration = Calibration.from_checkpoint(member.checkpoint)
+        calibrations.append(calibration)
+        return with_calibration(member, calibration)
+
+    return load_ensemble(sources, weights, prepare=tempered), calibrations, False
 
 
 def with_calibration(loaded: LoadedModel, calibration: Calibration) -> LoadedModel:

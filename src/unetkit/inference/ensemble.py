@@ -4,7 +4,9 @@ The ensemble is an ``nn.Module`` that returns *logits* whose probabilities are e
 members' mean, so every path that takes one model (the Segmenter, evaluation, ONNX export and its
 parity check, serve) takes an ensemble unchanged, and an exported ensemble is one graph. The logits
 are computed in log space (log-sum-exp of the members' log-probabilities), never as ``log(p)`` of a
-rounded mean, so they stay finite and exact where a member is certain.
+rounded mean, so they stay finite and exact where a member is certain. An ensemble calibrated as
+a whole (:mod:`unetkit.inference.ensemble_calibration`) maps those logits once more, in the
+graph too.
 """
 
 from __future__ import annotations
@@ -16,23 +18,37 @@ import torch
 from torch import nn
 
 from unetkit.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
+from unetkit.inference.calibration import Calibration
 from unetkit.tasks import Task
 
 FOLD_CHECKPOINT = "checkpoints/best.pt"  # inside each fold_<k> folder of `unetkit cv`
 
 
 class ProbabilityAverage(nn.Module):
-    """Logits of the mean of the members' probabilities (all members share ``task``)."""
+    """Logits of the mean of the members' probabilities (all members share ``task``), under
+    ``calibration`` when the ensemble was calibrated as a whole."""
 
-    def __init__(self, members: Sequence[nn.Module], task: Task) -> None:
+    def __init__(
+        self, members: Sequence[nn.Module], task: Task, calibration: Calibration | None = None
+    ) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         self.task = task
+        self.calibration = calibration if calibration and calibration.maps_logits else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return average_logits(self.member_logits(images), self.task)
+        logits = average_logits(self.member_logits(images), self.task)
+        return logits if self.calibration is None else self.calibration.apply(logits)
+
+    def mean_probabilities(self, member_probs: torch.Tensor) -> torch.Tensor:
+        """The ensemble's probabilities from its members' ``(M, ...)``: their mean, under the
+        ensemble's calibration if it has one."""
+        mean = member_probs.mean(dim=0)
+        if self.calibration is None:
+            return mean
+        return self.calibration.apply_to_probabilities(mean[None], self.task)[0]
 
     @property
     def size_multiple(self) -> int | None:
@@ -101,8 +117,10 @@ def load_ensemble(
     sources: Sequence[str | Path],
     weights: str = "model",
     prepare: Callable[[LoadedModel], LoadedModel] | None = None,
+    calibration: Calibration | None = None,
 ) -> LoadedModel:
-    """One model from several checkpoints (a single one is returned as it is).
+    """One model from several checkpoints (a single one is returned as it is), its mean under
+    ``calibration`` (one fitted on the ensemble as a whole) when given.
 
     Members must share the task, classes and preprocessing; a difference is refused, naming both
     files. The result's checkpoint is the first member's with ``ensemble.members`` (their paths)
@@ -118,7 +136,7 @@ def load_ensemble(
     for path, member in zip(paths[1:], members[1:], strict=True):
         _require_compatible(paths[0], members[0], path, member)
     first = members[0]
-    model = ProbabilityAverage([member.model for member in members], first.task).eval()
+    model = ProbabilityAverage([m.model for m in members], first.task, calibration).eval()
     checkpoint = {**first.checkpoint, "ensemble": {"members": [str(p) for p in paths]}}
     return LoadedModel(model, first.task, first.class_names, first.preprocessing, checkpoint)
 

@@ -194,7 +194,8 @@ class Segmenter:
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(member probabilities (M, C, H, W), mean probabilities, mask)`` per image of a
         PyTorch ensemble: each member through the very path (resize or windows, TTA) the
-        ensemble takes, whose mean is the ensemble's probabilities (every step is linear)."""
+        ensemble takes, whose mean is the ensemble's probabilities (every step is linear; an
+        ensemble calibrated as a whole maps the mean once it is resized or blended)."""
         members = getattr(self.model, "members", None)
         if members is None:
             raise ValueError(
@@ -210,7 +211,7 @@ class Segmenter:
             self.model = whole
         results = []
         for stacked in (torch.stack(probs) for probs in zip(*per_member, strict=True)):
-            mean = stacked.mean(dim=0)
+            mean = whole.mean_probabilities(stacked)
             results.append((stacked.cpu().numpy(), mean.cpu().numpy(), self._labels(mean)))
         return results
 

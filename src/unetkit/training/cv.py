@@ -15,6 +15,12 @@ never saw it (the *out-of-fold* metrics).
   ``splits.json`` (train = the other folds, val = this fold, test = the test split) is written
   before training starts, and training reuses a saved split, so ``evaluate`` and ``predict`` work
   on it as on any run.
+* **Calibration holdout** (``--calibration-holdout FRACTION``, off by default): that share of the
+  groups, drawn with the seed, is set aside before folding and trains no fold. After the folds,
+  one temperature (and bias, threshold) is fitted on the *ensemble's* mean probabilities there
+  (:mod:`unetkit.training.calibrate_ensemble`): averaging members that were each calibrated on
+  their own fold can leave the mean under-confident, and held-out data is the only data that
+  none of the members saw.
 * **Resuming**: a fold whose ``metrics.json`` exists (the final test ran) is done; one with a
   checkpoint continues with ``--resume auto``; any other starts afresh.
 * **Out-of-fold**: each fold's ``best.pt`` is evaluated on the samples it held out (their whole
@@ -33,7 +39,7 @@ import csv
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +73,13 @@ class Fold:
 
 @dataclass
 class FoldAssignment:
-    """The folds of a cross-validation and the test split they all share (``folds.json``)."""
+    """The folds of a cross-validation, the test split they all share and the samples held out
+    of every fold to calibrate their ensemble (``folds.json``)."""
 
     seed: int
     folds: list[Fold]
     test: list[str]
+    calibration: list[str] = field(default_factory=list)
 
     def split_record(self, index: int) -> SplitRecord:
         """Fold ``index``'s split: train = every other fold's samples, val = its own."""
@@ -83,13 +91,21 @@ class FoldAssignment:
         """The split whose ``val`` is what fold ``index``'s out-of-fold evaluation scores."""
         return {**self.split_record(index), "val": list(self.folds[index].evaluate)}
 
+    def calibration_record(self) -> SplitRecord:
+        """The split whose ``val`` is the calibration holdout (train: every fold's samples)."""
+        train = sorted(name for fold in self.folds for name in fold.val)
+        record = {"train": train, "val": list(self.calibration), "test": list(self.test)}
+        return validate_split_record(record, where="the calibration holdout")
+
     def to_dict(self) -> dict[str, Any]:
         return {"folds": len(self.folds), "seed": self.seed, "test": self.test,
+                "calibration": self.calibration,
                 "fold": [asdict(fold) for fold in self.folds]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any]) -> FoldAssignment:
-        return cls(tree["seed"], [Fold(**fold) for fold in tree["fold"]], list(tree["test"]))
+        folds = [Fold(**fold) for fold in tree["fold"]]
+        return cls(tree["seed"], folds, list(tree["test"]), list(tree.get("calibration", [])))
 
 
 def sample_groups(names: Sequence[str]) -> dict[str, list[str]]:
@@ -126,38 +142,66 @@ def assign_groups(groups: dict[str, list[str]], folds: int, seed: int) -> list[l
     return [sorted(fold) for fold in assigned]
 
 
+def hold_out_groups(
+    groups: dict[str, list[str]], fraction: float, seed: int
+) -> tuple[list[str], dict[str, list[str]]]:
+    """``(held-out samples, the groups left)``: ``fraction`` of the groups (at least one when
+    above 0), drawn with ``seed``, set aside whole so no image has tiles on both sides."""
+    if not 0.0 <= fraction <= 0.5:
+        raise ValueError(
+            f"--calibration-holdout must be a fraction from 0 to 0.5 of train + val; got "
+            f"{fraction} (0.1 sets a tenth of the images aside to calibrate the ensemble)"
+        )
+    if fraction == 0.0:
+        return [], groups
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(fraction * len(order)))])
+    samples = sorted(sample for group in held for sample in groups[group])
+    return samples, {group: names for group, names in groups.items() if group not in held}
+
+
 def make_assignment(
-    record: SplitRecord, dataset_names: set[str], folds: int, seed: int
+    record: SplitRecord,
+    dataset_names: set[str],
+    folds: int,
+    seed: int,
+    calibration_holdout: float = 0.0,
 ) -> FoldAssignment:
-    """Folds over ``record``'s train + val, its test kept; a fold's out-of-fold evaluation
-    scores its groups' whole images when every one is a sample of the dataset."""
-    groups = sample_groups(record["train"] + record["val"])
+    """Folds over ``record``'s train + val less the calibration holdout, its test kept; a fold's
+    out-of-fold evaluation scores its groups' whole images when each is a sample of the data."""
+    held, groups = hold_out_groups(
+        sample_groups(record["train"] + record["val"]), calibration_holdout, seed
+    )
     made = []
     for names in assign_groups(groups, folds, seed):
         val = sorted(sample for group in names for sample in groups[group])
         whole = set(names) <= dataset_names and names != val
         made.append(Fold(names, val, list(names) if whole else val))
-    return FoldAssignment(seed, made, sorted(record["test"]))
+    return FoldAssignment(seed, made, sorted(record["test"]), held)
 
 
-def assignment_for(cfg: Config, folds: int, seed: int, cv_dir: Path) -> FoldAssignment:
+def assignment_for(
+    cfg: Config, folds: int, seed: int, cv_dir: Path, calibration_holdout: float = 0.0
+) -> FoldAssignment:
     """The saved ``folds.json`` of ``cv_dir``, or a new assignment saved there.
 
-    A saved one must match what this command would draw (the same folds, seed and data):
-    folds already trained on it must not change under a rerun."""
+    A saved one must match what this command would draw (the same folds, seed, holdout and
+    data): folds already trained on it must not change under a rerun."""
     from unetkit.data.registry import build_contents
 
     record = build_splits(cfg).split_record
     names = set(build_contents(cfg).source.names)
-    fresh = make_assignment(record, names, folds, seed)
+    fresh = make_assignment(record, names, folds, seed, calibration_holdout)
     path = cv_dir / FOLDS_FILE
     if path.is_file():
         saved = FoldAssignment.from_dict(json.loads(path.read_text()))
         if saved != fresh:
             raise ValueError(
-                f"{path} holds {len(saved.folds)} folds (seed {saved.seed}) that differ from the "
-                f"{folds} folds (seed {seed}) this command draws from the data; rerun the command "
-                f"that made it, or give a new --out"
+                f"{path} holds {len(saved.folds)} folds (seed {saved.seed}, "
+                f"{len(saved.calibration)} samples held out to calibrate) that differ from the "
+                f"{folds} folds (seed {seed}, {len(fresh.calibration)} held out) this command "
+                f"draws from the data; rerun the command that made it, or give a new --out"
             )
         return saved
     cv_dir.mkdir(parents=True, exist_ok=True)

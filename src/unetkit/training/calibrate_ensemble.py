@@ -1,0 +1,51 @@
+"""The last step of ``unetkit cv --calibration-holdout``: fit one temperature (with a bias and a
+threshold where the task takes them) on the ensemble's mean probabilities over the held-out
+samples, and store it beside the folds (see :mod:`unetkit.inference.ensemble_calibration` for
+why, and for how inference applies it).
+
+It is the same fit as a single run's end-of-training calibration
+(:func:`unetkit.training.calibrate.fit_checkpoint`), on the raw ensemble instead of one model,
+with the first fold's config (device, batch size, monitored metric, ``eval.calibration_bias``).
+A rerun keeps a record whose members are unchanged and fits again otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from unetkit.checkpoint import load_checkpoint
+from unetkit.config import config_from_dict
+from unetkit.data.registry import build_splits
+from unetkit.inference.ensemble import checkpoint_paths, load_ensemble
+from unetkit.inference.ensemble_calibration import FILE, member_digests
+from unetkit.inference.segmenter import Segmenter
+from unetkit.training.calibrate import calibration_line, fit_checkpoint
+from unetkit.training.cv import FoldAssignment
+
+
+def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
+    """Fit and write ``CV/ensemble_calibration.json`` (kept when its members are unchanged);
+    the lines to print. Nothing without a calibration holdout or with ``eval.calibrate=false``."""
+    if not assignment.calibration:
+        return []
+    paths = checkpoint_paths([cv_dir])
+    members = member_digests(cv_dir, paths)
+    path = cv_dir / FILE
+    if path.is_file() and json.loads(path.read_text()).get("members") == members:
+        return [f"ensemble calibration: kept {path} (its {len(members)} members are unchanged)"]
+    path.unlink(missing_ok=True)  # fitted on other members: inference would refuse it
+    cfg = config_from_dict(load_checkpoint(paths[0])["config"])
+    if not cfg.eval.calibrate:
+        return ["ensemble calibration: skipped (eval.calibrate=false)"]
+    source = build_splits(cfg, split_record=assignment.calibration_record()).val
+    ensemble = load_ensemble(paths)  # raw members: the fit needs the uncalibrated mean
+    segmenter = Segmenter.from_loaded(ensemble, cfg.train.device, cfg.train.batch_size)
+    try:
+        record = fit_checkpoint(segmenter, source, cfg.train.monitor, cfg.eval.calibration_bias)
+    except ValueError as error:  # e.g. no foreground in the holdout to tune a threshold on
+        return [f"ensemble calibration: skipped ({error})"]
+    record = {"members": members, "samples": len(source), **record}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    line = calibration_line(record, f"the ensemble of {len(members)}")
+    return [f"{line} on {len(source)} held-out samples", f"wrote {path}"]

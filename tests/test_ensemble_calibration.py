@@ -163,3 +163,7 @@ def test_changed_members_are_refused_until_a_rerun_fits_again(held_out_cv, monke
     assert pooled_calibration([held_out_cv]) is not None  # refitted on the members as they are
     assert main([*args, *TINY]) == 0
     assert "kept" in capsys.readouterr().out
+    path.write_text("{not json")  # an unreadable file is fitted again, not a crash
+    assert main([*args, *TINY]) == 0
+    assert "fitting again" in capsys.readouterr().out
+    assert pooled_calibration([held_out_cv]) is not None

@@ -27,9 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.inference.calibrated import Tempered
 from unetkit.inference.calibration import Calibration
-from unetkit.inference.ensemble import ProbabilityAverage
 from unetkit.metrics.calibration import CalibrationHistogram
 from unetkit.metrics.uncertainty import RiskCoverage, image_uncertainty, predictive_entropy
 from unetkit.tasks import Task
@@ -43,9 +41,8 @@ def model_calibration(model: Any) -> Calibration:
 
     An ensemble that calibrates each member on its own before averaging has no single map that
     undoes it; it reads as the identity (``before`` then equals ``after``)."""
-    if isinstance(model, ProbabilityAverage) and model.calibration is not None:
-        return model.calibration
-    return model.calibration if isinstance(model, Tempered) else Calibration()
+    calibration = getattr(model, "calibration", None)  # Tempered's, ProbabilityAverage's
+    return calibration if isinstance(calibration, Calibration) else Calibration()
 
 
 class CalibrationCheck:

@@ -115,8 +115,7 @@ def _calibrated_members(
     if pooled is not None:
         loaded = load_ensemble(sources, weights, calibration=pooled)
         pooled.check_channels(loaded.task)
-        checkpoint = {k: v for k, v in loaded.checkpoint.items() if k != CHECKPOINT_KEY}
-        return dataclasses.replace(loaded, checkpoint=checkpoint), [pooled], True
+        return _without_stored_calibration(loaded), [pooled], True
     calibrations: list[Calibration] = []
 
     def tempered(member: LoadedModel) -> LoadedModel:
@@ -131,11 +130,16 @@ def with_calibration(loaded: LoadedModel, calibration: Calibration) -> LoadedMod
     """``loaded`` with ``calibration``'s temperature and bias on its logits (its thresholds are
     the caller's to apply); its checkpoint without the ``calibration`` record (now applied)."""
     calibration.check_channels(loaded.task)
-    checkpoint = {k: v for k, v in loaded.checkpoint.items() if k != CHECKPOINT_KEY}
     model = loaded.model
     if calibration.maps_logits:
         model = Tempered(model, calibration.temperature, calibration.bias).eval()
-    return dataclasses.replace(loaded, model=model, checkpoint=checkpoint)
+    return dataclasses.replace(_without_stored_calibration(loaded), model=model)
+
+
+def _without_stored_calibration(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` whose checkpoint no longer holds the ``calibration`` record (it is applied)."""
+    checkpoint = {k: v for k, v in loaded.checkpoint.items() if k != CHECKPOINT_KEY}
+    return dataclasses.replace(loaded, checkpoint=checkpoint)
 
 
 def with_threshold(task: Task, threshold: float | None, where: str | None = None) -> Task:

@@ -36,7 +36,8 @@ class ProbabilityAverage(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
         self.task = task
-        self.calibration = calibration if calibration and calibration.maps_logits else None
+        mapped = calibration is not None and calibration.maps_logits
+        self.calibration = calibration if mapped else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = average_logits(self.member_logits(images), self.task)

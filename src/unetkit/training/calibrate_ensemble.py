@@ -18,7 +18,7 @@ from unetkit.checkpoint import load_checkpoint
 from unetkit.config import config_from_dict
 from unetkit.data.registry import build_splits
 from unetkit.inference.ensemble import checkpoint_paths, load_ensemble
-from unetkit.inference.ensemble_calibration import FILE, member_digests
+from unetkit.inference.ensemble_calibration import FILE, member_digests, read_record
 from unetkit.inference.segmenter import Segmenter
 from unetkit.training.calibrate import calibration_line, fit_checkpoint
 from unetkit.training.cv import FoldAssignment
@@ -32,9 +32,9 @@ def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
     paths = checkpoint_paths([cv_dir])
     members = member_digests(cv_dir, paths)
     path = cv_dir / FILE
-    if path.is_file() and json.loads(path.read_text()).get("members") == members:
+    if _fitted_on(cv_dir, members):
         return [f"ensemble calibration: kept {path} (its {len(members)} members are unchanged)"]
-    path.unlink(missing_ok=True)  # fitted on other members: inference would refuse it
+    path.unlink(missing_ok=True)  # fitted on other members, or unreadable: inference refuses it
     cfg = config_from_dict(load_checkpoint(paths[0])["config"])
     if not cfg.eval.calibrate:
         return ["ensemble calibration: skipped (eval.calibrate=false)"]
@@ -49,3 +49,14 @@ def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
     path.write_text(json.dumps(record, indent=2) + "\n")
     line = calibration_line(record, f"the ensemble of {len(members)}")
     return [f"{line} on {len(source)} held-out samples", f"wrote {path}"]
+
+
+def _fitted_on(cv_dir: Path, members: list[dict[str, str]]) -> bool:
+    """Whether the cv folder holds a readable ensemble calibration of exactly ``members``."""
+    if not (cv_dir / FILE).is_file():
+        return False
+    try:
+        return read_record(cv_dir)["members"] == members
+    except ValueError as error:  # unreadable: refitted, and said why
+        print(f"ensemble calibration: fitting again ({error})", flush=True)
+        return False

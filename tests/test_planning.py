@@ -109,6 +109,8 @@ def test_the_evaluation_reserve_is_the_safe_estimate_capped_at_half_the_budget()
     reserve, reason = decisions.evaluation_reserve(evaluation_seconds=150, budget_seconds=240)
     assert reserve == 120.0  # 200 s wanted: the run is told it will end ~80 s late
     assert "needs ~200 s" in reason and "~80 s late" in reason
+    reserve, reason = decisions.evaluation_reserve(evaluation_seconds=16.5, budget_seconds=1200)
+    assert reserve == 26.5 and "late" not in reason  # 26.45 s wanted
 
 
 def test_a_final_reserve_ends_the_training_steps_earlier():

@@ -162,12 +162,13 @@ def evaluation_reserve(evaluation_seconds: float, budget_seconds: float) -> tupl
     """Seconds kept at the end of the budget for the test evaluation, at most half the budget
     (training must keep the other half), and what that means for the run's length."""
     wanted = evaluation_seconds * EVALUATION_SAFETY + 5.0
-    reserve = round(min(wanted, budget_seconds / 2), 1)
-    if wanted <= reserve:
+    half = budget_seconds / 2
+    if wanted <= half:
+        reserve = math.ceil(round(wanted * 10, 6)) / 10  # the tenth above: never below the need
         return reserve, f"{reserve:.0f} s of the budget kept for it"
-    return reserve, (
-        f"it needs ~{wanted:.0f} s, more than half the budget, so {reserve:.0f} s are kept and "
-        f"the run may end ~{wanted - reserve:.0f} s late; a longer --time-budget avoids that"
+    return round(half, 1), (
+        f"it needs ~{wanted:.0f} s, more than half the budget, so {half:.0f} s are kept and "
+        f"the run may end ~{wanted - half:.0f} s late; a longer --time-budget avoids that"
     )
 
 

@@ -11,6 +11,7 @@ prediction that depends on orientation. It costs four forward passes, so it is o
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from unetkit.inference.sliding_window import ProbabilityFn
 
@@ -31,3 +32,19 @@ def flip_averaged(predict: ProbabilityFn) -> ProbabilityFn:
         return total / len(FLIPS)
 
     return averaged
+
+
+class FlippedModel(nn.Module):
+    """``model`` seen through one flip: the input flipped along ``dims``, its logits flipped
+    back, which is one of the views :func:`flip_averaged` averages (fitting a calibration for
+    the average needs each view on its own: :mod:`unetkit.inference.view_calibration`)."""
+
+    def __init__(self, model: nn.Module, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.dims = dims
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.dims:
+            return self.model(images)
+        return self.model(images.flip(self.dims)).flip(self.dims)

@@ -3,8 +3,11 @@ task's threshold) on the validation split and store it in ``best.pt`` (and ``ema
 final test and every inference path apply it (see :mod:`unetkit.inference.calibration`).
 
 Each checkpoint is fitted on its own weights, on a bounded sample of validation pixels
-(:class:`~unetkit.inference.calibration.LogitSample`, 10 000 per image, 250 000 in the fit), so it
-costs one validation pass at original resolution. The binary threshold is tuned for the monitored
+(:class:`~unetkit.inference.view_calibration.ViewSample`, 10 000 per image, 250 000 in the fit),
+so it costs one validation pass at original resolution. With TTA the sample holds each flip's
+logits and the fit is for the mean of the calibrated flips, which is what the Segmenter returns
+(the calibration maps each flip's logits inside the model; a map fitted on the flip-averaged
+probabilities would not be the one applied). The binary threshold is tuned for the monitored
 metric when that is a binary headline metric (``val_foreground_dice``, ...), else for the Dice.
 A multi-label task gets one ``T`` over all its labels, one bias and one threshold per label, each
 threshold tuned for the label's own value of the monitored mean (``val_mean_iou``: the label's
@@ -16,10 +19,10 @@ gets ``T`` only. ``eval.calibrate=false`` turns it all off. What it found is wri
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +33,14 @@ from unetkit.checkpoint import model_from_checkpoint
 from unetkit.data.sources import SampleSource
 from unetkit.inference.calibration import (
     Calibration,
-    LogitSample,
     ThresholdChoice,
-    fit_logit_map,
-    logits_from_probabilities,
     store_calibration,
     tune_label_thresholds,
     tune_threshold,
 )
 from unetkit.inference.segmenter import Segmenter
+from unetkit.inference.tta import FLIPS, FlippedModel
+from unetkit.inference.view_calibration import ViewSample, averaged_logits, fit_for_views
 from unetkit.metrics.calibration import expected_calibration_error
 from unetkit.metrics.per_image import mean_defined
 from unetkit.metrics.summary import headline_arrays
@@ -84,19 +86,21 @@ def fit_checkpoint(
     """The calibration of the Segmenter's raw model on ``val``, with the validation ECE (and the
     binary metric) of the sampled pixels before and after it."""
     task = segmenter.task
-    sample = LogitSample(task)
-    for probs, target in _pairs(segmenter, val):
-        sample.add(logits_from_probabilities(probs, task), target)
-    logits, targets = sample.logits, sample.targets
-    calibration = fit_logit_map(logits, targets, task, bias)
+    sample = ViewSample(task)
+    _sample_views(flip_views(segmenter), val, sample)
+    view_logits, targets = sample.logits, sample.targets
+    calibration = fit_for_views(view_logits, targets, task, bias)
+    logits = averaged_logits(view_logits, task, Calibration())  # the raw Segmenter's
+    calibrated_logits = averaged_logits(view_logits, task, calibration)
     record: dict[str, Any] = {
         "pixels": len(targets),
+        "views": view_logits.shape[1],
         "ece": {
             "before": _ece(logits, targets, task, Calibration()),
-            "after": _ece(logits, targets, task, calibration),
+            "after": _ece(calibrated_logits, targets, task, Calibration()),
         },
     }
-    calibrated = torch.sigmoid(calibration.apply(logits, channel_axis=-1))
+    calibrated = torch.sigmoid(calibrated_logits)
     if task.is_binary:
         metric = threshold_metric(monitor)
         raw = torch.sigmoid(logits[:, 0])
@@ -178,13 +182,33 @@ def calibration_line(record: dict[str, Any], name: str | None = None) -> str:
     return f"{head} ({', '.join(details)})"
 
 
-def _pairs(segmenter: Segmenter, source: SampleSource) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(probabilities at T = 1, target) of each image, a batch of images at a time."""
-    for start in range(0, len(source), segmenter.batch_size):
-        indices = range(start, min(start + segmenter.batch_size, len(source)))
+def flip_views(segmenter: Segmenter) -> list[Segmenter]:
+    """The Segmenters whose mean is ``segmenter``'s prediction: one per flip of its TTA, each
+    running one :class:`~unetkit.inference.tta.FlippedModel`; itself alone without TTA."""
+    if not segmenter.tta:
+        return [segmenter]
+    views = []
+    for dims in FLIPS:
+        view = copy.copy(segmenter)  # the same model, device, execution and windows
+        view.tta, view.model = False, FlippedModel(segmenter.model, dims)
+        views.append(view)
+    return views
+
+
+def _sample_views(views: list[Segmenter], source: SampleSource, sample: ViewSample) -> None:
+    """Every image of ``source`` into ``sample``, a batch of images and one view at a time."""
+    batch_size = views[0].batch_size
+    for start in range(0, len(source), batch_size):
+        indices = range(start, min(start + batch_size, len(source)))
         loaded = [source.load(index) for index in indices]
-        probs = segmenter.predict_proba([image for image, _ in loaded])
-        yield from zip(probs, (mask for _, mask in loaded), strict=True)
+        images = [image for image, _ in loaded]
+        picks = [sample.pick(mask) for _, mask in loaded]
+        values: list[list[torch.Tensor]] = [[] for _ in loaded]
+        for view in views:
+            for index, probs in enumerate(view.predict_proba(images)):
+                values[index].append(sample.values_at(probs, picks[index][0]))
+        for (_, labels), per_view in zip(picks, values, strict=True):
+            sample.add(per_view, labels)
 
 
 def _ece(

@@ -87,7 +87,7 @@ def fit_checkpoint(
     binary metric) of the sampled pixels before and after it."""
     task = segmenter.task
     sample = ViewSample(task)
-    _sample_views(flip_views(segmenter), val, sample)
+    sample_views(flip_views(segmenter), val, sample)
     view_logits, targets = sample.logits, sample.targets
     calibration = fit_for_views(view_logits, targets, task, bias)
     logits = averaged_logits(view_logits, task, Calibration())  # the raw Segmenter's
@@ -195,7 +195,7 @@ def flip_views(segmenter: Segmenter) -> list[Segmenter]:
     return views
 
 
-def _sample_views(views: list[Segmenter], source: SampleSource, sample: ViewSample) -> None:
+def sample_views(views: list[Segmenter], source: SampleSource, sample: ViewSample) -> None:
     """Every image of ``source`` into ``sample``, a batch of images and one view at a time."""
     batch_size = views[0].batch_size
     for start in range(0, len(source), batch_size):

@@ -41,6 +41,7 @@ from unetkit.metrics.summary import format_table
 from unetkit.tasks import Task
 
 MOST_UNCERTAIN = 5  # images the report shows by their uncertainty
+KEPT_MASK_BYTES = 256 * 2**20  # predicted masks kept for the report's panels, at most
 
 
 @dataclass
@@ -83,6 +84,7 @@ def evaluate_source(
         else calibration_check(segmenter.task, segmenter.model, calibration)
     )
     inference_seconds = 0.0
+    kept = KeptMasks(KEPT_MASK_BYTES if options.report and options.panels > 0 else 0)
     bar = tqdm(total=len(source), desc=f"evaluate {split}", unit="img", disable=not progress)
     for names, images, targets in _batches(source, segmenter.batch_size):
         tick = time.perf_counter()
@@ -92,6 +94,7 @@ def evaluate_source(
             names, outputs, targets, strict=True
         ):
             metrics.add(name, probs, prediction, mask, objects)
+            kept.add(prediction)
             calibrated = None if members is None else members.add(name, each, mask, objects)
             if check is not None:
                 check.add(probs, prediction, mask, calibrated)
@@ -119,9 +122,9 @@ def evaluate_source(
     evaluation = Evaluation(result, rows, metrics.curves(), ranking_metric=metrics.ranking_key())
     if options.report and options.panels > 0:
         evaluation.best, evaluation.worst = _extreme_panels(
-            segmenter, source, evaluation, options.panels
+            segmenter, source, evaluation, options.panels, kept
         )
-        evaluation.uncertain = _uncertain_panels(segmenter, source, evaluation.rows)
+        evaluation.uncertain = _uncertain_panels(segmenter, source, evaluation.rows, kept)
     total = time.perf_counter() - started
     result["seconds"] = round(total, 3)  # the rest is loading and metrics
     result["seconds_inference"] = round(inference_seconds, 3)
@@ -181,35 +184,62 @@ def _csv_cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def _extreme_panels(
-    segmenter: Segmenter, source: SampleSource, evaluation: Evaluation, count: int
-) -> tuple[list[Panel], list[Panel]]:
-    """The ``count`` best and worst images by the ranking metric, predicted again for the report.
+class KeptMasks:
+    """The pass's predicted masks, in order, while they fit in ``limit`` bytes, so the report's
+    panels need not predict their images a second time (with TTA and windows that was half the
+    evaluation's time); past the limit, the rest are predicted again when shown."""
 
-    Only scores were kept during the pass, so these few images are loaded and predicted again.
-    """
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.masks: list[np.ndarray] = []
+        self.full = limit <= 0
+
+    def add(self, mask: np.ndarray) -> None:
+        self.full = self.full or self.size + mask.nbytes > self.limit
+        if not self.full:
+            self.masks.append(mask)
+            self.size += mask.nbytes
+
+    def get(self, index: int) -> np.ndarray | None:
+        return self.masks[index] if index < len(self.masks) else None
+
+
+def _extreme_panels(
+    segmenter: Segmenter,
+    source: SampleSource,
+    evaluation: Evaluation,
+    count: int,
+    kept: KeptMasks,
+) -> tuple[list[Panel], list[Panel]]:
+    """The ``count`` best and worst images by the ranking metric, for the report."""
     key = evaluation.ranking_metric
     scored = [(row[key], i) for i, row in enumerate(evaluation.rows) if row.get(key) is not None]
     scored.sort()
     worst = [i for _, i in scored[:count]]
     best = [i for _, i in reversed(scored[-count:])]
-    panels = {i: _panel(segmenter, source, i, evaluation.rows[i][key]) for i in set(best + worst)}
+    panels = {
+        i: _panel(segmenter, source, i, evaluation.rows[i][key], kept) for i in set(best + worst)
+    }
     return [panels[i] for i in best], [panels[i] for i in worst]
 
 
 def _uncertain_panels(
-    segmenter: Segmenter, source: SampleSource, rows: list[dict[str, Any]]
+    segmenter: Segmenter, source: SampleSource, rows: list[dict[str, Any]], kept: KeptMasks
 ) -> list[Panel]:
-    """The most uncertain images (highest mean predictive entropy), predicted again."""
+    """The most uncertain images (highest mean predictive entropy)."""
     return [
-        _panel(segmenter, source, i, rows[i][UNCERTAINTY_COLUMN])
+        _panel(segmenter, source, i, rows[i][UNCERTAINTY_COLUMN], kept)
         for i in most_uncertain(rows, MOST_UNCERTAIN)
     ]
 
 
-def _panel(segmenter: Segmenter, source: SampleSource, index: int, score: float) -> Panel:
+def _panel(
+    segmenter: Segmenter, source: SampleSource, index: int, score: float, kept: KeptMasks
+) -> Panel:
     image, mask = source.load(index)
-    prediction = segmenter.predict(image)
+    prediction = kept.get(index)
+    if prediction is None:  # not kept: predicted again, as the pass did
+        prediction = segmenter.predict(image)
     return Panel(source.names[index], image, mask, prediction, score)
 
 

@@ -45,7 +45,7 @@ def fits(segmenter: Segmenter, val) -> dict[str, Calibration]:
     }
 
 
-def test_scores(segmenter: Segmenter, calibration: Calibration, test) -> tuple[float, float]:
+def scores_on_test(segmenter: Segmenter, calibration: Calibration, test) -> tuple[float, float]:
     """Test ECE and mean NLL of the TTA Segmenter's probabilities with ``calibration``."""
     model = Tempered(segmenter.model, calibration.temperature, calibration.bias).eval()
     tempered = Segmenter(model, segmenter.task, segmenter.class_names, segmenter.preprocessing,
@@ -82,7 +82,7 @@ def main() -> None:
         if raw.task.multilabel:
             raise SystemExit(f"{run_dir}: multi-label; this comparison takes one mask per image")
         for name, calibration in fits(raw, splits.val).items():
-            ece, nll = test_scores(raw, calibration, splits.test)
+            ece, nll = scores_on_test(raw, calibration, splits.test)
             bias = "-" if calibration.bias is None else f"{calibration.bias[0]:+.3f}"
             print(f"| {run_dir} | {name} | {calibration.temperature:.3f} | {bias} | "
                   f"{ece:.4f} | {nll:.4f} |", flush=True)  # fmt: skip

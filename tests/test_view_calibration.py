@@ -3,8 +3,6 @@ used by the end-of-training fit (unetkit.training.calibrate.fit_checkpoint) unde
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,7 @@ from torch import nn
 from unetkit.checkpoint import Preprocessing
 from unetkit.data.sources import SampleSource
 from unetkit.inference.calibrated import Tempered
-from unetkit.inference.calibration import Calibration, fit_logit_map
+from unetkit.inference.calibration import Calibration, fit_calibration, fit_logit_map
 from unetkit.inference.segmenter import Segmenter
 from unetkit.inference.view_calibration import (
     ViewSample,
@@ -187,7 +185,13 @@ def test_under_tta_the_stored_calibration_is_the_best_for_the_prediction_that_ru
         nearby = Calibration(fitted.temperature * factor, bias=fitted.bias)
         assert _applied_nll(model, nearby, source) > best
     assert record["ece"]["after"] < record["ece"]["before"]
-    # without TTA the fit is the one-view fit, as before
-    plain = fit_checkpoint(_segmenter(model, tta=False), source, "val_foreground_dice")
+    # without TTA the fit is the one-view fit on the Segmenter's probabilities, as before
+    plain_segmenter = _segmenter(model, tta=False)
+    plain = fit_checkpoint(plain_segmenter, source, "val_foreground_dice")
+    pairs = [
+        (plain_segmenter.predict_proba(image), mask) for image, mask in map(source.load, range(6))
+    ]
+    one_view = fit_calibration(pairs, BINARY, metric=None)
     assert plain["views"] == 1
-    assert not math.isclose(plain["calibration"]["temperature"], fitted.temperature, rel_tol=1e-3)
+    assert plain["calibration"]["temperature"] == pytest.approx(one_view.temperature, rel=1e-6)
+    assert plain["calibration"]["bias"] == pytest.approx(list(one_view.bias), abs=1e-6)

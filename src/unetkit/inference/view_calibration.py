@@ -102,12 +102,22 @@ def averaged_logits(logits: torch.Tensor, task: Task, calibration: Calibration) 
     mapped = calibration.apply(logits, channel_axis=-1)
     if logits.shape[1] == 1:
         return mapped[:, 0]
-    views = math.log(logits.shape[1])
     if task.is_binary or task.multilabel:  # log-odds of the mean sigmoid, without saturating
-        positive = torch.logsumexp(torch.nn.functional.logsigmoid(mapped), dim=1)
-        negative = torch.logsumexp(torch.nn.functional.logsigmoid(-mapped), dim=1)
-        return (positive - views) - (negative - views)
-    return torch.logsumexp(torch.log_softmax(mapped, dim=-1), dim=1) - views
+        positive, negative = _log_mean_probabilities(mapped, task)
+        return positive - negative
+    return _log_mean_probabilities(mapped, task)[0]
+
+
+def _log_mean_probabilities(mapped: torch.Tensor, task: Task) -> tuple[torch.Tensor, ...]:
+    """Logs of the mean over views (dim 1) of the probabilities of logits ``mapped``: of a
+    sigmoid task the foreground's and the background's, of a softmax task the classes'."""
+    views = math.log(mapped.shape[1])
+    if task.is_binary or task.multilabel:
+        return tuple(
+            torch.logsumexp(torch.nn.functional.logsigmoid(sign * mapped), dim=1) - views
+            for sign in (1.0, -1.0)
+        )
+    return (torch.logsumexp(torch.log_softmax(mapped, dim=-1), dim=1) - views,)
 
 
 def fit_for_views(
@@ -164,15 +174,13 @@ def view_nll(
     ``probabilities(logits / temperature + bias)``; the pixels (or a multi-label task's
     (pixel, label) pairs) marked 255 do not count."""
     mapped = logits / temperature + (0.0 if bias is None else bias)
-    views = math.log(logits.shape[1])
     if task.is_binary or task.multilabel:
-        positive = torch.logsumexp(torch.nn.functional.logsigmoid(mapped), dim=1) - views
-        negative = torch.logsumexp(torch.nn.functional.logsigmoid(-mapped), dim=1) - views
+        positive, negative = _log_mean_probabilities(mapped, task)
         truth = targets[:, None] if task.is_binary else targets
         counted = truth != IGNORE_INDEX
         likelihood = torch.where(truth == 1, positive, negative)
         return -likelihood[counted].mean()
-    log_probs = torch.logsumexp(torch.log_softmax(mapped, dim=-1), dim=1) - views
+    (log_probs,) = _log_mean_probabilities(mapped, task)
     return -log_probs.gather(1, targets[:, None]).mean()
 
 

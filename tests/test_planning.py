@@ -17,7 +17,7 @@ from unetkit.config import Config, load_config
 from unetkit.planning import decisions
 from unetkit.planning.decisions import Candidate
 from unetkit.planning.fingerprint import ClassProfile, DatasetFingerprint, SizeStats
-from unetkit.planning.plan import Plan, make_plan
+from unetkit.planning.plan import Plan, _calibration_seconds, make_plan
 from unetkit.training.budget import TimeBudget
 
 
@@ -113,6 +113,17 @@ def test_the_evaluation_reserve_is_the_safe_estimate_capped_at_half_the_budget()
     assert reserve == 26.5 and "late" not in reason  # 26.45 s wanted
 
 
+def test_the_reserve_counts_the_calibration_pass_per_flip_and_checkpoint():
+    validation_s = 10.0  # one pass over val
+    plain = load_config()
+    assert _calibration_seconds(plain, validation_s, tta=False) == 10.0
+    assert _calibration_seconds(plain, validation_s, tta=True) == 40.0  # four flips each
+    ema = load_config(overrides={"train.ema": 0.999})
+    assert _calibration_seconds(ema, validation_s, tta=True) == 80.0  # best.pt and ema.pt
+    off = load_config(overrides={"eval.calibrate": False})
+    assert _calibration_seconds(off, validation_s, tta=True) == 0.0
+
+
 def test_a_final_reserve_ends_the_training_steps_earlier():
     plain, reserved = TimeBudget(100.0), TimeBudget(100.0, final_reserve=50.0)
     started = time.perf_counter() - 30
@@ -185,6 +196,7 @@ def test_a_budget_plan_measures_and_sets_every_compute_choice(tmp_path):
     side = plan.settings["data.img_size"][0]  # the reason names the side the model got
     assert f"resized to {side} px" in plan.reasons["scale"]
     assert 0 < plan.settings["train.final_reserve"] < 40
+    assert "to calibrate on val" in plan.reasons["test evaluation"]
     assert "planned in" in plan.describe()
     written = yaml.safe_load(plan.to_yaml(cfg))
     assert written["model"]["name"] == plan.settings["model.name"]

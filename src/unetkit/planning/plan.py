@@ -299,15 +299,25 @@ def _plan_schedule(
     tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget)
     if fixed_tta is not None:
         tta, tta_reason = fixed_tta, f"TTA {'on' if fixed_tta else 'off'}, as configured"
-    evaluation = len(splits.test) * scoring + inference * (4 if tta else 1)
+    calibration = _calibration_seconds(plan.config(cfg), val_samples * per_image, tta)
+    evaluation = len(splits.test) * scoring + inference * (4 if tta else 1) + calibration
     reserve, reserve_reason = decisions.evaluation_reserve(evaluation, budget)
+    calibration_reason = f", with ~{calibration:.0f} s to calibrate on val" if calibration else ""
     plan.choose(
         {"eval.tta": tta, "train.final_reserve": reserve},
         "test evaluation",
-        f"{tta_reason}; {reserve_reason}",
+        f"{tta_reason}; {reserve_reason}{calibration_reason}",
     )
     plan.measured.update(inference_s_per_image=round(per_image, 4), planned_steps=round(steps))
     _note_fixed_choices(plan, cfg, steps)
+
+
+def _calibration_seconds(cfg: Config, validation_seconds: float, tta: bool) -> float:
+    """The end of training's calibration pass (:mod:`unetkit.training.calibrate`), which runs
+    after the last step: one validation pass per flip for best.pt, and again for ema.pt."""
+    if not cfg.eval.calibrate:
+        return 0.0
+    return validation_seconds * (4 if tta else 1) * (2 if cfg.train.ema else 1)
 
 
 def _note_fixed_choices(plan: Plan, cfg: Config, steps: float) -> None:

@@ -22,7 +22,7 @@ import torch
 from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.cli.scoring import saved_split_record
 from unetkit.config import config_from_dict
-from unetkit.data.registry import build_splits
+from unetkit.data.registry import DatasetSplits, build_splits
 from unetkit.evaluation.calibration import reliability_histogram
 from unetkit.inference.calibrated import Tempered
 from unetkit.inference.calibration import Calibration, fit_logit_map
@@ -46,12 +46,12 @@ def fits(segmenter: Segmenter, val) -> dict[str, Calibration]:
 
 
 def scores_on_test(segmenter: Segmenter, calibration: Calibration, test) -> tuple[float, float]:
-    """Test ECE and mean NLL of the TTA Segmenter's probabilities with ``calibration``."""
+    """Test ECE and mean NLL of the Segmenter's probabilities (its TTA too) with ``calibration``."""
     model = Tempered(segmenter.model, calibration.temperature, calibration.bias).eval()
     tempered = Segmenter(model, segmenter.task, segmenter.class_names, segmenter.preprocessing,
                          segmenter.device, segmenter.batch_size, mode=segmenter.mode,
                          window_size=segmenter.window_size, overlap=segmenter.overlap,
-                         tta=True, precision=segmenter.asked_execution[0],
+                         tta=segmenter.tta, precision=segmenter.asked_execution[0],
                          channels_last=segmenter.asked_execution[1])  # fmt: skip
     histogram, nll, pixels = reliability_histogram(segmenter.task), 0.0, 0
     for index in range(len(test)):
@@ -65,6 +65,18 @@ def scores_on_test(segmenter: Segmenter, calibration: Calibration, test) -> tupl
     return histogram.ece() or 0.0, nll / pixels
 
 
+def raw_run(run_dir: Path, batch_size: int, tta: bool) -> tuple[Segmenter, DatasetSplits]:
+    """A finished run's best.pt as a raw Segmenter on the CPU, and its splits as it trained."""
+    path = run_dir / "checkpoints" / "best.pt"
+    checkpoint = load_checkpoint(path)
+    cfg = config_from_dict(checkpoint["config"])
+    splits = build_splits(cfg, split_record=saved_split_record(run_dir, checkpoint, cfg))
+    raw = Segmenter.from_loaded(model_from_checkpoint(path), "cpu", batch_size, tta=tta)
+    if raw.task.multilabel:
+        raise SystemExit(f"{run_dir}: multi-label; this comparison takes one mask per image")
+    return raw, splits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -74,13 +86,7 @@ def main() -> None:
     print("| run | calibration | T | bias | test ECE | test NLL |")
     print("| --- | --- | --- | --- | --- | --- |")
     for run_dir in args.runs:
-        path = run_dir / "checkpoints" / "best.pt"
-        checkpoint = load_checkpoint(path)
-        cfg = config_from_dict(checkpoint["config"])
-        splits = build_splits(cfg, split_record=saved_split_record(run_dir, checkpoint, cfg))
-        raw = Segmenter.from_loaded(model_from_checkpoint(path), "cpu", args.batch_size, tta=True)
-        if raw.task.multilabel:
-            raise SystemExit(f"{run_dir}: multi-label; this comparison takes one mask per image")
+        raw, splits = raw_run(run_dir, args.batch_size, tta=True)
         for name, calibration in fits(raw, splits.val).items():
             ece, nll = scores_on_test(raw, calibration, splits.test)
             bias = "-" if calibration.bias is None else f"{calibration.bias[0]:+.3f}"

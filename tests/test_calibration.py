@@ -225,6 +225,30 @@ def test_temperature_stops_at_its_bounds() -> None:
     assert fit_temperature(logits, coin_flips, task, bounds=(0.1, 10.0)) == pytest.approx(10.0)
 
 
+def test_a_sample_of_mixed_image_sizes_fits_the_pooled_pixels_temperature() -> None:
+    """One large over-confident image (needs T = 2) among nine small calibrated ones: the
+    pooled test ECE counts the large image's 160 000 pixels five times the small ones' 32 400,
+    so the fit must too; a fixed 3 000 pixels per image would fit the small ones (T near 1)."""
+    task = Task(2)
+    generator = torch.Generator().manual_seed(0)
+
+    def image(size: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.randn((1, size, size), generator=generator) * 3
+        odds = torch.sigmoid(logits[0] / temperature)
+        return logits, (torch.rand((size, size), generator=generator) < odds).long()
+
+    images = [image(400, 2.0)] + [image(60, 1.0) for _ in range(9)]
+    sample = LogitSample(task, per_image=3_000, seed=0)
+    for logits, target in images:
+        sample.add(logits, target)
+    assert len(sample.targets) == 3_000 + 9 * round(3_600 * 3_000 / 160_000)
+    every_pixel = fit_temperature([lg for lg, _ in images], [t for _, t in images], task, 10**6)
+    assert every_pixel == pytest.approx(1.8, abs=0.15)
+    assert fit_temperature(sample.logits, sample.targets, task) == pytest.approx(
+        every_pixel, abs=0.15
+    )
+
+
 def test_logit_sample_caps_pixels_per_image_and_fits_alike() -> None:
     task = Task(2)
     logits, target = calibrated_logits(task, seed=3, size=32)

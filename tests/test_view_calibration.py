@@ -100,17 +100,33 @@ def test_the_fit_for_views_of_a_multilabel_task_shares_t_and_biases_each_label()
 def test_a_view_sample_keeps_every_view_at_the_same_pixels_and_skips_ignored_ones():
     sample = ViewSample(BINARY, per_image=5, seed=0)
     target = np.array([[0, 1, IGNORE_INDEX], [1, 0, 1], [0, 0, 1]], np.uint8)
-    positions, labels = sample.pick(target)
-    assert len(positions) == 5 and 2 not in positions.tolist()
-    assert labels.tolist() == target.reshape(-1)[positions.numpy()].tolist()
+    picked = sample.pick(target)
+    positions = picked.positions
+    assert len(positions) == 5 and 2 not in positions.tolist() and picked.counted == 8
+    assert picked.labels.tolist() == target.reshape(-1)[positions.numpy()].tolist()
     fg = np.arange(9, dtype=np.float32).reshape(3, 3) / 10 + 0.05
     probs = [np.stack([1 - fg, fg]), np.stack([fg, 1 - fg])]  # two views, mirror images
-    sample.add([sample.values_at(p, positions) for p in probs], labels)
+    sample.add([sample.values_at(p, positions) for p in probs], picked)
     logits = sample.logits
     assert logits.shape == (5, 2, 1)
     expected = np.log(fg / (1 - fg)).reshape(-1)[positions.numpy()]
     np.testing.assert_allclose(logits[:, 0, 0].numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(logits[:, 1, 0].numpy(), -expected, atol=1e-5)
+
+
+def test_a_view_sample_keeps_one_share_of_every_image_with_views_and_targets_aligned():
+    sample = ViewSample(BINARY, per_image=50, seed=0)
+    shapes = [(20, 20), (5, 8)]  # 400 counted pixels keep 50, then 40 keep all 40
+    for index, shape in enumerate(shapes):
+        target = np.full(shape, index, np.uint8)  # the image's targets name it: 0 large, 1 small
+        picked = sample.pick(target)
+        views = [torch.full((len(picked.labels), 1), float(view)) for view in range(3)]
+        sample.add(views, picked)
+    targets, logits = sample.targets, sample.logits
+    assert int((targets == 0).sum()) == 50 and int((targets == 1).sum()) == 5  # 40 x 50/400
+    assert logits.shape == (55, 3, 1)
+    assert logits[:, :, 0].tolist() == [[0.0, 1.0, 2.0]] * 55
+    assert torch.equal(sample.targets, targets)  # thinned once: the properties agree
 
 
 class _Images(SampleSource):

@@ -343,8 +343,8 @@ class LogitSample:
         self.task = task
         self.per_image = per_image
         self._generator = torch.Generator().manual_seed(seed)
-        self._logits: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
+        self._images: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # with counted pixels
+        self._pooled: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def add(self, logits: Any, target: Any) -> None:
         """One image's logits ``(out_channels, H, W)`` (or a batch) and target; to sample a
@@ -352,26 +352,56 @@ class LogitSample:
         multi-label pixel is kept with all its labels (targets ``(P, L)``, 255: not counted)."""
         pick = _label_rows if self.task.multilabel else _valid_pixels
         values, labels = pick(logits, target, self.task)
-        if len(labels) > self.per_image:
-            keep = torch.randperm(len(labels), generator=self._generator)[: self.per_image]
+        counted = len(labels)
+        if counted > self.per_image:
+            keep = torch.randperm(counted, generator=self._generator)[: self.per_image]
             values, labels = values[keep], labels[keep]
-        self._logits.append(values.float())
-        self._targets.append(labels)
+        self._images.append((values.float(), labels, counted))
+        self._pooled = None
 
     @property
     def logits(self) -> torch.Tensor:
-        """The sampled pixels' logits ``(P, out_channels)``."""
-        if not self._logits:
+        """The sampled pixels' logits ``(P, out_channels)``, at one rate for every image
+        (:func:`at_common_rate`)."""
+        if not self._images:
             return torch.zeros((0, self.task.out_channels))
-        return torch.cat(self._logits)
+        return torch.cat([values for values, _ in self._at_common_rate()])
 
     @property
     def targets(self) -> torch.Tensor:
         """The sampled pixels' class ids ``(P,)`` (multi-label: ``(P, L)`` of 0, 1, 255)."""
-        if self._targets:
-            return torch.cat(self._targets)
+        if self._images:
+            return torch.cat([labels for _, labels in self._at_common_rate()])
         shape = (0, self.task.num_classes) if self.task.multilabel else (0,)
         return torch.zeros(shape, dtype=torch.int64)
+
+    def _at_common_rate(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._pooled is None:  # once, so that logits and targets stay row for row
+            self._pooled = at_common_rate(self._images, self._generator)
+        return self._pooled
+
+
+def at_common_rate(
+    images: Sequence[tuple[torch.Tensor, torch.Tensor, int]], generator: torch.Generator
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each image's sampled ``(values, labels, counted)`` thinned to the lowest share of its
+    ``counted`` pixels that any image kept, as ``(values, labels)``.
+
+    A fixed number of pixels per image weighs a small image's pixels more than a large one's,
+    while the expected calibration error and the dataset metrics pool pixels: on data of mixed
+    sizes (Pet's run from 0.1 to 2 megapixels) a fit on such a sample serves images the test
+    score hardly counts. At one rate every counted pixel of the split is equally likely to be in
+    the sample; where every image counts as many pixels, nothing is dropped.
+    """
+    rate = min((len(labels) / counted for _, labels, counted in images if counted), default=1.0)
+    thinned = []
+    for values, labels, counted in images:
+        keep = round(rate * counted)
+        if keep < len(labels):
+            rows = torch.randperm(len(labels), generator=generator)[:keep]
+            values, labels = values[rows], labels[rows]
+        thinned.append((values, labels))
+    return thinned
 
 
 def logits_from_probabilities(probs: Any, task: Task) -> torch.Tensor:

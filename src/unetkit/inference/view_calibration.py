@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from unetkit.inference.calibration import (
     TEMPERATURE_BOUNDS,
     Calibration,
+    at_common_rate,
     fit_logit_map,
     logits_from_probabilities,
 )
@@ -31,10 +32,20 @@ from unetkit.tasks import IGNORE_INDEX, Task
 _ITERATIONS = 200  # L-BFGS iterations at most; the likelihood is smooth in (log T, b)
 
 
+class PickedPixels(NamedTuple):
+    """The pixels :meth:`ViewSample.pick` chose of one image: flat positions, their targets, and
+    how many pixels of the image counted (the share kept decides the image's weight)."""
+
+    positions: torch.Tensor
+    labels: torch.Tensor
+    counted: int
+
+
 class ViewSample:
     """A bounded random sample of counted pixels with the logits of every view at each, so the
     views stay aligned pixel for pixel: logits ``(P, V, out_channels)``, targets as
-    :class:`~unetkit.inference.calibration.LogitSample` holds them.
+    :class:`~unetkit.inference.calibration.LogitSample` holds them, and like it at one rate for
+    every image (:func:`~unetkit.inference.calibration.at_common_rate`).
 
     An image is added in two steps, :meth:`pick` (the pixels, from its target) then :meth:`add`
     (each view's values there, :meth:`values_at`), so no more than one view's probability maps
@@ -45,12 +56,13 @@ class ViewSample:
             raise ValueError(f"per_image must be a positive number of pixels; got {per_image}")
         self.task, self.per_image = task, per_image
         self._generator = torch.Generator().manual_seed(seed)
-        self._images: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, targets) each
+        self._images: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # with counted pixels
+        self._pooled: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def pick(self, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def pick(self, target: Any) -> PickedPixels:
         """Up to ``per_image`` counted pixels of one image's target ``(H, W)`` of class ids
-        (multi-label: ``(L, H, W)`` of 0/1; a pixel counts where any label does): their flat
-        positions and targets. 255 marks pixels that do not count."""
+        (multi-label: ``(L, H, W)`` of 0/1; a pixel counts where any label does). 255 marks
+        pixels that do not count."""
         target = as_tensor(target).long().cpu()
         if self.task.multilabel:
             counted = (target != IGNORE_INDEX).any(dim=0).reshape(-1)
@@ -58,10 +70,11 @@ class ViewSample:
         else:
             counted, labels = target.reshape(-1) != IGNORE_INDEX, target.reshape(-1)
         positions = torch.nonzero(counted)[:, 0]
-        if len(positions) > self.per_image:
-            keep = torch.randperm(len(positions), generator=self._generator)[: self.per_image]
+        total = len(positions)
+        if total > self.per_image:
+            keep = torch.randperm(total, generator=self._generator)[: self.per_image]
             positions = positions[keep]
-        return positions, labels[positions]
+        return PickedPixels(positions, labels[positions], total)
 
     def values_at(self, probs: Any, positions: torch.Tensor) -> torch.Tensor:
         """One view's logits ``(P, out_channels)`` at ``positions``, from its probabilities
@@ -69,30 +82,33 @@ class ViewSample:
         logits = logits_from_probabilities(probs, self.task).float()
         return logits.reshape(logits.shape[0], -1).T[positions]
 
-    def add(self, views: Sequence[torch.Tensor], labels: torch.Tensor) -> None:
-        """One image: each view's :meth:`values_at` the pixels :meth:`pick` gave ``labels`` of."""
+    def add(self, views: Sequence[torch.Tensor], picked: PickedPixels) -> None:
+        """One image: each view's :meth:`values_at` the pixels :meth:`pick` gave."""
         stacked = torch.stack(list(views), dim=1)
-        if stacked.ndim != 3 or stacked.shape[0] != len(labels):
+        if stacked.ndim != 3 or stacked.shape[0] != len(picked.labels):
             raise ValueError(
-                f"each view needs values (P, {self.task.out_channels}) for the {len(labels)} "
-                f"picked pixels; got {tuple(stacked.shape)}"
+                f"each view needs values (P, {self.task.out_channels}) for the "
+                f"{len(picked.labels)} picked pixels; got {tuple(stacked.shape)}"
             )
-        self._images.append((stacked, labels))
+        self._images.append((stacked, picked.labels, picked.counted))
+        self._pooled = None
 
     @property
     def logits(self) -> torch.Tensor:
         """The sampled pixels' logits, ``(P, V, out_channels)``."""
-        return torch.cat([logits for logits, _ in self._added()])
+        return torch.cat([logits for logits, _ in self._at_common_rate()])
 
     @property
     def targets(self) -> torch.Tensor:
         """The sampled pixels' class ids ``(P,)`` (multi-label: ``(P, L)`` of 0, 1, 255)."""
-        return torch.cat([targets for _, targets in self._added()])
+        return torch.cat([targets for _, targets in self._at_common_rate()])
 
-    def _added(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _at_common_rate(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if not self._images:
             raise ValueError("no image was added to the view sample")
-        return self._images
+        if self._pooled is None:  # once, so that logits and targets stay row for row
+            self._pooled = at_common_rate(self._images, self._generator)
+        return self._pooled
 
 
 def averaged_logits(logits: torch.Tensor, task: Task, calibration: Calibration) -> torch.Tensor:

@@ -3,12 +3,13 @@ task's threshold) on the validation split and store it in ``best.pt`` (and ``ema
 final test and every inference path apply it (see :mod:`unetkit.inference.calibration`).
 
 Each checkpoint is fitted on its own weights, on a bounded sample of validation pixels
-(:class:`~unetkit.inference.view_calibration.ViewSample`, 10 000 per image, 250 000 in the fit),
-so it costs one validation pass at original resolution. With TTA the sample holds each flip's
-logits and the fit is for the mean of the calibrated flips, which is what the Segmenter returns
-(the calibration maps each flip's logits inside the model; a map fitted on the flip-averaged
-probabilities would not be the one applied). The binary threshold is tuned for the monitored
-metric when that is a binary headline metric (``val_foreground_dice``, ...), else for the Dice.
+(:class:`~unetkit.inference.view_calibration.ViewSample`: up to 10 000 per image, then one share
+of every image, 250 000 in the fit), so it costs a validation pass per flip at full resolution.
+With TTA the sample holds each flip's logits and the fit is for the mean of the calibrated
+flips, which is what the Segmenter returns (the calibration maps each flip's logits inside the
+model; a map fitted on the flip-averaged probabilities would not be the one applied). The
+binary threshold is tuned for the monitored metric when that is a binary headline metric
+(``val_foreground_dice``, ...), else for the Dice.
 A multi-label task gets one ``T`` over all its labels, one bias and one threshold per label, each
 threshold tuned for the label's own value of the monitored mean (``val_mean_iou``: the label's
 IoU), so their mean is the one monitored. A binary or multi-label task's bias (Platt scaling on
@@ -206,9 +207,9 @@ def sample_views(views: list[Segmenter], source: SampleSource, sample: ViewSampl
         values: list[list[torch.Tensor]] = [[] for _ in loaded]
         for view in views:
             for index, probs in enumerate(view.predict_proba(images)):
-                values[index].append(sample.values_at(probs, picks[index][0]))
-        for (_, labels), per_view in zip(picks, values, strict=True):
-            sample.add(per_view, labels)
+                values[index].append(sample.values_at(probs, picks[index].positions))
+        for picked, per_view in zip(picks, values, strict=True):
+            sample.add(per_view, picked)
 
 
 def _ece(

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from test_fingerprint import ArraySource
 
 from unetkit.cli.main import main
 from unetkit.cli.plan_commands import explicit_keys, should_plan
-from unetkit.config import Config, load_config
+from unetkit.config import Config, EvalConfig, load_config
+from unetkit.evaluation.calibration import CalibrationCheck
 from unetkit.planning import decisions
 from unetkit.planning.decisions import Candidate
 from unetkit.planning.fingerprint import ClassProfile, DatasetFingerprint, SizeStats
+from unetkit.planning.measure import scoring_seconds_per_image
 from unetkit.planning.plan import Plan, _calibration_seconds, make_plan
 from unetkit.training.budget import TimeBudget
 
@@ -122,6 +125,24 @@ def test_the_reserve_counts_the_calibration_pass_per_flip_and_checkpoint():
     assert _calibration_seconds(ema, validation_s, tta=True) == 80.0  # best.pt and ema.pt
     off = load_config(overrides={"eval.calibrate": False})
     assert _calibration_seconds(off, validation_s, tta=True) == 0.0
+
+
+def test_the_scoring_probe_times_the_calibration_section_as_the_evaluation_runs_it(monkeypatch):
+    scored = []
+    add = CalibrationCheck.add
+
+    def counted(check, probs, prediction, target, calibrated=None):
+        scored.append((check.calibration.describe(), probs.shape))
+        add(check, probs, prediction, target, calibrated)
+
+    monkeypatch.setattr(CalibrationCheck, "add", counted)
+    masks = [np.zeros((48, 48), np.uint8) for _ in range(4)]
+    for index, mask in enumerate(masks):
+        mask[8 + index : 30 + index, 10:34] = 1
+    source = ArraySource(masks)
+    assert scoring_seconds_per_image(source, ["background", "square"], EvalConfig(), 3) > 0
+    # each probed image is re-tempered (T != 1) at native size, as after training
+    assert scored == [("T = 1.50", (2, 48, 48))] * 3
 
 
 def test_a_final_reserve_ends_the_training_steps_earlier():

@@ -41,8 +41,10 @@ STEP_OVERHEAD = 1.15
 # agrees: on Pet the plain U-Net led attention-unet, unet-plus-plus, resenc-unet, the MobileNetV3
 # and ResNet-34 encoders by 0.027 to 0.114 test foreground IoU; on ISBI none was separated. At the
 # issue's 20 minutes on Pet (Zen 5) it led unet-plus-plus, attention-unet and resenc-unet by 0.016,
-# 0.048 and 0.087 (0.793 against 0.778, 0.745, 0.707); on ISBI at 20 minutes all six lay within
-# 0.008 and no per-image difference kept its sign (Zen 3, fp32), so nothing there overturns it.
+# 0.048 and 0.087 (0.793 against 0.778, 0.745, 0.707), and on Zen 3 (fp32) the ResNet-34 and
+# MobileNetV3 encoders by 0.072 and 0.074 (0.773 against 0.701, 0.699; ahead on 227 of 298
+# images); on ISBI at 20 minutes all six lay within 0.008 and no per-image difference kept its
+# sign (Zen 3, fp32), so nothing there overturns it.
 MODEL_LADDER: list[tuple[str, dict[str, Any]]] = [
     ("unet", {"base_width": 16}),
     ("unet", {"base_width": 24}),

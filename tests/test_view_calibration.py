@@ -120,12 +120,14 @@ def test_a_view_sample_keeps_one_share_of_every_image_with_views_and_targets_ali
     for index, shape in enumerate(shapes):
         target = np.full(shape, index, np.uint8)  # the image's targets name it: 0 large, 1 small
         picked = sample.pick(target)
-        views = [torch.full((len(picked.labels), 1), float(view)) for view in range(3)]
+        views = [torch.full((len(picked.labels), 1), 10.0 * index + view) for view in range(3)]
         sample.add(views, picked)
     targets, logits = sample.targets, sample.logits
     assert int((targets == 0).sum()) == 50 and int((targets == 1).sum()) == 5  # 40 x 50/400
     assert logits.shape == (55, 3, 1)
-    assert logits[:, :, 0].tolist() == [[0.0, 1.0, 2.0]] * 55
+    # every row holds its own image's three views: 10 x image id + view
+    expected = 10.0 * targets[:, None].float() + torch.arange(3.0)
+    assert torch.equal(logits[:, :, 0], expected)
     assert torch.equal(sample.targets, targets)  # thinned once: the properties agree
 
 

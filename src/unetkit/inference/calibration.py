@@ -389,7 +389,7 @@ def at_common_rate(
 
     A fixed number of pixels per image weighs a small image's pixels more than a large one's,
     while the expected calibration error and the dataset metrics pool pixels: on data of mixed
-    sizes (Pet's run from 0.1 to 2 megapixels) a fit on such a sample serves images the test
+    sizes (Pet's run from 0.03 to 1.9 megapixels) a fit on such a sample serves images the test
     score hardly counts. At one rate every counted pixel of the split is equally likely to be in
     the sample; where every image counts as many pixels, nothing is dropped.
     """

@@ -18,7 +18,7 @@ import torch
 
 from unetkit.config import EvalConfig
 from unetkit.data.sources import SampleSource
-from unetkit.evaluation.calibration import CalibrationCheck
+from unetkit.evaluation.calibration import CalibrationCheck, measured_threshold
 from unetkit.inference.calibration import Calibration
 from unetkit.losses import build_loss
 from unetkit.metrics.split import SplitMetrics
@@ -126,8 +126,8 @@ def scoring_seconds_per_image(
         return 0.0
     binary = len(class_names) == 2
     metrics = SplitMetrics(class_names, binary, options)
-    task = Task(len(class_names))
-    check = CalibrationCheck(task, Calibration(1.5), task.threshold if binary else None)
+    task, measured = Task(len(class_names)), Calibration(1.5)
+    check = CalibrationCheck(task, measured, measured_threshold(measured, task))
     picks = np.linspace(0, len(source) - 1, num=min(samples, len(source))).astype(int)
     started = time.perf_counter()
     for index in picks:

@@ -273,7 +273,8 @@ def _plan_schedule(
     fixed_tta: bool | None = None,
 ) -> None:
     """Augmentation, repeats per epoch, warm-up, TTA and the final evaluation's reserve."""
-    splits = build_splits(plan.config(cfg))  # tiles counted as training samples
+    planned = plan.config(cfg)
+    splits = build_splits(planned)  # tiles counted as training samples
     train_samples, val_samples = len(splits.train), len(splits.val)
     steps = training / chosen.step_seconds
     passes = steps * setting.batch_size / max(train_samples, 1)
@@ -299,7 +300,7 @@ def _plan_schedule(
     tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget)
     if fixed_tta is not None:
         tta, tta_reason = fixed_tta, f"TTA {'on' if fixed_tta else 'off'}, as configured"
-    calibration = _calibration_seconds(plan.config(cfg), val_samples * per_image, tta)
+    calibration = _calibration_seconds(planned, val_samples * per_image, tta)
     evaluation = len(splits.test) * scoring + inference * (4 if tta else 1) + calibration
     reserve, reserve_reason = decisions.evaluation_reserve(evaluation, budget)
     calibration_reason = f", with ~{calibration:.0f} s to calibrate on val" if calibration else ""

@@ -86,9 +86,17 @@ def fit_checkpoint(
 ) -> dict[str, Any]:
     """The calibration of the Segmenter's raw model on ``val``, with the validation ECE (and the
     binary metric) of the sampled pixels before and after it."""
-    task = segmenter.task
-    sample = ViewSample(task)
+    sample = ViewSample(segmenter.task)
     sample_views(flip_views(segmenter), val, sample)
+    return fit_sample(sample, segmenter.class_names, monitor, bias)
+
+
+def fit_sample(
+    sample: ViewSample, class_names: list[str], monitor: str, bias: bool = True
+) -> dict[str, Any]:
+    """:func:`fit_checkpoint`'s record, from pixels already sampled (of one model or of several
+    alike, :mod:`unetkit.training.calibrate_folds`)."""
+    task = sample.task
     view_logits, targets = sample.logits, sample.targets
     calibration = fit_for_views(view_logits, targets, task, bias)
     logits = averaged_logits(view_logits, task, Calibration())  # the raw Segmenter's
@@ -111,7 +119,7 @@ def fit_checkpoint(
         record["metric"] = {"name": metric, "before": before.score, "after": choice.score}
     elif task.multilabel:
         cuts, record["metric"] = _label_thresholds(
-            logits, targets, calibrated, segmenter.class_names, label_metric(monitor), task
+            logits, targets, calibrated, class_names, label_metric(monitor), task
         )
         calibration = dataclasses.replace(calibration, label_thresholds=cuts)
     record["calibration"] = calibration.to_dict()

@@ -23,14 +23,12 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from unetkit.checkpoint import load_checkpoint, model_from_checkpoint, remove_stale_temporaries
+from unetkit.checkpoint import load_checkpoint, remove_stale_temporaries
 from unetkit.config import Config
-from unetkit.evaluation.evaluate import describe, evaluate_source, write_evaluation
-from unetkit.inference.calibration import Calibration
-from unetkit.inference.segmenter import Segmenter
 from unetkit.precision import describe_execution
 from unetkit.training.calibrate import calibrate_run
 from unetkit.training.distributed import start_processes, stop_processes
+from unetkit.training.final_test import final_test
 from unetkit.training.history import plot_history, write_history_csv
 from unetkit.training.reproducibility import capture_rng_state, seed_everything
 from unetkit.training.resume import resolve_resume
@@ -285,27 +283,10 @@ def _calibrate(parts: RunParts) -> None:
 
 
 def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
-    """Evaluate ``best.pt`` on the test split at original resolution; write metrics and report.
-
-    It runs as the checkpoint records (:func:`~unetkit.training.saving.final_test_inference`) and
-    as ``unetkit evaluate`` runs it: the raw model at the task's threshold. The calibration stored
-    at the end of training is measured (ECE before / after) but not applied to the masks."""
-    best = parts.run_dir / "checkpoints" / "best.pt"
-    loaded = model_from_checkpoint(best)
-    segmenter = Segmenter.from_loaded(loaded, parts.device, parts.cfg.train.batch_size)
-    evaluation = evaluate_source(
-        segmenter,
-        parts.splits.test,
-        split="test",
-        options=parts.cfg.eval,
-        progress=parts.cfg.train.progress,
-        calibration=Calibration.from_checkpoint(loaded.checkpoint),
-    )
-    evaluation.metrics["checkpoint"] = str(best)
-    written = write_evaluation(evaluation, parts.run_dir, parts.cfg.eval, history=history)
-    _log(parts, describe(evaluation.metrics))
-    for path in written.values():
-        _log(parts, f"wrote {path}")
+    """The test evaluation of ``best.pt`` (:mod:`unetkit.training.final_test`)."""
+    lines = final_test(parts.run_dir, parts.splits.test, parts.cfg, parts.device, history)
+    for line in lines:
+        _log(parts, line)
 
 
 def _log(parts: RunParts, message: str) -> None:

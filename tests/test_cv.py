@@ -174,7 +174,8 @@ def test_out_of_fold_of_a_multilabel_task_sums_each_labels_matrices(tmp_path):
 
 def test_each_fold_gets_the_train_arguments_less_the_cv_options(tmp_path):
     argv = ["--folds", "3", "--out", "cv", "--fold-seed=2", "--nproc", "2", "--config", "c.yaml",
-            "--time-budget", "9m", "--epochs", "1", "a.b=1"]  # fmt: skip
+            "--time-budget", "9m", "--fold-calibration", "own", "--epochs", "1",
+            "a.b=1"]  # fmt: skip
     run = tmp_path / "fold_1"
     assert cv_commands.fold_argv(argv, run, False, None, None) == [
         "--nproc", "2", "--config", "c.yaml", "--epochs", "1", "a.b=1",

@@ -20,6 +20,7 @@ from unetkit.cli.plan_commands import PLAN_CHOICES, explicit_keys, should_plan
 from unetkit.config import Config, ConfigError, load_config
 from unetkit.training.budget import parse_duration
 from unetkit.training.calibrate_ensemble import calibrate_ensemble
+from unetkit.training.calibrate_folds import calibrate_folds
 from unetkit.training.cv import (
     FoldAssignment,
     assignment_for,
@@ -31,10 +32,11 @@ from unetkit.training.cv import (
 from unetkit.training.distributed import under_torchrun
 
 PLAN_FILE = "plan.yaml"
+FOLD_CALIBRATIONS = ("shared", "own")  # see unetkit.training.calibrate_folds
 # Flags of `cv` itself (one value each), not handed on to the folds' `train`.
 CV_OPTIONS = (
     "--folds", "--fold-seed", "--out", "--time-budget", "--time-budget-per-fold",
-    "--calibration-holdout",
+    "--calibration-holdout", "--fold-calibration",
 )  # fmt: skip
 # Keys each fold sets itself: given as KEY=VALUE they would send every fold to one place.
 FOLD_KEYS = {  # keys cv sets for each fold, and what to give instead
@@ -64,6 +66,11 @@ def add_cv_command(sub: argparse._SubParsersAction) -> None:
                    help="set this share of train + val (0 to 0.5, whole images) aside from every "
                    "fold and fit one calibration of the ensemble's mean there (default 0: each "
                    "member keeps its own)")  # fmt: skip
+    p.add_argument("--fold-calibration", choices=FOLD_CALIBRATIONS, default="shared",
+                   help="shared (default): after the folds, fit one calibration on every fold's "
+                   "out-of-fold samples together, store it in every fold and test each fold "
+                   "again; own: each fold keeps the one fitted on its own validation "
+                   "fold")  # fmt: skip
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--time-budget-per-fold", metavar="DURATION", help="each fold trains "
                         "this long (90s, 20m, 1.5h)")  # fmt: skip
@@ -98,7 +105,8 @@ def cv(args: argparse.Namespace) -> int:
     status = run_folds(cv_dir, assignment, train_fold, progress=not args.no_progress)
     if status:
         return status
-    for line in calibrate_ensemble(cv_dir, assignment):
+    shared = calibrate_folds(cv_dir, assignment) if args.fold_calibration == "shared" else []
+    for line in shared + calibrate_ensemble(cv_dir, assignment):
         print(line, flush=True)
     summary = summarise_folds(cv_dir, assignment)
     written = write_summary(summary, cv_dir)

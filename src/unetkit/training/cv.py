@@ -15,6 +15,10 @@ never saw it (the *out-of-fold* metrics).
   ``splits.json`` (train = the other folds, val = this fold, test = the test split) is written
   before training starts, and training reuses a saved split, so ``evaluate`` and ``predict`` work
   on it as on any run.
+* **Shared fold calibration** (``--fold-calibration shared``, the default): after the folds, one
+  temperature (and bias, threshold) is fitted on every fold's held-out samples together, each
+  predicted by its own fold, and replaces each fold's own fit; each fold's test is run again
+  (:mod:`unetkit.training.calibrate_folds`).
 * **Calibration holdout** (``--calibration-holdout FRACTION``, off by default): that share of the
   groups, drawn with the seed, is set aside before folding and trains no fold. After the folds,
   one temperature (and bias, threshold) is fitted on the *ensemble's* mean probabilities there

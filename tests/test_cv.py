@@ -203,11 +203,14 @@ def cv_args(tmp_path, *extra: str) -> argparse.Namespace:
     return args
 
 
-def test_a_total_budget_is_shared_out_after_planning_once(tmp_path, monkeypatch):
-    class QuickPlan(Plan):
-        def describe(self) -> str:
-            return "plan"
+class QuickPlan(Plan):
+    """A plan made without measuring, so ``describe`` has nothing to say."""
 
+    def describe(self) -> str:
+        return "plan"
+
+
+def test_a_total_budget_is_shared_out_after_planning_once(tmp_path, monkeypatch):
     calls = []
 
     def make_plan(cfg, budget, progress, fixed):
@@ -223,6 +226,21 @@ def test_a_total_budget_is_shared_out_after_planning_once(tmp_path, monkeypatch)
     assert cfg.data.augment == "light"
     again, _ = cv_commands._planned(args, tmp_path)
     assert calls == [35.0] and again.train.time_budget == "30.0s"  # the plan file is reused
+
+
+@pytest.mark.parametrize("calibration, budget", [("shared", "25.0s"), ("own", "30.0s")])
+def test_a_total_budget_keeps_each_folds_test_again_under_the_shared_calibration(
+    tmp_path, monkeypatch, calibration, budget
+):
+    def make_plan(cfg, seconds, progress, fixed):  # the plan keeps 5 s for a fold's test
+        return QuickPlan(settings={"train.final_reserve": 5.0}, seconds=10.0)
+
+    monkeypatch.setattr("unetkit.planning.plan.make_plan", make_plan)
+    args = cv_args(tmp_path, "--folds", "2", "--time-budget", "70s", "--plan", "on",
+                   "--fold-calibration", calibration)  # fmt: skip
+    cfg, _ = cv_commands._planned(args, tmp_path)
+    assert cfg.train.time_budget == budget  # (70 s - 10 s) / 2 folds, less 5 s when shared
+    assert cfg.train.final_reserve == 5.0
 
 
 def test_without_a_plan_each_fold_gets_its_budget(tmp_path):

@@ -75,7 +75,8 @@ def add_cv_command(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--time-budget-per-fold", metavar="DURATION", help="each fold trains "
                         "this long (90s, 20m, 1.5h)")  # fmt: skip
     budget.add_argument("--time-budget", metavar="DURATION", help="all folds together train "
-                        "this long (shared out equally, after planning)")  # fmt: skip
+                        "this long (shared out equally, after planning and each fold's test "
+                        "again)")  # fmt: skip
     p.add_argument("--plan", choices=PLAN_CHOICES, default="auto",
                    help="as for train, but planned once for every fold (plan.yaml)")  # fmt: skip
     p.add_argument("--nproc", type=int, help="each fold trains in N processes (as train)")
@@ -180,7 +181,10 @@ def _make_plan(
     budget = planning_cfg.train.time_budget
     made = make_plan(planning_cfg, budget and parse_duration(budget), cfg.train.progress, explicit)
     print(made.describe(), flush=True)
-    fold_cfg = _with_budget(planning_cfg, _fold_seconds(args, made.seconds))
+    retest = (
+        made.config(planning_cfg).train.final_reserve if args.fold_calibration == "shared" else 0
+    )
+    fold_cfg = _with_budget(planning_cfg, _fold_seconds(args, made.seconds, retest))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(made.to_yaml(fold_cfg, explicit))
     print(f"wrote {path}: the plan of every fold", flush=True)
@@ -193,18 +197,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _fold_seconds(args: argparse.Namespace, planning_seconds: float) -> float | None:
+def _fold_seconds(
+    args: argparse.Namespace, planning_seconds: float, retest_seconds: float = 0.0
+) -> float | None:
     """One fold's training budget: ``--time-budget-per-fold``, or an equal share of
-    ``--time-budget`` less the planning; None without a budget."""
+    ``--time-budget`` less the planning and, per fold, ``retest_seconds`` (the shared fold
+    calibration's sampling and test again, about the plan's final reserve); None without a
+    budget."""
     if args.time_budget_per_fold:
         return parse_duration(args.time_budget_per_fold)
     if not args.time_budget:
         return None
     left = parse_duration(args.time_budget) - planning_seconds
-    if left <= 0:
-        raise ValueError(f"--time-budget {args.time_budget} was spent planning "
-                         f"({planning_seconds:.0f} s); give a longer one")  # fmt: skip
-    return left / args.folds
+    share = left / args.folds - retest_seconds
+    if share <= 0:
+        raise ValueError(f"--time-budget {args.time_budget} leaves no training time to "
+                         f"{args.folds} folds after planning ({planning_seconds:.0f} s) and "
+                         f"testing each fold again ({retest_seconds:.0f} s each); give a longer "
+                         f"one")  # fmt: skip
+    return share
 
 
 def _with_budget(cfg: Config, seconds: float | None) -> Config:

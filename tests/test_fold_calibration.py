@@ -10,17 +10,14 @@ import pytest
 import torch
 from test_cv import TINY
 
-from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.checkpoint import load_checkpoint
 from unetkit.cli.main import main
 from unetkit.config import config_from_dict
-from unetkit.data.registry import build_splits
 from unetkit.inference.calibration import Calibration, store_calibration
 from unetkit.inference.ensemble_calibration import member_digests
-from unetkit.inference.segmenter import Segmenter
-from unetkit.inference.view_calibration import ViewSample, view_nll
+from unetkit.inference.view_calibration import view_nll
 from unetkit.training import calibrate_folds as shared_fit
-from unetkit.training.calibrate import flip_views, sample_views
-from unetkit.training.calibrate_folds import FILE
+from unetkit.training.calibrate_folds import FILE, sample_folds
 from unetkit.training.cv import FoldAssignment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,17 +78,9 @@ def test_the_shared_map_is_the_likeliest_on_the_pooled_pixels(folds):
     does at least as well as either fold's own map (each the best on half of them)."""
     out, own, _ = folds
     assignment = FoldAssignment.from_dict(json.loads((out / "folds.json").read_text()))
-    sample = None
-    for fold in range(FOLDS):
-        path = out / f"fold_{fold}/checkpoints/best.pt"
-        cfg = config_from_dict(load_checkpoint(path)["config"])
-        segmenter = Segmenter.from_loaded(model_from_checkpoint(path), "cpu", 4)
-        sample = sample or ViewSample(segmenter.task)
-        sample_views(
-            flip_views(segmenter),
-            build_splits(cfg, split_record=assignment.split_record(fold)).val,
-            sample,
-        )
+    paths = [out / f"fold_{fold}/checkpoints/best.pt" for fold in range(FOLDS)]
+    cfg = config_from_dict(load_checkpoint(paths[0])["config"])
+    sample, _, _ = sample_folds(paths, assignment, cfg)
 
     def nll(calibration: Calibration) -> float:
         bias = None if calibration.bias is None else torch.tensor(calibration.bias).double()

@@ -87,7 +87,19 @@ def calibrate_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
 
 def fit_folds(paths: list[Path], assignment: FoldAssignment, cfg: Config) -> dict[str, Any]:
     """One calibration record (:func:`~unetkit.training.calibrate.fit_sample`) of the raw models
-    ``paths``, fold ``i``'s on fold ``i``'s validation split, all in one sample."""
+    ``paths`` on :func:`sample_folds`, with the number of held-out samples it saw."""
+    sample, class_names, images = sample_folds(paths, assignment, cfg)
+    record = fit_sample(sample, class_names, cfg.train.monitor, cfg.eval.calibration_bias)
+    return {"samples": images, **record}
+
+
+def sample_folds(
+    paths: list[Path], assignment: FoldAssignment, cfg: Config
+) -> tuple[ViewSample, list[str], int]:
+    """One sample of every fold's validation split, fold ``i``'s predicted by the raw model
+    ``paths[i]``; with the class names and the number of samples it went over."""
+    if not paths:
+        raise ValueError("there are no folds to calibrate")
     sample: ViewSample | None = None
     images = 0
     for index, path in enumerate(paths):
@@ -98,11 +110,7 @@ def fit_folds(paths: list[Path], assignment: FoldAssignment, cfg: Config) -> dic
         val = build_splits(cfg, split_record=assignment.split_record(index)).val
         sample_views(flip_views(segmenter), val, sample)
         images += len(val)
-    if sample is None:
-        raise ValueError("there are no folds to calibrate")
-    names, monitor = segmenter.class_names, cfg.train.monitor
-    record = fit_sample(sample, names, monitor, cfg.eval.calibration_bias)
-    return {"samples": images, **record}
+    return sample, segmenter.class_names, images
 
 
 def _test_again(run: Path, assignment: FoldAssignment, index: int) -> list[str]:
@@ -111,9 +119,8 @@ def _test_again(run: Path, assignment: FoldAssignment, index: int) -> list[str]:
     test = build_splits(cfg, split_record=assignment.split_record(index)).test
     history_file = run / "history.csv"
     history = read_history_csv(history_file) if history_file.is_file() else None
-    final_test(run, test, cfg, cfg.train.device, history)
-    ece = json.loads((run / "metrics.json").read_text())["calibration"]
-    before, after = (ece[side]["ece"] for side in ("before", "after"))
+    metrics, _ = final_test(run, test, cfg, cfg.train.device, history)
+    before, after = (metrics["calibration"][side]["ece"] for side in ("before", "after"))
     return [f"fold {index} tested again: test ECE {_text(before)} at T = 1, {_text(after)} with "
             f"the shared calibration (wrote {run / 'metrics.json'})"]  # fmt: skip
 

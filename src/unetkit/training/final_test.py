@@ -27,8 +27,9 @@ def final_test(
     cfg: Config,
     device: Any,
     history: list[dict[str, Any]] | None = None,
-) -> list[str]:
-    """Evaluate ``RUN/checkpoints/best.pt`` on ``test`` into ``run_dir``; the lines to print."""
+) -> tuple[dict[str, Any], list[str]]:
+    """Evaluate ``RUN/checkpoints/best.pt`` on ``test`` into ``run_dir``; the metrics written to
+    ``metrics.json`` and the lines to print."""
     best = run_dir / "checkpoints" / "best.pt"
     loaded = model_from_checkpoint(best)
     segmenter = Segmenter.from_loaded(loaded, device, cfg.train.batch_size)
@@ -42,4 +43,5 @@ def final_test(
     )
     evaluation.metrics["checkpoint"] = str(best)
     written = write_evaluation(evaluation, run_dir, cfg.eval, history=history)
-    return [describe(evaluation.metrics), *(f"wrote {path}" for path in written.values())]
+    lines = [describe(evaluation.metrics), *(f"wrote {path}" for path in written.values())]
+    return evaluation.metrics, lines

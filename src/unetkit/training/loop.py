@@ -284,7 +284,7 @@ def _calibrate(parts: RunParts) -> None:
 
 def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:
     """The test evaluation of ``best.pt`` (:mod:`unetkit.training.final_test`)."""
-    lines = final_test(parts.run_dir, parts.splits.test, parts.cfg, parts.device, history)
+    _, lines = final_test(parts.run_dir, parts.splits.test, parts.cfg, parts.device, history)
     for line in lines:
         _log(parts, line)
 

@@ -387,14 +387,19 @@ def test_inference_config_is_checked_once_and_recorded_as_json():
     record = json.loads(json.dumps(config.to_dict()))
     assert record["window_size"] == [24, 24] and record["postprocess"]["classes"] == [1]
     assert InferenceConfig.from_dict(record) == config  # what a checkpoint or export reads
+    assert record["tta_flips"] == [[], [-1], [-2], [-2, -1]]  # all four unless told
     older = {"mode": "sliding", "tile_size": [24, 24], "tta": True}  # the window's former name
     assert InferenceConfig.from_dict(older).window_size == (24, 24)
+    assert InferenceConfig.from_dict(older).tta_flips == ((), (-1,), (-2,), (-2, -1))  # as run
+    left_right = InferenceConfig.from_dict({**record, "tta_flips": [[], [-1]]})
+    assert left_right.tta_flips == ((), (-1,))
     with pytest.raises(ValueError, match="best.pt records an inference config .*'tiles'"):
         InferenceConfig.from_dict({"mode": "tiles"}, "best.pt")
     for bad, message in [({"mode": "tiles"}, "mode must be one of"),
                          ({"window_size": (8,)}, r"got \(8,\)"),
                          ({"overlap": 1.0}, "overlap is a fraction"),
                          ({"precision": "int8"}, "precision is one of"),
-                         ({"channels_last": "yes"}, "channels_last is True, False")]:  # fmt: skip
+                         ({"channels_last": "yes"}, "channels_last is True, False"),
+                         ({"tta_flips": [[-2]]}, "tta_flips is a list of flips")]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             InferenceConfig(**bad)

@@ -103,6 +103,8 @@ def test_validation_share_augmentation_and_tta_follow_the_measured_costs():
     assert decisions.choose_augmentation(10)[0] == "light"
     assert decisions.choose_tta(inference_seconds=5, scoring_seconds=10, budget_seconds=1200)[0]
     assert not decisions.choose_tta(20, 10, 1200)[0]  # 90 s > 60 s
+    assert decisions.choose_tta(20, 10, 1200, views=2)[0]  # left-right only: 50 s <= 60 s
+    assert not decisions.choose_tta(0.1, 0.1, 1200, views=1)[0]  # no flip was trained
     assert decisions.warmup_epochs(100) == 3.0
 
 
@@ -119,12 +121,12 @@ def test_the_evaluation_reserve_is_the_safe_estimate_capped_at_half_the_budget()
 def test_the_reserve_counts_the_calibration_pass_per_flip_and_checkpoint():
     validation_s = 10.0  # one pass over val
     plain = load_config()
-    assert _calibration_seconds(plain, validation_s, tta=False) == 10.0
-    assert _calibration_seconds(plain, validation_s, tta=True) == 40.0  # four flips each
+    assert _calibration_seconds(plain, validation_s, views=1) == 10.0
+    assert _calibration_seconds(plain, validation_s, views=4) == 40.0  # one pass per flip
     ema = load_config(overrides={"train.ema": 0.999})
-    assert _calibration_seconds(ema, validation_s, tta=True) == 80.0  # best.pt and ema.pt
+    assert _calibration_seconds(ema, validation_s, views=2) == 40.0  # best.pt and ema.pt
     off = load_config(overrides={"eval.calibrate": False})
-    assert _calibration_seconds(off, validation_s, tta=True) == 0.0
+    assert _calibration_seconds(off, validation_s, views=4) == 0.0
 
 
 def test_the_scoring_probe_times_the_calibration_section_as_the_evaluation_runs_it(monkeypatch):

@@ -11,9 +11,11 @@ from skimage import measure
 
 from unetkit.checkpoint import Preprocessing
 from unetkit.data.preprocess import default_mean_std
+from unetkit.data.sources import DataError
+from unetkit.data.transforms import trained_flips
 from unetkit.inference.postprocess import PostProcessing
 from unetkit.inference.segmenter import Segmenter
-from unetkit.inference.tta import flip_averaged
+from unetkit.inference.tta import FLIPS, checked_flips, flip_averaged
 from unetkit.models import build_model
 from unetkit.tasks import IGNORE_INDEX, Task
 
@@ -111,6 +113,42 @@ def test_segmenter_tta_is_off_by_default_and_averages_flipped_images():
         views.append(np.flip(plain.predict_proba(flipped), tuple(a + 1 for a in axes)))
     np.testing.assert_allclose(probs, np.mean(views, axis=0), atol=1e-5)
     assert np.abs(probs - plain_probs).max() > 0.05
+
+
+def test_segmenter_tta_averages_only_the_flips_it_is_given():
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    plain = segmenter()
+    mirrored = np.flip(plain.predict_proba(np.ascontiguousarray(image[:, ::-1])), 2)
+    left_right = segmenter(tta=True, tta_flips=[[-1], []])  # as JSON lists, in any order
+    assert left_right.tta_flips == ((), (-1,))
+    probs = left_right.predict_proba(image)
+    assert left_right.model.calls == 2  # no upside-down view
+    np.testing.assert_allclose(probs, (plain.predict_proba(image) + mirrored) / 2, atol=1e-5)
+    four = segmenter(tta=True).predict_proba(image)
+    assert np.abs(probs - four).max() > 0.01  # the up-down views would have changed it
+    assert left_right.inference_config().tta_flips == ((), (-1,))  # what a record keeps
+
+
+@pytest.mark.parametrize("flips", [[[-1]], [[], [-3]], [[], [2]], "lr", [[], ["x"]], None])
+def test_tta_flips_must_be_flips_of_the_four_that_include_the_image_itself(flips):
+    with pytest.raises(ValueError, match="tta_flips is a list of flips from .* that includes"):
+        checked_flips(flips)
+
+
+def test_each_augmentation_level_records_the_flips_it_trains_with():
+    from unetkit.config import load_config
+    from unetkit.training.saving import final_test_inference
+
+    assert trained_flips("none") == ((),)
+    assert trained_flips("light") == ((), (-1,))  # upright photographs stay upright
+    assert trained_flips("strong") == FLIPS
+    prep = Preprocessing((16, 16), (0.5,) * 3, (0.25,) * 3, 3)
+    for level, tta, views in [("none", False, 1), ("light", True, 2), ("strong", True, 4)]:
+        cfg = load_config(overrides={"data.augment": level, "eval.tta": True})
+        recorded = final_test_inference(cfg, prep)
+        assert (recorded.tta, len(recorded.tta_flips)) == (tta, views)  # none: nothing to average
+    with pytest.raises(DataError, match="unknown augmentation level 'heavy'"):
+        trained_flips("heavy")
 
 
 # --- post-processing: hand-made masks ------------------------------------------------------------

@@ -191,6 +191,9 @@ def test_under_tta_the_stored_calibration_is_the_best_for_the_prediction_that_ru
     model, source = _Lopsided().eval(), _Images(6)
     views = flip_views(_segmenter(model, tta=True))
     assert len(views) == 4
+    left_right = _segmenter(model, tta=True)
+    left_right.tta_flips = ((), (-1,))
+    assert [view.model.dims for view in flip_views(left_right)] == [(), (-1,)]  # the views TTA runs
     image = source.load(0)[0]
     mean = np.mean([view.predict_proba(image) for view in views], axis=0)
     np.testing.assert_allclose(mean, _segmenter(model, True).predict_proba(image), atol=1e-6)

@@ -128,7 +128,7 @@ class TrainConfig:
 class EvalConfig:
     """What evaluation measures beyond pixel counts, and what it writes (see unetkit.metrics)."""
 
-    tta: bool = False  # the final test evaluation averages four flips
+    tta: bool = False  # the final test averages the flips the augmentation trains with
     threshold_free: bool = True  # ROC AUC and average precision from binned probabilities
     histogram_bins: int = 1000  # probability bins of the ROC / PR histograms
     instances: bool = True  # connected-component mAP@[.5:.95] and panoptic quality

@@ -41,6 +41,18 @@ def build_train_transform(
     raise DataError(f"unknown augmentation level {level!r}; levels: {', '.join(AUGMENT_LEVELS)}")
 
 
+def trained_flips(level: str) -> tuple[tuple[int, ...], ...]:
+    """The flips (tensor dimensions, as :data:`unetkit.inference.tta.FLIPS` names them) that
+    augmentation ``level`` shows the model in training, the image as it is first: the views
+    test-time augmentation may average without asking the model about orientations it never
+    learned. ``light`` flips left-right only, because upright photographs stay upright."""
+    flips = {"none": ((),), "light": ((), (-1,)), "strong": ((), (-1,), (-2,), (-2, -1))}
+    if level not in flips:
+        levels = ", ".join(AUGMENT_LEVELS)
+        raise DataError(f"unknown augmentation level {level!r}; levels: {levels}")
+    return flips[level]
+
+
 def build_eval_transform(img_size: int | Sequence[int]) -> A.Compose:
     """Resize only: what validation, testing and inference see."""
     height, width = size_hw(img_size)

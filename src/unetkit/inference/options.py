@@ -24,6 +24,7 @@ from unetkit.inference.sliding_window import (
     check_overlap,
     checked_window_size,
 )
+from unetkit.inference.tta import FLIPS, Flips, checked_flips
 from unetkit.precision import LAYOUTS, PRECISIONS
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RECORD_KEY", "InferenceConfig", "recorded_options"]
@@ -39,6 +40,7 @@ class InferenceConfig:
     window_size: tuple[int, int] | None = None
     overlap: float = DEFAULT_OVERLAP
     tta: bool = False
+    tta_flips: Flips = FLIPS  # the views TTA averages; a record without them meant all four
     postprocess: PostProcessing | None = None
     precision: str = "fp32"
     channels_last: bool | str = False
@@ -50,6 +52,7 @@ class InferenceConfig:
         object.__setattr__(self, "overlap", check_overlap(self.overlap))
         if not isinstance(self.tta, bool):
             raise ValueError(f"tta is True or False; got {self.tta!r}")
+        object.__setattr__(self, "tta_flips", checked_flips(self.tta_flips))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision is one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.channels_last not in LAYOUTS:
@@ -64,6 +67,7 @@ class InferenceConfig:
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.window_size is not None:
             record["window_size"] = list(self.window_size)
+        record["tta_flips"] = [list(view) for view in self.tta_flips]
         if self.postprocess is not None:
             record["postprocess"] = dataclasses.asdict(self.postprocess)
         return record

@@ -42,7 +42,7 @@ from unetkit.inference.sliding_window import (
     checked_window_size,
     sliding_window_probabilities,
 )
-from unetkit.inference.tta import flip_averaged
+from unetkit.inference.tta import FLIPS, checked_flips, flip_averaged
 from unetkit.precision import ExecutionChoice, choose_execution, detect_capabilities
 from unetkit.precision_probe import inference_timer
 from unetkit.tasks import Task
@@ -64,7 +64,8 @@ class Segmenter:
     ``batch_size`` counts images per forward pass when resizing, windows when sliding. ``mode``
     is ``auto``, ``resize`` or ``sliding`` (see :mod:`unetkit.inference.modes`); ``window_size``
     (default ``img_size``, the model's input) and ``overlap`` shape the sliding windows; ``tta``
-    averages the four flips; ``postprocess`` cleans the labels of :meth:`predict` and
+    averages the flips ``tta_flips`` (all four unless the checkpoint records the ones its
+    training used); ``postprocess`` cleans the labels of :meth:`predict` and
     :meth:`predict_with_proba`.
     """
 
@@ -81,6 +82,7 @@ class Segmenter:
         window_size: int | Sequence[int] | None = None,
         overlap: float = DEFAULT_OVERLAP,
         tta: bool = False,
+        tta_flips: Sequence[Sequence[int]] = FLIPS,
         postprocess: PostProcessing | None = None,
         precision: str = "fp32",
         channels_last: bool | str = False,
@@ -95,6 +97,7 @@ class Segmenter:
         )
         self.overlap = check_overlap(overlap)
         self.tta = tta
+        self.tta_flips = checked_flips(tta_flips)
         self.postprocess = postprocess
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -224,6 +227,7 @@ class Segmenter:
             self.window_size,
             self.overlap,
             self.tta,
+            self.tta_flips,
             self.postprocess,
             precision,
             channels_last,
@@ -279,7 +283,7 @@ class Segmenter:
     def _predict(self, images: torch.Tensor) -> torch.Tensor:
         """Probabilities of a batch of model inputs, averaged over flips with ``tta``."""
         if self.tta:
-            return flip_averaged(self._model_probabilities)(images)
+            return flip_averaged(self._model_probabilities, self.tta_flips)(images)
         return self._model_probabilities(images)
 
     def _model_probabilities(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,10 @@ Every rule reads a plain property of the data or the machine, never a dataset's 
   :data:`STRONG_AUGMENT_EPOCHS` epochs, where a small split would otherwise be memorised.
 - **Validation** costs at most :data:`VALIDATION_SHARE` of the training time: a small split is
   repeated within an epoch so that validating once per epoch stays within that share.
-- **TTA** (four flips) is on when the final evaluation with it fits in :data:`EVALUATION_SHARE`
-  of the budget. The final evaluation's estimate (with a safety margin) is kept at the end of the
-  budget, at most half of it: beyond that the plan says by how much the run will overrun.
+- **TTA** (over the flips the augmentation trains with) is on when the final evaluation with
+  it fits in :data:`EVALUATION_SHARE` of the budget. The final evaluation's estimate (with a
+  safety margin) is kept at the end of the budget, at most half of it: beyond that the plan
+  says by how much the run will overrun.
 """
 
 from __future__ import annotations
@@ -144,16 +145,19 @@ def train_repeats(train_seconds_per_pass: float, validation_seconds: float) -> i
 
 
 def choose_tta(
-    inference_seconds: float, scoring_seconds: float, budget_seconds: float
+    inference_seconds: float, scoring_seconds: float, budget_seconds: float, views: int = 4
 ) -> tuple[bool, str]:
-    """TTA when the final evaluation with four flips (4x the inference, the same scoring) fits
-    in its share of the budget."""
+    """TTA when the final evaluation over the ``views`` flips the training augmentation uses
+    (``views`` times the inference, the same scoring) fits in its share of the budget; never
+    with one view (training saw no flip, so there is nothing to average)."""
+    if views < 2:
+        return False, "TTA off: the augmentation flips nothing, so there is no view to average"
     allowance = EVALUATION_SHARE * budget_seconds
-    with_tta = 4 * inference_seconds + scoring_seconds
+    with_tta = views * inference_seconds + scoring_seconds
     if with_tta <= allowance:
-        return True, f"the test evaluation with 4 flips (~{with_tta:.0f} s) fits its share"
+        return True, f"the test evaluation with {views} flips (~{with_tta:.0f} s) fits its share"
     return False, (
-        f"4 flips would make the test evaluation ~{with_tta:.0f} s, over its share "
+        f"{views} flips would make the test evaluation ~{with_tta:.0f} s, over its share "
         f"({allowance:.0f} s)"
     )
 

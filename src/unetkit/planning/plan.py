@@ -27,6 +27,7 @@ from unetkit.data import build_splits
 from unetkit.data.preprocess import size_hw
 from unetkit.data.registry import DatasetSplits
 from unetkit.data.sources import SampleSource
+from unetkit.data.transforms import trained_flips
 from unetkit.devices import resolve_device
 from unetkit.inference.sliding_window import DEFAULT_OVERLAP, window_origins
 from unetkit.losses import build_loss
@@ -297,11 +298,13 @@ def _plan_schedule(
     )
     windows = _windows_per_test_image(plan, chosen.input_side)
     inference = len(splits.test) * windows * per_image
-    tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget)
+    views = len(trained_flips(plan.config(cfg).data.augment))
+    tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget, views)
     if fixed_tta is not None:
         tta, tta_reason = fixed_tta, f"TTA {'on' if fixed_tta else 'off'}, as configured"
-    calibration = _calibration_seconds(planned, val_samples * per_image, tta)
-    evaluation = len(splits.test) * scoring + inference * (4 if tta else 1) + calibration
+    views = views if tta else 1
+    calibration = _calibration_seconds(planned, val_samples * per_image, views)
+    evaluation = len(splits.test) * scoring + inference * views + calibration
     reserve, reserve_reason = decisions.evaluation_reserve(evaluation, budget)
     calibration_reason = f", with ~{calibration:.0f} s to calibrate on val" if calibration else ""
     plan.choose(
@@ -313,12 +316,12 @@ def _plan_schedule(
     _note_fixed_choices(plan, cfg, steps)
 
 
-def _calibration_seconds(cfg: Config, validation_seconds: float, tta: bool) -> float:
+def _calibration_seconds(cfg: Config, validation_seconds: float, views: int) -> float:
     """The end of training's calibration pass (:mod:`unetkit.training.calibrate`), which runs
-    after the last step: one validation pass per flip for best.pt, and again for ema.pt."""
+    after the last step: one validation pass per TTA view for best.pt, and again for ema.pt."""
     if not cfg.eval.calibrate:
         return 0.0
-    return validation_seconds * (4 if tta else 1) * (2 if cfg.train.ema else 1)
+    return validation_seconds * views * (2 if cfg.train.ema else 1)
 
 
 def _note_fixed_choices(plan: Plan, cfg: Config, steps: float) -> None:

@@ -40,7 +40,7 @@ from unetkit.inference.calibration import (
     tune_threshold,
 )
 from unetkit.inference.segmenter import Segmenter
-from unetkit.inference.tta import FLIPS, FlippedModel
+from unetkit.inference.tta import FlippedModel
 from unetkit.inference.view_calibration import ViewSample, averaged_logits, fit_for_views
 from unetkit.metrics.calibration import expected_calibration_error
 from unetkit.metrics.per_image import mean_defined
@@ -197,7 +197,7 @@ def flip_views(segmenter: Segmenter) -> list[Segmenter]:
     if not segmenter.tta:
         return [segmenter]
     views = []
-    for dims in FLIPS:
+    for dims in segmenter.tta_flips:
         view = copy.copy(segmenter)  # the same model, device, execution and windows
         view.tta, view.model = False, FlippedModel(segmenter.model, dims)
         views.append(view)

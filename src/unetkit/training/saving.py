@@ -21,6 +21,7 @@ from typing import Any
 
 from unetkit.checkpoint import Preprocessing, model_metadata, save_checkpoint
 from unetkit.config import Config
+from unetkit.data.transforms import trained_flips
 from unetkit.inference.options import RECORD_KEY, InferenceConfig
 from unetkit.training.setup import RunParts
 from unetkit.training.state import GENERATOR_KEYS, TrainingState
@@ -68,16 +69,20 @@ def _model_payload(parts: RunParts, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def final_test_inference(cfg: Config, preprocessing: Preprocessing) -> InferenceConfig:
-    """How the final test runs the model: windows of its input size, TTA as ``eval.tta``, and
-    the precision measured (``auto``) unless the run was given an exact one, which is then kept,
-    so ``--precision fp32 --no-channels-last`` reproduces metrics.json on any machine."""
+    """How the final test runs the model: windows of its input size, TTA as ``eval.tta`` over
+    the flips the training augmentation used (none but the image itself under ``--augment
+    none``, so no TTA then), and the precision measured (``auto``) unless the run was given an
+    exact one, which is then kept, so ``--precision fp32 --no-channels-last`` reproduces
+    metrics.json on any machine."""
     asked = (cfg.train.execution or {}).get("asked") or {}
     exact = (
         asked.get("precision", "auto") != "auto" and asked.get("channels_last", "auto") != "auto"
     )
+    flips = trained_flips(cfg.data.augment)
     return InferenceConfig(
         window_size=preprocessing.img_size,
-        tta=cfg.eval.tta,
+        tta=cfg.eval.tta and len(flips) > 1,
+        tta_flips=flips,
         precision=cfg.train.precision if exact else "auto",
         channels_last=cfg.train.channels_last if exact else "auto",
     )

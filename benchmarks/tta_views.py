@@ -3,6 +3,7 @@ augmentation used, and all four, on the test split, for single runs and for a cv
 
     python benchmarks/tta_views.py runs/cv-isbi-oof/isbi            # a cv folder: every fold
     python benchmarks/tta_views.py runs/planned/isbi runs/planned/pet  # single runs
+    python benchmarks/tta_views.py runs/cv-pet-oof/pet --images 60    # the first 60 test images
 
 Every model is its ``best.pt`` with its stored calibration and threshold, as ``predict`` runs
 it; each view is the Segmenter without TTA on the flipped image, flipped back. A variant's
@@ -52,13 +53,13 @@ def variants(trained: tuple[tuple[int, ...], ...]) -> dict[str, tuple[tuple[int,
 
 
 def confusions(
-    segmenters: list[Segmenter], test, trained: tuple[tuple[int, ...], ...]
+    segmenters: list[Segmenter], test, trained: tuple[tuple[int, ...], ...], images: int
 ) -> dict[str, np.ndarray]:
     """Per-image confusion matrices ``(N, C, C)`` of every member (key ``fold i: variant``) and
     of the ensemble (``ensemble: variant``, several members only), image by image."""
     task, kinds = segmenters[0].task, variants(trained)
     rows: dict[str, list[np.ndarray]] = {}
-    for index in range(len(test)):
+    for index in range(images):
         image, mask = test.load(index)
         members = [views_of(segmenter, image) for segmenter in segmenters]
         for name, flips in kinds.items():
@@ -70,11 +71,11 @@ def confusions(
                 matrix = ConfusionMatrix(task.num_classes)
                 matrix.update(task.labels_from_probabilities(probs[None])[0], mask)
                 rows.setdefault(key, []).append(matrix.matrix.numpy())
-        print(f"  image {index + 1}/{len(test)}", flush=True)
+        print(f"  image {index + 1}/{images}", flush=True)
     return {key: np.stack(matrices) for key, matrices in rows.items()}
 
 
-def report(folder: Path, key: str) -> None:
+def report(folder: Path, key: str, limit: int | None = None) -> None:
     """One table per run or cv folder: every variant's score, and for a cv the ensemble's
     difference from its best member under each variant."""
     single = folder / "checkpoints" / "best.pt"
@@ -85,11 +86,12 @@ def report(folder: Path, key: str) -> None:
     trained = trained_flips(config["data"]["augment"])
     segmenters = [Segmenter.from_checkpoint(path, "cpu", 8, tta=False) for path in paths]
     binary = segmenters[0].task.num_classes == 2
-    matrices = confusions(segmenters, splits.test, trained)
+    images = len(splits.test) if limit is None else min(limit, len(splits.test))
+    matrices = confusions(segmenters, splits.test, trained, images)
     score = {k: float(headline_arrays(m.sum(0, keepdims=True), binary)[key][0])
              for k, m in matrices.items()}  # fmt: skip
     print(f"\n{folder} (augment {config['data']['augment']}), test {key}, "
-          f"{len(splits.test)} images\n")  # fmt: skip
+          f"{images} of {len(splits.test)} images\n")  # fmt: skip
     columns = [f"fold {i}" for i in range(len(paths))] if len(paths) > 1 else ["model"]
     if len(paths) > 1:
         columns += ["ensemble", "ensemble - best fold [95% CI]"]
@@ -111,10 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run folders or cv folders")
     parser.add_argument("--metric", default="foreground_iou", help="a headline metric key")
+    parser.add_argument("--images", type=int, help="score the first N test images only")
     args = parser.parse_args()
     torch.manual_seed(0)
     for folder in args.folders:
-        report(folder, args.metric)
+        report(folder, args.metric, args.images)
 
 
 if __name__ == "__main__":

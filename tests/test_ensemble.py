@@ -100,3 +100,22 @@ def test_members_of_different_tasks_are_refused_by_name(tmp_path) -> None:
 def test_an_empty_ensemble_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one member"):
         ProbabilityAverage([], Task(2))
+
+
+def test_an_ensemble_averages_only_the_flips_every_member_trained_on(members, tmp_path) -> None:
+    from unetkit.inference.segmenter import Segmenter
+
+    def recording(source, target, flips):
+        payload = load_checkpoint(source)
+        payload["inference"] = {"tta": True, **({"tta_flips": flips} if flips else {})}
+        save_checkpoint(payload, target)
+        return target
+
+    light = recording(members[0], tmp_path / "light.pt", [[], [-1]])
+    strong = recording(members[1], tmp_path / "strong.pt", [[], [-1], [-2], [-2, -1]])
+    older = recording(members[1], tmp_path / "older.pt", None)  # all four, as it ran
+    segmenter = Segmenter.from_loaded(load_ensemble([strong, light]), "cpu")
+    assert segmenter.tta and segmenter.tta_flips == ((), (-1,))  # not the first member's four
+    assert load_ensemble([strong, older]).checkpoint["inference"]["tta_flips"] == [
+        [], [-1], [-2], [-2, -1]
+    ]  # fmt: skip

@@ -19,6 +19,8 @@ from torch import nn
 
 from unetkit.checkpoint import LoadedModel, load_checkpoint, model_from_checkpoint
 from unetkit.inference.calibration import Calibration
+from unetkit.inference.options import RECORD_KEY
+from unetkit.inference.tta import FLIPS, Flips, checked_flips
 from unetkit.tasks import Task
 
 FOLD_CHECKPOINT = "checkpoints/best.pt"  # inside each fold_<k> folder of `unetkit cv`
@@ -139,7 +141,16 @@ def load_ensemble(
     first = members[0]
     model = ProbabilityAverage([m.model for m in members], first.task, calibration).eval()
     checkpoint = {**first.checkpoint, "ensemble": {"members": [str(p) for p in paths]}}
+    if checkpoint.get(RECORD_KEY):  # TTA asks no member about a flip it never trained on
+        flips = common_flips([member.checkpoint for member in members])
+        checkpoint[RECORD_KEY] = {**checkpoint[RECORD_KEY], "tta_flips": [list(f) for f in flips]}
     return LoadedModel(model, first.task, first.class_names, first.preprocessing, checkpoint)
+
+
+def common_flips(records: Sequence[dict]) -> Flips:
+    """The TTA flips every record's inference config names (all four where one names none)."""
+    named = [set(checked_flips((r.get(RECORD_KEY) or {}).get("tta_flips", FLIPS))) for r in records]
+    return tuple(view for view in FLIPS if all(view in flips for flips in named))
 
 
 def _require_compatible(

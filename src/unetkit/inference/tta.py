@@ -11,9 +11,9 @@ orientation. It costs one forward pass per view, so it is off by default.
 Training records the flips its augmentation taught the model
 (:func:`unetkit.data.transforms.trained_flips`) and TTA uses only those: a view the model never
 saw in training is not a second opinion but a worse one. An ISBI membrane model trained with
-left-right flips only scored 0.647 foreground IoU on the upside-down views against 0.688 on the
-images as they are, and the mean of all four views scored below the image alone
-(benchmarks/README, "TTA views").
+left-right flips only scored 0.645-0.647 foreground IoU on the two upside-down views against
+0.688 on the images as they are, and the mean of all four views scored below the image alone;
+Pet models lost 0.03-0.07 upside-down (benchmarks/README, "TTA views").
 """
 
 from __future__ import annotations

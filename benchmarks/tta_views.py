@@ -6,7 +6,8 @@ augmentation used, and all four, on the test split, for single runs and for a cv
     python benchmarks/tta_views.py runs/cv-pet-oof/pet --images 60    # the first 60 test images
 
 Every model is its ``best.pt`` with its stored calibration and threshold, as ``predict`` runs
-it; each view is the Segmenter without TTA on the flipped image, flipped back. A variant's
+it; each view is one flip of every model input, flipped back, as TTA runs it
+(:func:`unetkit.training.calibrate.flip_views`). A variant's
 probabilities are the mean over its views (and, for the ensemble, over the members, which
 commutes with the mean over views), turned into labels at the stored threshold and counted
 into one confusion matrix per image by the metrics core. For a cv folder the script also gives
@@ -31,19 +32,15 @@ from unetkit.inference.tta import FLIPS
 from unetkit.metrics.bootstrap import paired_difference
 from unetkit.metrics.confusion import ConfusionMatrix
 from unetkit.metrics.summary import headline_arrays
+from unetkit.training.calibrate import flip_views
 
 NAMES = {(): "as is", (-1,): "left-right", (-2,): "up-down", (-2, -1): "both"}
 
 
-def views_of(segmenter: Segmenter, image: np.ndarray) -> dict[tuple[int, ...], torch.Tensor]:
-    """The model's probabilities ``(C, H, W)`` for each flip of ``image``, flipped back."""
-    views = {}
-    for dims in FLIPS:
-        axes = tuple(dim + 2 for dim in dims)  # of the (H, W[, C]) image: -2 is H, -1 is W
-        flipped = np.ascontiguousarray(np.flip(image, axes))
-        probs = torch.from_numpy(segmenter.predict_proba(flipped))
-        views[dims] = probs.flip(dims) if dims else probs
-    return views
+def views_of(views: list[Segmenter], image: np.ndarray) -> dict[tuple[int, ...], torch.Tensor]:
+    """Each flip's probabilities ``(C, H, W)`` of ``image``, flipped back: the views that TTA
+    averages, one :class:`~unetkit.inference.tta.FlippedModel` each (:func:`flip_views`)."""
+    return {view.model.dims: torch.from_numpy(view.predict_proba(image)) for view in views}
 
 
 def variants(trained: tuple[tuple[int, ...], ...]) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -58,10 +55,11 @@ def confusions(
     """Per-image confusion matrices ``(N, C, C)`` of every member (key ``fold i: variant``) and
     of the ensemble (``ensemble: variant``, several members only), image by image."""
     task, kinds = segmenters[0].task, variants(trained)
+    members_views = [flip_views(segmenter) for segmenter in segmenters]
     rows: dict[str, list[np.ndarray]] = {}
     for index in range(images):
         image, mask = test.load(index)
-        members = [views_of(segmenter, image) for segmenter in segmenters]
+        members = [views_of(views, image) for views in members_views]
         for name, flips in kinds.items():
             means = [torch.stack([views[d] for d in flips]).mean(0) for views in members]
             named = {f"fold {i}: {name}": probs for i, probs in enumerate(means)}
@@ -84,7 +82,8 @@ def report(folder: Path, key: str, limit: int | None = None) -> None:
     _, splits = raw_run(runs[0], 8, tta=False)
     config = load_checkpoint(paths[0])["config"]
     trained = trained_flips(config["data"]["augment"])
-    segmenters = [Segmenter.from_checkpoint(path, "cpu", 8, tta=False) for path in paths]
+    segmenters = [Segmenter.from_checkpoint(path, "cpu", 8, tta=True, tta_flips=FLIPS)
+                  for path in paths]  # fmt: skip
     binary = segmenters[0].task.num_classes == 2
     images = len(splits.test) if limit is None else min(limit, len(splits.test))
     matrices = confusions(segmenters, splits.test, trained, images)

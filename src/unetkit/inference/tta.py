@@ -23,10 +23,10 @@ from torch import nn
 
 from unetkit.inference.sliding_window import ProbabilityFn
 
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-"""Dimensions flipped by each view: none, width (left-right), height (up-down), both."""
-
 Flips = tuple[tuple[int, ...], ...]
+
+FLIPS: Flips = ((), (-1,), (-2,), (-2, -1))
+"""Dimensions flipped by each view: none, width (left-right), height (up-down), both."""
 
 
 def checked_flips(flips: object) -> Flips:

@@ -302,9 +302,9 @@ def _plan_schedule(
     tta, tta_reason = decisions.choose_tta(inference, len(splits.test) * scoring, budget, views)
     if fixed_tta is not None:
         tta, tta_reason = fixed_tta, f"TTA {'on' if fixed_tta else 'off'}, as configured"
-    views = views if tta else 1
-    calibration = _calibration_seconds(planned, val_samples * per_image, views)
-    evaluation = len(splits.test) * scoring + inference * views + calibration
+    passes = views if tta else 1  # model passes per input at the final evaluation
+    calibration = _calibration_seconds(planned, val_samples * per_image, passes)
+    evaluation = len(splits.test) * scoring + inference * passes + calibration
     reserve, reserve_reason = decisions.evaluation_reserve(evaluation, budget)
     calibration_reason = f", with ~{calibration:.0f} s to calibrate on val" if calibration else ""
     plan.choose(

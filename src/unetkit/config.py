@@ -143,6 +143,7 @@ class EvalConfig:
     panels: int = 4  # best and worst images shown in the report, each
     calibrate: bool = True  # end of training: fit T (and a binary threshold) on val into best.pt
     calibration_bias: bool = True  # binary / multi-label: fit a logit bias beside T (Platt)
+    tta_check: bool = True  # end of training: TTA stays on only where it scores higher on val
 
 
 @dataclass

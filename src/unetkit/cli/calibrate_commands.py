@@ -33,7 +33,7 @@ def calibrate(args: argparse.Namespace) -> int:
         val = build_splits(cfg, split_record=record).val
         bias = cfg.eval.calibration_bias if args.bias is None else args.bias
         lines = calibrate_run(
-            run_dir, val, cfg.train.monitor, args.device, args.batch_size, bias=bias
+            run_dir, val, cfg.train.monitor, args.device, args.batch_size, bias, cfg.eval.tta_check
         )
         print(f"{run_dir}:")
         for line in lines:

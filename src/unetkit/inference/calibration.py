@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from unetkit.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.inference.options import RECORD_KEY
 from unetkit.inference.platt import fit_scale_and_biases
 from unetkit.metrics.confusion import as_tensor
 from unetkit.metrics.curves import ScoreHistogram
@@ -214,10 +215,14 @@ class Calibration:
         return cls.from_dict(checkpoint.get(CHECKPOINT_KEY))
 
 
-def store_calibration(path: str | Path, calibration: Calibration) -> None:
-    """Write ``calibration`` into the checkpoint file at ``path`` (atomically, all else kept)."""
+def store_calibration(path: str | Path, calibration: Calibration, tta: bool | None = None) -> None:
+    """Write ``calibration`` into the checkpoint file at ``path`` (atomically, all else kept);
+    with ``tta``, in the same write, the TTA its inference record runs with (the calibration
+    is fitted for that many views: :mod:`unetkit.training.tta_check`)."""
     payload = load_checkpoint(path)
     payload[CHECKPOINT_KEY] = calibration.to_dict()
+    if tta is not None:
+        payload[RECORD_KEY] = {**(payload.get(RECORD_KEY) or {}), "tta": tta}
     save_checkpoint(payload, path)
 
 

@@ -103,6 +103,16 @@ class ViewSample:
         """The sampled pixels' class ids ``(P,)`` (multi-label: ``(P, L)`` of 0, 1, 255)."""
         return torch.cat([targets for _, targets in self._at_common_rate()])
 
+    def one_view(self, index: int = 0) -> ViewSample:
+        """The same pixels with view ``index``'s logits alone (0: the image as it is), so a fit
+        of one view and of their mean compare on exactly the same pixels."""
+        single = ViewSample(self.task, self.per_image)
+        single._images = self._images
+        single._pooled = [
+            (logits[:, index : index + 1], targets) for logits, targets in self._at_common_rate()
+        ]
+        return single
+
     def _at_common_rate(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if not self._images:
             raise ValueError("no image was added to the view sample")

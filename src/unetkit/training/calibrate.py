@@ -46,6 +46,7 @@ from unetkit.metrics.calibration import expected_calibration_error
 from unetkit.metrics.per_image import mean_defined
 from unetkit.metrics.summary import headline_arrays
 from unetkit.tasks import IGNORE_INDEX, Task
+from unetkit.training.tta_check import check_line, choose_views, planned_tta
 
 RECORD_FILE = "calibration.json"
 DEFAULT_METRIC = "foreground_dice"
@@ -58,22 +59,26 @@ def calibrate_run(
     device: Any,
     batch_size: int,
     bias: bool = True,
+    tta_check: bool = True,
 ) -> list[str]:
     """Fit and store the calibration of each final checkpoint (``bias``: with a logit bias for
-    a binary or multi-label task, ``eval.calibration_bias``); the lines to print."""
+    a binary or multi-label task, ``eval.calibration_bias``; ``tta_check``: keep the planned TTA
+    only where it scores higher on ``val``, ``eval.tta_check``); the lines to print."""
     checkpoints = [run_dir / "checkpoints" / name for name in ("best.pt", "ema.pt")]
     present = [path for path in checkpoints if path.is_file()]
     if len(val) == 0:
         return ["calibration: skipped (the validation split is empty)"]
     records, lines = {}, []
     for path in present:
-        segmenter = Segmenter.from_loaded(model_from_checkpoint(path), device, batch_size)
+        loaded = model_from_checkpoint(path)
+        asked = {"tta": planned_tta(loaded.checkpoint)} if tta_check else {}
+        segmenter = Segmenter.from_loaded(loaded, device, batch_size, **asked)
         try:
-            record = fit_checkpoint(segmenter, val, monitor, bias)
+            record = fit_checkpoint(segmenter, val, monitor, bias, tta_check)
         except ValueError as error:  # e.g. no foreground in val to tune a threshold on
             lines.append(f"calibration of {path.name}: skipped ({error})")
             continue
-        store_calibration(path, Calibration.from_dict(record["calibration"]))
+        store_calibration(path, Calibration.from_dict(record["calibration"]), checked_tta(record))
         records[path.name] = record
         lines.append(calibration_line(record, path.name if len(present) > 1 else None))
     if records:
@@ -82,13 +87,37 @@ def calibrate_run(
 
 
 def fit_checkpoint(
-    segmenter: Segmenter, val: SampleSource, monitor: str, bias: bool = True
+    segmenter: Segmenter,
+    val: SampleSource,
+    monitor: str,
+    bias: bool = True,
+    tta_check: bool = False,
 ) -> dict[str, Any]:
     """The calibration of the Segmenter's raw model on ``val``, with the validation ECE (and the
-    binary metric) of the sampled pixels before and after it."""
+    binary metric) of the sampled pixels before and after it; with ``tta_check``, of the image
+    alone where its TTA does not score higher (:mod:`unetkit.training.tta_check`)."""
     sample = ViewSample(segmenter.task)
     sample_views(flip_views(segmenter), val, sample)
-    return fit_sample(sample, segmenter.class_names, monitor, bias)
+    return fit_checked(sample, segmenter.class_names, monitor, bias, tta_check)
+
+
+def fit_checked(
+    sample: ViewSample, class_names: list[str], monitor: str, bias: bool, tta_check: bool
+) -> dict[str, Any]:
+    """:func:`fit_sample`, or with ``tta_check`` the record
+    :func:`~unetkit.training.tta_check.choose_views` keeps, its check under ``"tta"``."""
+    if not tta_check:
+        return fit_sample(sample, class_names, monitor, bias)
+    record, check = choose_views(
+        sample, lambda views: fit_sample(views, class_names, monitor, bias), monitor
+    )
+    return record if check is None else {**record, "tta": check}
+
+
+def checked_tta(record: dict[str, Any]) -> bool | None:
+    """The TTA a checked record chose (None where nothing was checked)."""
+    check = record.get("tta")
+    return None if check is None else bool(check["kept"])
 
 
 def fit_sample(
@@ -188,7 +217,8 @@ def calibration_line(record: dict[str, Any], name: str | None = None) -> str:
         scores = f"{_text(metric['before'], 2)} -> {_text(metric['after'], 2)}"
         details.append(f"val {metric['name']} {scores}")
     details.append(f"ECE {_text(ece['before'])} -> {_text(ece['after'])}")
-    return f"{head} ({', '.join(details)})"
+    line = f"{head} ({', '.join(details)})"
+    return line if record.get("tta") is None else f"{line}; {check_line(record['tta'])}"
 
 
 def flip_views(segmenter: Segmenter) -> list[Segmenter]:

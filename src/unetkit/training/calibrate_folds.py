@@ -36,13 +36,15 @@ from unetkit.inference.view_calibration import ViewSample
 from unetkit.training.calibrate import (
     RECORD_FILE,
     calibration_line,
-    fit_sample,
+    checked_tta,
+    fit_checked,
     flip_views,
     sample_views,
 )
 from unetkit.training.cv import FoldAssignment, fold_dir
 from unetkit.training.final_test import final_test
 from unetkit.training.history import read_history_csv
+from unetkit.training.tta_check import planned_tta
 
 FILE = "fold_calibration.json"
 CHECKPOINTS = ("best.pt", "ema.pt")
@@ -71,7 +73,8 @@ def calibrate_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
             lines.append(f"fold calibration of {name}: skipped, each fold keeps its own ({error})")
             continue
         for run, path in zip(runs, paths, strict=True):
-            store_calibration(path, Calibration.from_dict(record["calibration"]))
+            calibration = Calibration.from_dict(record["calibration"])
+            store_calibration(path, calibration, checked_tta(record))
             _note_in_run(run, name, record, cv_dir / FILE)
         records[name] = {"members": member_digests(cv_dir, paths), **record}
         described = calibration_line(record, f"{name} of every fold")
@@ -86,10 +89,13 @@ def calibrate_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
 
 
 def fit_folds(paths: list[Path], assignment: FoldAssignment, cfg: Config) -> dict[str, Any]:
-    """One calibration record (:func:`~unetkit.training.calibrate.fit_sample`) of the raw models
-    ``paths`` on :func:`sample_folds`, with the number of held-out samples it saw."""
+    """One calibration record (:func:`~unetkit.training.calibrate.fit_checked`: with the TTA
+    check on every fold's held-out pixels together, so every fold makes one choice) of the raw
+    models ``paths`` on :func:`sample_folds`, with the number of held-out samples it saw."""
     sample, class_names, images = sample_folds(paths, assignment, cfg)
-    record = fit_sample(sample, class_names, cfg.train.monitor, cfg.eval.calibration_bias)
+    record = fit_checked(
+        sample, class_names, cfg.train.monitor, cfg.eval.calibration_bias, cfg.eval.tta_check
+    )
     return {"samples": images, **record}
 
 
@@ -103,9 +109,9 @@ def sample_folds(
     sample: ViewSample | None = None
     images = 0
     for index, path in enumerate(paths):
-        segmenter = Segmenter.from_loaded(
-            model_from_checkpoint(path), cfg.train.device, cfg.train.batch_size
-        )
+        loaded = model_from_checkpoint(path)
+        asked = {"tta": planned_tta(loaded.checkpoint)} if cfg.eval.tta_check else {}
+        segmenter = Segmenter.from_loaded(loaded, cfg.train.device, cfg.train.batch_size, **asked)
         sample = sample or ViewSample(segmenter.task)
         val = build_splits(cfg, split_record=assignment.split_record(index)).val
         sample_views(flip_views(segmenter), val, sample)

@@ -277,6 +277,7 @@ def _calibrate(parts: RunParts) -> None:
         parts.device,
         cfg.train.batch_size,
         bias=cfg.eval.calibration_bias,
+        tta_check=cfg.eval.tta_check,
     )
     for line in lines:
         _log(parts, line)

@@ -15,7 +15,7 @@ inference record says ``tta: false``, so the final test, ``evaluate``, ``predict
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ def planned_tta(checkpoint: Mapping[str, Any]) -> bool:
 
 
 def choose_views(
-    sample: ViewSample, fit: Any, monitor: str
+    sample: ViewSample, fit: Callable[[ViewSample], dict[str, Any]], monitor: str
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The calibration record to store, and the check's own record (None with one view).
 
@@ -78,17 +78,4 @@ def monitored_score(
     return name, None if np.isnan(value) else float(value)
 
 
-def check_line(check: Mapping[str, Any]) -> str:
-    """``TTA kept (val foreground_iou 0.6891 with 2 flips, 0.6870 without)``, or ``dropped``."""
-    verdict = "kept" if check["kept"] else "off: one pass"
-    return (
-        f"TTA {verdict} (val {check['metric']} {_text(check['with'])} with {check['views']} "
-        f"flips, {_text(check['without'])} without)"
-    )
-
-
-def _text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-__all__ = ["check_line", "choose_views", "monitored_score", "planned_tta"]
+__all__ = ["choose_views", "monitored_score", "planned_tta"]

@@ -245,6 +245,22 @@ def test_predict_and_evaluate_without_flags_run_as_the_checkpoint_records(
     assert scored == {**recorded, "overlap": 0.3}
 
 
+def test_no_tta_runs_one_pass_where_the_checkpoint_records_tta(
+    trained_run, tmp_path, segmenter_options
+):
+    checkpoint = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    best = tmp_path / "best.pt"
+    save_checkpoint({**checkpoint, "inference": {**checkpoint["inference"], "tta": True}}, best)
+    common = ["--checkpoint", str(best), "--no-progress", "--no-report"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "on")]) == 0
+    assert main(["evaluate", *common, "--out", str(tmp_path / "off"), "--no-tta"]) == 0
+    as_recorded, one_pass = segmenter_options
+    assert as_recorded["tta"] is True and one_pass["tta"] is False
+    scored = {name: json.loads((tmp_path / name / "metrics.json").read_text())["inference"]
+              for name in ("on", "off")}  # fmt: skip
+    assert scored["on"]["config"]["tta"] is True and scored["off"]["config"]["tta"] is False
+
+
 def test_old_inference_flag_names_still_work_with_a_notice(trained_run, tmp_path, capsys,
                                                            segmenter_options):  # fmt: skip
     image = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)

@@ -119,3 +119,25 @@ def test_an_ensemble_averages_only_the_flips_every_member_trained_on(members, tm
     assert load_ensemble([strong, older]).checkpoint["inference"]["tta_flips"] == [
         [], [-1], [-2], [-2, -1]
     ]  # fmt: skip
+
+
+def test_an_ensemble_runs_tta_where_most_members_do_whatever_their_order(members, tmp_path):
+    def recording(name, record):
+        payload = load_checkpoint(members[0])
+        if record is not None:
+            payload["inference"] = record
+        save_checkpoint(payload, tmp_path / name)
+        return tmp_path / name
+
+    on = recording("on.pt", {"tta": True, "tta_flips": [[], [-1]]})
+    off = recording("off.pt", {"tta": False, "tta_flips": [[], [-1]]})
+    unrecorded = recording("old.pt", None)  # before records: one pass, all four flips trained
+
+    def record(*paths):
+        return load_ensemble(list(paths)).checkpoint["inference"]
+
+    assert record(on, on, off)["tta"] and record(off, on, on)["tta"]
+    assert not record(on, off)["tta"] and not record(off, on)["tta"]  # a tie: one pass
+    assert not record(on, off, off)["tta"]
+    old_first = record(unrecorded, on, on)  # the later members' record still counts
+    assert old_first["tta"] and old_first["tta_flips"] == [[], [-1]]

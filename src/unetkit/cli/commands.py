@@ -263,7 +263,7 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
         mode=args.inference_mode,
         window_size=_size(args.window_size) if args.window_size else None,
         overlap=args.overlap,
-        tta=args.tta,
+        tta=bool(args.tta),  # None (neither flag): False here, the record's below
         postprocess=postprocess,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -281,7 +281,10 @@ def given_inference_options(args: argparse.Namespace) -> dict[str, Any]:
     passed, so the file's recorded config applies."""
     asked = inference_config(args).segmenter_options()
     unset = UNSET_INFERENCE.segmenter_options()
-    return {name: value for name, value in asked.items() if value != unset[name]}
+    given = {name: value for name, value in asked.items() if value != unset[name]}
+    if args.tta is not None:  # --no-tta is given although it equals the default
+        given["tta"] = args.tta
+    return given
 
 
 def _size(values: list[int]) -> int | tuple[int, int]:

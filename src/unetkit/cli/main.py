@@ -193,7 +193,12 @@ def add_inference_flags(parser: argparse.ArgumentParser, mode_alias: bool = Fals
     group.add_argument(
         "--overlap", type=float, default=0.25, help="sliding window overlap (default 0.25)"
     )
-    group.add_argument("--tta", action="store_true", help="average flipped predictions")
+    group.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average flipped predictions, or with --no-tta run one pass, e.g. for an ensemble "
+        "whose members already average (default: as the checkpoint records)",
+    )
     add_execution_flags(group, ["auto", "fp32", "bf16"])
     group.add_argument(
         "--remove-smaller-than",

@@ -167,3 +167,34 @@ def test_changed_members_are_refused_until_a_rerun_fits_again(held_out_cv, monke
     assert main([*args, *TINY]) == 0
     assert "fitting again" in capsys.readouterr().out
     assert pooled_calibration([held_out_cv]) is not None
+
+
+# --- the TTA check on the holdout ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flipped_cv(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv_holdout_tta")
+    args = ["cv", "--folds", "2", "--calibration-holdout", "0.25", "--out", str(out), *TINY,
+            "data.augment=light", "eval.tta=true"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_the_ensemble_checks_its_tta_on_the_holdout_and_every_path_runs_the_choice(
+    flipped_cv, tmp_path
+):
+    record = json.loads((flipped_cv / FILE).read_text())
+    check = record["tta"]
+    assert check["views"] == 2 and check["metric"] == "mean_iou"  # the monitor, val_mean_iou
+    assert check["kept"] is (check["with"] is not None and check["with"] > check["without"])
+    for kept in (True, False):  # the stored choice, whichever it is, reaches every path
+        (flipped_cv / FILE).write_text(json.dumps({**record, "tta": {**check, "kept": kept}}))
+        assert load_model(flipped_cv).checkpoint["inference"]["tta"] is kept
+        out = tmp_path / f"kept_{kept}"
+        assert main(["evaluate", "--checkpoint", str(flipped_cv), "--out", str(out),
+                     "--no-progress", "--no-report"]) == 0  # fmt: skip
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["inference"]["config"]["tta"] is kept
+    members = [load_model(flipped_cv / f"fold_{i}" / "checkpoints" / "best.pt") for i in (0, 1)]
+    assert all(m.checkpoint["inference"]["tta_flips"] == [[], [-1]] for m in members)

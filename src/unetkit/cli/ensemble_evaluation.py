@@ -17,7 +17,7 @@ from unetkit.evaluation.evaluate import Evaluation
 from unetkit.evaluation.members import MemberScores
 from unetkit.inference.calibration import Calibration
 from unetkit.inference.ensemble import load_ensemble
-from unetkit.inference.ensemble_calibration import pooled_calibration
+from unetkit.inference.ensemble_calibration import pooled_record, pooled_tta
 from unetkit.inference.segmenter import Segmenter
 
 
@@ -33,7 +33,8 @@ def evaluate_ensemble(
     cfg = cfg_of(checkpoints[0])
     record = shared_split_record(paths, checkpoints, cfg, args.split)
     source = getattr(build_splits(cfg, split_record=record), args.split)
-    loaded = load_ensemble(paths)  # raw members: calibration is measured beside, as for one
+    pooled = pooled_record(args.checkpoint)  # a cv folder's calibration of the mean
+    loaded = load_ensemble(paths, tta=pooled_tta(pooled))  # raw: calibration measured beside
     loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
     segmenter = Segmenter.from_loaded(loaded, args.device, args.batch_size, **options)
     members = MemberScores(
@@ -42,7 +43,7 @@ def evaluate_ensemble(
         loaded.task,
         loaded.class_names,
         cfg.eval,
-        pooled=pooled_calibration(args.checkpoint),  # a cv folder's calibration of the mean
+        pooled=None if pooled is None else Calibration.from_dict(pooled["calibration"]),
     )
     evaluation = score_split(segmenter, source, args, cfg, members=members)
     evaluation.metrics["checkpoint"] = f"ensemble of {len(paths)}: {_common_folder(paths)}"

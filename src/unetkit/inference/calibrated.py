@@ -33,7 +33,7 @@ from torch import nn
 from unetkit.checkpoint import LoadedModel
 from unetkit.inference.calibration import CHECKPOINT_KEY, Calibration
 from unetkit.inference.ensemble import load_ensemble
-from unetkit.inference.ensemble_calibration import pooled_calibration
+from unetkit.inference.ensemble_calibration import pooled_record, pooled_tta
 from unetkit.tasks import Task
 
 APPLIED_KEY = "calibrated"  # in the loaded checkpoint and exported metadata: what was applied
@@ -111,9 +111,10 @@ def _calibrated_members(
 ) -> tuple[LoadedModel, list[Calibration], bool]:
     """The model with its logit maps applied, the calibrations whose thresholds it takes, and
     whether that is one calibration of a cv ensemble's mean (fitted on the ``model`` weights)."""
-    pooled = pooled_calibration(sources) if weights == "model" else None
-    if pooled is not None:
-        loaded = load_ensemble(sources, weights, calibration=pooled)
+    record = pooled_record(sources) if weights == "model" else None
+    if record is not None:
+        pooled = Calibration.from_dict(record["calibration"])
+        loaded = load_ensemble(sources, weights, calibration=pooled, tta=pooled_tta(record))
         pooled.check_channels(loaded.task)
         return _without_stored_calibration(loaded), [pooled], True
     calibrations: list[Calibration] = []

@@ -121,9 +121,11 @@ def load_ensemble(
     weights: str = "model",
     prepare: Callable[[LoadedModel], LoadedModel] | None = None,
     calibration: Calibration | None = None,
+    tta: bool | None = None,
 ) -> LoadedModel:
     """One model from several checkpoints (a single one is returned as it is), its mean under
-    ``calibration`` (one fitted on the ensemble as a whole) when given.
+    ``calibration`` (one fitted on the ensemble as a whole) when given, with TTA as ``tta``
+    says (the ensemble calibration's check) or else as :func:`ensemble_record` decides.
 
     Members must share the task, classes and preprocessing; a difference is refused, naming both
     files. The result's checkpoint is the first member's with ``ensemble.members`` (their paths)
@@ -144,6 +146,8 @@ def load_ensemble(
     records = [member.checkpoint for member in members]
     if any(record.get(RECORD_KEY) for record in records):
         checkpoint[RECORD_KEY] = ensemble_record(records)
+    if tta is not None:
+        checkpoint[RECORD_KEY] = {**(checkpoint.get(RECORD_KEY) or {}), "tta": tta}
     return LoadedModel(model, first.task, first.class_names, first.preprocessing, checkpoint)
 
 

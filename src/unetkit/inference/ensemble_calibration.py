@@ -64,8 +64,8 @@ def read_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def pooled_calibration(sources: Sequence[str | Path]) -> Calibration | None:
-    """The ensemble calibration of a cv folder given alone, or None (no folder, no file).
+def pooled_record(sources: Sequence[str | Path]) -> dict[str, Any] | None:
+    """The ensemble calibration record of a cv folder given alone, or None (no folder, no file).
 
     Refused, naming the member, when the folder's checkpoints are not those it was fitted on."""
     folder = cv_folder(sources)
@@ -75,7 +75,20 @@ def pooled_calibration(sources: Sequence[str | Path]) -> Calibration | None:
     current = member_digests(folder, checkpoint_paths([folder]))
     if current != record["members"]:
         raise ValueError(stale_message(folder, record["members"], current))
-    return Calibration.from_dict(record["calibration"])
+    return record
+
+
+def pooled_calibration(sources: Sequence[str | Path]) -> Calibration | None:
+    """The calibration of :func:`pooled_record`, or None."""
+    record = pooled_record(sources)
+    return None if record is None else Calibration.from_dict(record["calibration"])
+
+
+def pooled_tta(record: dict[str, Any] | None) -> bool | None:
+    """Whether the ensemble runs TTA, as the fit's TTA check on the holdout chose
+    (:mod:`unetkit.training.tta_check`); None where no check ran (the members' records decide)."""
+    check = (record or {}).get("tta")
+    return None if check is None else bool(check["kept"])
 
 
 def stale_message(folder: Path, stored: list[dict[str, str]], current: list[dict[str, str]]) -> str:

@@ -5,7 +5,11 @@ why, and for how inference applies it).
 
 It is the same fit as a single run's end-of-training calibration
 (:func:`unetkit.training.calibrate.fit_checkpoint`), on the raw ensemble instead of one model,
-with the first fold's config (device, batch size, monitored metric, ``eval.calibration_bias``).
+with the first fold's config (device, batch size, monitored metric, ``eval.calibration_bias``),
+and with the same TTA check (:mod:`unetkit.training.tta_check`) on the holdout: averaging
+members already removes much of what averaging flips removes (benchmarks/README, "TTA views"),
+so the ensemble keeps TTA only where its flips score higher there, whatever each fold chose.
+The choice is stored in the record and every inference path of the cv folder runs it.
 A rerun keeps a record whose members are unchanged and fits again otherwise.
 """
 
@@ -22,6 +26,7 @@ from unetkit.inference.ensemble_calibration import FILE, member_digests, read_re
 from unetkit.inference.segmenter import Segmenter
 from unetkit.training.calibrate import calibration_line, fit_checkpoint
 from unetkit.training.cv import FoldAssignment
+from unetkit.training.tta_check import planned_tta
 
 
 def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
@@ -40,9 +45,12 @@ def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
         return ["ensemble calibration: skipped (eval.calibrate=false)"]
     source = build_splits(cfg, split_record=assignment.calibration_record()).val
     ensemble = load_ensemble(paths)  # raw members: the fit needs the uncalibrated mean
-    segmenter = Segmenter.from_loaded(ensemble, cfg.train.device, cfg.train.batch_size)
+    asked = {"tta": planned_tta(ensemble.checkpoint)} if cfg.eval.tta_check else {}
+    segmenter = Segmenter.from_loaded(ensemble, cfg.train.device, cfg.train.batch_size, **asked)
     try:
-        record = fit_checkpoint(segmenter, source, cfg.train.monitor, cfg.eval.calibration_bias)
+        record = fit_checkpoint(
+            segmenter, source, cfg.train.monitor, cfg.eval.calibration_bias, cfg.eval.tta_check
+        )
     except ValueError as error:  # e.g. no foreground in the holdout to tune a threshold on
         return [f"ensemble calibration: skipped ({error})"]
     record = {"members": members, "samples": len(source), **record}

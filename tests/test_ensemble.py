@@ -123,9 +123,9 @@ def test_an_ensemble_averages_only_the_flips_every_member_trained_on(members, tm
 
 def test_an_ensemble_runs_tta_where_most_members_do_whatever_their_order(members, tmp_path):
     def recording(name, record):
-        payload = load_checkpoint(members[0])
-        if record is not None:
-            payload["inference"] = record
+        payload = {**load_checkpoint(members[0]), "inference": record}
+        if record is None:
+            del payload["inference"]
         save_checkpoint(payload, tmp_path / name)
         return tmp_path / name
 

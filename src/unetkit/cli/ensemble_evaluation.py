@@ -15,9 +15,9 @@ from unetkit.data import build_splits
 from unetkit.data.splits import SplitRecord
 from unetkit.evaluation.evaluate import Evaluation
 from unetkit.evaluation.members import MemberScores
-from unetkit.inference.calibration import Calibration
+from unetkit.inference.calibration import Calibration, checked_tta
 from unetkit.inference.ensemble import load_ensemble
-from unetkit.inference.ensemble_calibration import pooled_record, pooled_tta
+from unetkit.inference.ensemble_calibration import pooled_record
 from unetkit.inference.segmenter import Segmenter
 
 
@@ -34,7 +34,7 @@ def evaluate_ensemble(
     record = shared_split_record(paths, checkpoints, cfg, args.split)
     source = getattr(build_splits(cfg, split_record=record), args.split)
     pooled = pooled_record(args.checkpoint)  # a cv folder's calibration of the mean
-    loaded = load_ensemble(paths, tta=pooled_tta(pooled))  # raw: calibration measured beside
+    loaded = load_ensemble(paths, tta=checked_tta(pooled))  # raw: calibration measured beside
     loaded.task = dataclasses.replace(loaded.task, threshold=cfg.task.threshold)
     segmenter = Segmenter.from_loaded(loaded, args.device, args.batch_size, **options)
     members = MemberScores(

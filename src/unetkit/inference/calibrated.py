@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from unetkit.checkpoint import LoadedModel
-from unetkit.inference.calibration import CHECKPOINT_KEY, Calibration
+from unetkit.inference.calibration import CHECKPOINT_KEY, Calibration, checked_tta
 from unetkit.inference.ensemble import load_ensemble
-from unetkit.inference.ensemble_calibration import pooled_record, pooled_tta
+from unetkit.inference.ensemble_calibration import pooled_record
 from unetkit.tasks import Task
 
 APPLIED_KEY = "calibrated"  # in the loaded checkpoint and exported metadata: what was applied
@@ -114,7 +114,7 @@ def _calibrated_members(
     record = pooled_record(sources) if weights == "model" else None
     if record is not None:
         pooled = Calibration.from_dict(record["calibration"])
-        loaded = load_ensemble(sources, weights, calibration=pooled, tta=pooled_tta(record))
+        loaded = load_ensemble(sources, weights, calibration=pooled, tta=checked_tta(record))
         pooled.check_channels(loaded.task)
         return _without_stored_calibration(loaded), [pooled], True
     calibrations: list[Calibration] = []

@@ -215,6 +215,13 @@ class Calibration:
         return cls.from_dict(checkpoint.get(CHECKPOINT_KEY))
 
 
+def checked_tta(record: Mapping[str, Any] | None) -> bool | None:
+    """The TTA a calibration record's TTA check chose (:mod:`unetkit.training.tta_check`):
+    a run's, the shared fold calibration's or a cv ensemble's; None where nothing was checked."""
+    check = (record or {}).get("tta")
+    return None if check is None else bool(check["kept"])
+
+
 def store_calibration(path: str | Path, calibration: Calibration, tta: bool | None = None) -> None:
     """Write ``calibration`` into the checkpoint file at ``path`` (atomically, all else kept);
     with ``tta``, in the same write, the TTA its inference record runs with (the calibration

@@ -144,23 +144,24 @@ def load_ensemble(
     model = ProbabilityAverage([m.model for m in members], first.task, calibration).eval()
     checkpoint = {**first.checkpoint, "ensemble": {"members": [str(p) for p in paths]}}
     records = [member.checkpoint for member in members]
-    if any(record.get(RECORD_KEY) for record in records):
-        checkpoint[RECORD_KEY] = ensemble_record(records)
-    if tta is not None:
-        checkpoint[RECORD_KEY] = {**(checkpoint.get(RECORD_KEY) or {}), "tta": tta}
+    if tta is not None or any(record.get(RECORD_KEY) for record in records):
+        checkpoint[RECORD_KEY] = ensemble_record(records, tta)
     return LoadedModel(model, first.task, first.class_names, first.preprocessing, checkpoint)
 
 
-def ensemble_record(records: Sequence[dict]) -> dict:
+def ensemble_record(records: Sequence[dict], tta: bool | None = None) -> dict:
     """The inference record an ensemble runs: the first member's, with the flips every member
-    trained on (TTA asks no member about a flip it never saw), and TTA where more than half
-    the members run it. Each member's TTA check measured it on its own val, so the majority is
-    their pooled evidence whatever the order of the members; a tie goes to the single pass, as
-    in the check (:mod:`unetkit.training.tta_check`)."""
-    votes = sum(bool((record.get(RECORD_KEY) or {}).get("tta")) for record in records)
+    trained on (TTA asks no member about a flip it never saw), and TTA as ``tta`` says (the
+    ensemble's own check) or else where more than half the members run it. Each member's TTA
+    check measured it on its own val, so the majority is their pooled evidence whatever the
+    order of the members; a tie goes to the single pass, as in the check
+    (:mod:`unetkit.training.tta_check`)."""
+    if tta is None:
+        votes = sum(bool((record.get(RECORD_KEY) or {}).get("tta")) for record in records)
+        tta = 2 * votes > len(records)
     flips = common_flips(records)
     first = records[0].get(RECORD_KEY) or {}
-    return {**first, "tta": 2 * votes > len(records), "tta_flips": [list(f) for f in flips]}
+    return {**first, "tta": tta, "tta_flips": [list(f) for f in flips]}
 
 
 def common_flips(records: Sequence[dict]) -> Flips:

@@ -84,13 +84,6 @@ def pooled_calibration(sources: Sequence[str | Path]) -> Calibration | None:
     return None if record is None else Calibration.from_dict(record["calibration"])
 
 
-def pooled_tta(record: dict[str, Any] | None) -> bool | None:
-    """Whether the ensemble runs TTA, as the fit's TTA check on the holdout chose
-    (:mod:`unetkit.training.tta_check`); None where no check ran (the members' records decide)."""
-    check = (record or {}).get("tta")
-    return None if check is None else bool(check["kept"])
-
-
 def stale_message(folder: Path, stored: list[dict[str, str]], current: list[dict[str, str]]) -> str:
     """Which member differs from what :data:`FILE` was fitted on, and the two ways out."""
     fitted = {row["checkpoint"]: row["sha256"] for row in stored}

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.checkpoint import model_from_checkpoint
+from unetkit.checkpoint import LoadedModel, model_from_checkpoint
 from unetkit.data.sources import SampleSource
 from unetkit.inference.calibration import (
     Calibration,
     ThresholdChoice,
+    checked_tta,
     store_calibration,
     tune_label_thresholds,
     tune_threshold,
@@ -70,20 +71,33 @@ def calibrate_run(
         return ["calibration: skipped (the validation split is empty)"]
     records, lines = {}, []
     for path in present:
-        loaded = model_from_checkpoint(path)
-        asked = {"tta": planned_tta(loaded.checkpoint)} if tta_check else {}
-        segmenter = Segmenter.from_loaded(loaded, device, batch_size, **asked)
+        segmenter = sampling_segmenter(model_from_checkpoint(path), device, batch_size, tta_check)
         try:
             record = fit_checkpoint(segmenter, val, monitor, bias, tta_check)
         except ValueError as error:  # e.g. no foreground in val to tune a threshold on
             lines.append(f"calibration of {path.name}: skipped ({error})")
             continue
-        store_calibration(path, Calibration.from_dict(record["calibration"]), checked_tta(record))
+        store_record(path, record)
         records[path.name] = record
         lines.append(calibration_line(record, path.name if len(present) > 1 else None))
     if records:
         (run_dir / RECORD_FILE).write_text(json.dumps(records, indent=2))
     return lines
+
+
+def sampling_segmenter(
+    loaded: LoadedModel, device: Any, batch_size: int, tta_check: bool
+) -> Segmenter:
+    """The raw Segmenter a calibration samples: with ``tta_check``, over the TTA the run
+    planned (:func:`~unetkit.training.tta_check.planned_tta`), so an earlier check's choice is
+    measured again; else as the checkpoint records."""
+    asked = {"tta": planned_tta(loaded.checkpoint)} if tta_check else {}
+    return Segmenter.from_loaded(loaded, device, batch_size, **asked)
+
+
+def store_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a fitted record's calibration, and the TTA its check chose, into ``path``."""
+    store_calibration(path, Calibration.from_dict(record["calibration"]), checked_tta(record))
 
 
 def fit_checkpoint(
@@ -112,12 +126,6 @@ def fit_checked(
         sample, lambda views: fit_sample(views, class_names, monitor, bias), monitor
     )
     return record if check is None else {**record, "tta": check}
-
-
-def checked_tta(record: dict[str, Any]) -> bool | None:
-    """The TTA a checked record chose (None where nothing was checked)."""
-    check = record.get("tta")
-    return None if check is None else bool(check["kept"])
 
 
 def fit_sample(

@@ -23,10 +23,8 @@ from unetkit.config import config_from_dict
 from unetkit.data.registry import build_splits
 from unetkit.inference.ensemble import checkpoint_paths, load_ensemble
 from unetkit.inference.ensemble_calibration import FILE, member_digests, read_record
-from unetkit.inference.segmenter import Segmenter
-from unetkit.training.calibrate import calibration_line, fit_checkpoint
+from unetkit.training.calibrate import calibration_line, fit_checkpoint, sampling_segmenter
 from unetkit.training.cv import FoldAssignment
-from unetkit.training.tta_check import planned_tta
 
 
 def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
@@ -45,8 +43,9 @@ def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
         return ["ensemble calibration: skipped (eval.calibrate=false)"]
     source = build_splits(cfg, split_record=assignment.calibration_record()).val
     ensemble = load_ensemble(paths)  # raw members: the fit needs the uncalibrated mean
-    asked = {"tta": planned_tta(ensemble.checkpoint)} if cfg.eval.tta_check else {}
-    segmenter = Segmenter.from_loaded(ensemble, cfg.train.device, cfg.train.batch_size, **asked)
+    segmenter = sampling_segmenter(
+        ensemble, cfg.train.device, cfg.train.batch_size, cfg.eval.tta_check
+    )
     try:
         record = fit_checkpoint(
             segmenter, source, cfg.train.monitor, cfg.eval.calibration_bias, cfg.eval.tta_check

@@ -29,22 +29,20 @@ from typing import Any
 from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.config import Config, config_from_dict
 from unetkit.data.registry import build_splits
-from unetkit.inference.calibration import Calibration, store_calibration
 from unetkit.inference.ensemble_calibration import member_digests
-from unetkit.inference.segmenter import Segmenter
 from unetkit.inference.view_calibration import ViewSample
 from unetkit.training.calibrate import (
     RECORD_FILE,
     calibration_line,
-    checked_tta,
     fit_checked,
     flip_views,
     sample_views,
+    sampling_segmenter,
+    store_record,
 )
 from unetkit.training.cv import FoldAssignment, fold_dir
 from unetkit.training.final_test import final_test
 from unetkit.training.history import read_history_csv
-from unetkit.training.tta_check import planned_tta
 
 FILE = "fold_calibration.json"
 CHECKPOINTS = ("best.pt", "ema.pt")
@@ -73,8 +71,7 @@ def calibrate_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
             lines.append(f"fold calibration of {name}: skipped, each fold keeps its own ({error})")
             continue
         for run, path in zip(runs, paths, strict=True):
-            calibration = Calibration.from_dict(record["calibration"])
-            store_calibration(path, calibration, checked_tta(record))
+            store_record(path, record)
             _note_in_run(run, name, record, cv_dir / FILE)
         records[name] = {"members": member_digests(cv_dir, paths), **record}
         described = calibration_line(record, f"{name} of every fold")
@@ -109,9 +106,9 @@ def sample_folds(
     sample: ViewSample | None = None
     images = 0
     for index, path in enumerate(paths):
-        loaded = model_from_checkpoint(path)
-        asked = {"tta": planned_tta(loaded.checkpoint)} if cfg.eval.tta_check else {}
-        segmenter = Segmenter.from_loaded(loaded, cfg.train.device, cfg.train.batch_size, **asked)
+        segmenter = sampling_segmenter(
+            model_from_checkpoint(path), cfg.train.device, cfg.train.batch_size, cfg.eval.tta_check
+        )
         sample = sample or ViewSample(segmenter.task)
         val = build_splits(cfg, split_record=assignment.split_record(index)).val
         sample_views(flip_views(segmenter), val, sample)

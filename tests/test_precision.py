@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -157,6 +158,18 @@ def test_probes_time_a_copy_and_leave_the_model_untouched():
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert model[0].weight.is_contiguous()  # the copy, not the model, took channels-last
     assert model.training  # the model's own mode is untouched too
+
+
+def test_a_probe_reads_its_fastest_step_so_a_slow_spell_does_not_count():
+    delays = iter([0.0, 0.12, 0.12, 0.01, 0.12])  # the warm-up, then a spell with one quiet step
+
+    class Stalled(nn.Module):
+        def forward(self, images):
+            time.sleep(next(delays))
+            return images
+
+    timer = inference_timer(Stalled(), (1, 3, 4, 4), torch.device("cpu"), steps=4)
+    assert 0.01 <= timer(Execution()) < 0.06  # the median of these steps would read 0.12
 
 
 def test_a_probe_that_overflows_reports_inf():

@@ -1,5 +1,7 @@
 """What the planner measures on the machine: step times of candidate models, inference time, and
-the cost of scoring one test image. Each figure is a median of a few real calls, never a guess.
+the cost of scoring one test image. Each figure comes from a few real calls, never a guess:
+the fastest of them for model steps (:mod:`unetkit.precision_probe`); for loading and scoring,
+whose cost varies from image to image, the median and the mean.
 
 Training-step probes time forward + backward (:mod:`unetkit.precision_probe`); the optimiser
 update and data loading are added as :data:`STEP_OVERHEAD` (the data pipeline measured 9% of an
@@ -75,7 +77,7 @@ def step_seconds(name: str, options: dict[str, Any], side: int, setting: ProbeSe
     model = build_candidate_model(name, options, setting).to(setting.device)
     criterion = build_loss(setting.loss_spec, setting.task).to(setting.device)
     shape = (setting.batch_size, setting.in_channels, side, side)
-    timer = training_step_timer(model, criterion, shape, setting.task, setting.device, steps=3)
+    timer = training_step_timer(model, criterion, shape, setting.task, setting.device, steps=5)
     return timer(setting.execution) * STEP_OVERHEAD
 
 

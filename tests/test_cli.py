@@ -43,6 +43,19 @@ def trained_run(tmp_path_factory):
     return out
 
 
+def test_no_test_ends_after_calibration_and_keeps_no_time_for_the_test(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), *TINY, "train.final_reserve=1000", "--no-test",
+            "--plan", "off", "--time-budget", "4s"]  # fmt: skip
+    assert main(args) == 0
+    best = out / "checkpoints" / "best.pt"
+    assert f"unetkit evaluate --checkpoint {best}" in capsys.readouterr().out
+    assert not (out / "metrics.json").exists() and (out / "calibration.json").is_file()
+    trained = json.loads((out / "trained.json").read_text())
+    assert trained["final_test"] is False
+    assert trained["epochs"] > 1  # a reserve for a test that will not run would leave one epoch
+
+
 @pytest.fixture
 def segmenter_options(monkeypatch):
     """The keyword options of every Segmenter built, in order: what the flags turned into."""
@@ -69,8 +82,12 @@ def test_train_writes_the_whole_run_folder(trained_run):
         "plots/metrics.png",
         "per_image.csv",
         "report.html",
+        "trained.json",
     ]:
         assert (trained_run / name).is_file(), name
+    trained = json.loads((trained_run / "trained.json").read_text())
+    assert trained["epochs"] == 2 and trained["final_test"] is True
+    assert trained["optimizer_steps"] == 2 * 2  # 2 epochs of 11 training images, 2 full batches
     assert any((trained_run / "tensorboard").iterdir())
     assert len((trained_run / "history.csv").read_text().strip().splitlines()) == 3
     metrics = json.loads((trained_run / "metrics.json").read_text())

@@ -188,6 +188,8 @@ def test_each_fold_gets_the_train_arguments_less_the_cv_options(tmp_path):
     ]  # fmt: skip
     seeded = cv_commands.fold_argv([*argv, "--seed=4"], run, False, None, None, seed=5)
     assert "--seed=4" not in seeded and seeded[-2:] == ["--seed", "5"]
+    untested = cv_commands.fold_argv(argv, run, False, None, None, test=False)
+    assert untested[-1] == "--no-test" and build_parser().parse_args(["train", *untested])
 
 
 def test_keys_that_each_fold_sets_are_refused(capsys, tmp_path):
@@ -303,11 +305,35 @@ def test_a_rerun_skips_finished_folds_and_resumes_an_interrupted_one(cv_run, mon
     assert "fold 0: done" in printed and "fold 1: done" in printed
     assert "mean ± std" in printed
     monkeypatch.undo()
-    (cv_run / "fold_1" / "metrics.json").unlink()  # as if stopped before its test evaluation
+    for name in ("trained.json", "metrics.json"):  # as if stopped before the end of training
+        (cv_run / "fold_1" / name).unlink()
     assert main(["cv", "--folds", "2", "--out", str(cv_run), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "fold 0: done" in printed and "fold 1: resuming" in printed
     assert "resumed from" in printed and (cv_run / "fold_1" / "metrics.json").is_file()
+
+
+def test_under_the_shared_calibration_folds_train_untested_and_are_tested_once_after_it(cv_run):
+    for i in range(2):
+        run = cv_run / f"fold_{i}"
+        trained = json.loads((run / "trained.json").read_text())
+        assert trained["final_test"] is False and trained["epochs"] == 1
+        assert not load_config(str(run / "config.yaml")).train.final_test
+        calibration = json.loads((run / "calibration.json").read_text())["best.pt"]["calibration"]
+        tested = json.loads((run / "metrics.json").read_text())["calibration"]
+        assert tested["temperature"] == pytest.approx(calibration["temperature"])  # the shared map
+
+
+def test_folds_that_no_calibration_tests_are_tested_by_the_cv(tmp_path, capsys):
+    assert main(["cv", "--folds", "2", "--out", str(tmp_path), *TINY,
+                 "eval.calibrate=false"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "fold calibration: skipped" in printed
+    for i in range(2):
+        assert f"fold {i} tested (wrote" in printed
+        run = tmp_path / f"fold_{i}"
+        assert json.loads((run / "trained.json").read_text())["final_test"] is False
+        assert (run / "metrics.json").is_file()
 
 
 def test_a_rerun_with_other_folds_is_refused(cv_run, capsys):

@@ -16,7 +16,6 @@ from unetkit.config import config_from_dict
 from unetkit.inference.calibration import Calibration, store_calibration
 from unetkit.inference.ensemble_calibration import member_digests
 from unetkit.inference.view_calibration import view_nll
-from unetkit.training import calibrate_folds as shared_fit
 from unetkit.training.calibrate_folds import FILE, sample_folds
 from unetkit.training.cv import FoldAssignment
 
@@ -100,7 +99,7 @@ def test_a_rerun_keeps_the_fit_and_a_changed_fold_is_fitted_and_tested_again(
     def no_test(*args, **kwargs):
         raise AssertionError("an unchanged fold was tested again")
 
-    monkeypatch.setattr(shared_fit, "final_test", no_test)
+    monkeypatch.setattr("unetkit.training.final_test.final_test", no_test)
     assert main(cv_args(out, "shared")) == 0
     assert "fold calibration of best.pt: kept" in capsys.readouterr().out
     monkeypatch.undo()

@@ -117,6 +117,9 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without a better monitor; None = off
     time_budget: str | None = None  # "90s", "20m", "1.5h" or seconds; epochs is then ignored
     final_reserve: float = 0.0  # seconds of the budget kept for the final test evaluation
+    # false: the run ends after calibration, without the test evaluation (and keeps no time for
+    # it); `unetkit cv` tests its folds itself once their shared calibration is in
+    final_test: bool = True
     ema: float | None = None  # decay of a weight moving average (e.g. 0.999); None = off
     channels_last: bool | str = "auto"  # auto | true | false, decided with precision
     execution: dict[str, Any] | None = None  # filled by the run: what auto chose and measured

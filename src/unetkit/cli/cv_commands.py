@@ -27,6 +27,7 @@ from unetkit.training.cv import (
     format_summary,
     run_folds,
     summarise_folds,
+    test_untested_folds,
     write_summary,
 )
 from unetkit.training.distributed import under_torchrun
@@ -44,6 +45,7 @@ FOLD_KEYS = {  # keys cv sets for each fold, and what to give instead
     "train.resume": "a rerun of the same command (it resumes fold by fold)",
     "train.time_budget": "--time-budget-per-fold or --time-budget",
     "train.seed": "--seed S (fold i trains with seed S + i)",
+    "train.final_test": "nothing: cv tests every fold (under the shared calibration, after it)",
 }
 
 
@@ -56,8 +58,8 @@ def add_cv_command(sub: argparse._SubParsersAction) -> None:
         "to continue: finished folds are skipped, an interrupted one resumes.",
         allow_abbrev=False,  # the folds' argv is this one less CV_OPTIONS, spelled out
     )
-    add_config_flags(p, [flag for flag in TRAIN_FLAGS if flag not in ("out", "resume",
-                                                                      "time_budget")])  # fmt: skip
+    own = ("out", "resume", "time_budget", "final_test")  # set by cv for each fold
+    add_config_flags(p, [flag for flag in TRAIN_FLAGS if flag not in own])
     p.add_argument("--out", required=True, help="the cv folder (fold_0, ..., folds.json, summary)")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--fold-seed", type=int, help="seed of the fold assignment (default: "
@@ -69,14 +71,14 @@ def add_cv_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-calibration", choices=FOLD_CALIBRATIONS, default="shared",
                    help="shared (default): after the folds, fit one calibration on every fold's "
                    "out-of-fold samples together, store it in every fold and test each fold "
-                   "again; own: each fold keeps the one fitted on its own validation "
-                   "fold")  # fmt: skip
+                   "then (the folds train without their own test); own: each fold keeps the "
+                   "one fitted on its own validation fold")  # fmt: skip
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--time-budget-per-fold", metavar="DURATION", help="each fold trains "
                         "this long (90s, 20m, 1.5h)")  # fmt: skip
     budget.add_argument("--time-budget", metavar="DURATION", help="all folds together train "
                         "this long (shared out equally, after planning and each fold's test "
-                        "again)")  # fmt: skip
+                        "under the shared calibration)")  # fmt: skip
     p.add_argument("--plan", choices=PLAN_CHOICES, default="auto",
                    help="as for train, but planned once for every fold (plan.yaml)")  # fmt: skip
     p.add_argument("--nproc", type=int, help="each fold trains in N processes (as train)")
@@ -99,15 +101,19 @@ def cv(args: argparse.Namespace) -> int:
     assignment = assignment_for(cfg, args.folds, seed, cv_dir, args.calibration_holdout)
     _describe(assignment, cv_dir)
 
+    shared = args.fold_calibration == "shared"
+
     def train_fold(index: int, run_dir: Path, resume: bool) -> int:
         seed = cfg.train.seed + index  # other initial weights and batches: a more diverse ensemble
-        return main(["train", *fold_argv(args.argv[1:], run_dir, resume, budget, plan, seed)])
+        argv = fold_argv(args.argv[1:], run_dir, resume, budget, plan, seed, test=not shared)
+        return main(["train", *argv])
 
     status = run_folds(cv_dir, assignment, train_fold, progress=not args.no_progress)
     if status:
         return status
-    shared = calibrate_folds(cv_dir, assignment) if args.fold_calibration == "shared" else []
-    for line in shared + calibrate_ensemble(cv_dir, assignment):
+    lines = calibrate_folds(cv_dir, assignment) if shared else []
+    lines += test_untested_folds(cv_dir, assignment)
+    for line in lines + calibrate_ensemble(cv_dir, assignment):
         print(line, flush=True)
     summary = summarise_folds(cv_dir, assignment)
     written = write_summary(summary, cv_dir)
@@ -124,14 +130,19 @@ def fold_argv(
     budget: str | None,
     plan: Path | None,
     seed: int | None = None,
+    test: bool = True,
 ) -> list[str]:
     """``train``'s arguments for one fold: ``cv``'s less its own options (and ``--config``,
-    when the plan replaces it), then the fold's folder, budget, plan and seed."""
+    when the plan replaces it), then the fold's folder, budget, plan and seed, and ``--no-test``
+    when ``test`` is off (the shared fold calibration tests each fold once its map is in: a
+    fold's own test would be replaced, and its time goes to training instead)."""
     dropped = CV_OPTIONS + ("--seed",) + (("--config",) if plan else ())
     kept = without_options(argv, dropped)
     extra = ["--out", str(run_dir), "--plan", "off"]
     if seed is not None:
         extra += ["--seed", str(seed)]
+    if not test:
+        extra.append("--no-test")
     if budget is not None:
         extra += ["--time-budget", str(budget)]
     if plan is not None:
@@ -202,7 +213,7 @@ def _fold_seconds(
 ) -> float | None:
     """One fold's training budget: ``--time-budget-per-fold``, or an equal share of
     ``--time-budget`` less the planning and, per fold, ``retest_seconds`` (the shared fold
-    calibration's sampling and test again, about the plan's final reserve); None without a
+    calibration's sampling and test, about the plan's final reserve); None without a
     budget."""
     if args.time_budget_per_fold:
         return parse_duration(args.time_budget_per_fold)
@@ -213,7 +224,7 @@ def _fold_seconds(
     if share <= 0:
         raise ValueError(f"--time-budget {args.time_budget} leaves no training time to "
                          f"{args.folds} folds after planning ({planning_seconds:.0f} s) and "
-                         f"testing each fold again ({retest_seconds:.0f} s each); give a longer "
+                         f"testing each fold ({retest_seconds:.0f} s each); give a longer "
                          f"one")  # fmt: skip
     return share
 

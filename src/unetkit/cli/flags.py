@@ -89,6 +89,15 @@ CONFIG_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
             "help": "SyncBatchNorm across processes (several GPUs)",
         },
     ),
+    "final_test": (
+        "train.final_test",
+        {
+            "flag": "--no-test",
+            "action": "store_false",
+            "default": None,
+            "help": "end after training and calibration, without the test evaluation",
+        },
+    ),
     "ci": (
         "eval.ci",
         {"action": "store_true", "default": None, "help": "bootstrap 95%% CIs over images"},

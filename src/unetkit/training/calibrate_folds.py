@@ -13,10 +13,11 @@ model that saw it. The pooled sample takes every image at one rate
 
 The map replaces each fold's own in ``best.pt`` (and in ``ema.pt`` where every fold has one,
 fitted on the EMA weights), each fold's ``calibration.json`` says so, and each fold's test is run
-again (:mod:`unetkit.training.final_test`) so that its ``metrics.json`` measures what it stores:
-about one evaluation of the test split per fold. ``CV/fold_calibration.json`` names the members
-by SHA-256 after the map went in: a rerun keeps a fit whose members are unchanged, and fits
-again (from the raw weights, so the same map) when a fold was trained again.
+(:func:`unetkit.training.cv.test_fold`) so that its ``metrics.json`` measures what it stores:
+one evaluation of the test split per fold, which the folds skipped at their end of training.
+``CV/fold_calibration.json`` names the members by SHA-256 after the map went in: a rerun keeps a
+fit whose members are unchanged, and fits again (from the raw weights, so the same map) when a
+fold was trained again.
 ``unetkit cv --fold-calibration own`` leaves each fold its own.
 """
 
@@ -40,9 +41,7 @@ from unetkit.training.calibrate import (
     sampling_segmenter,
     store_record,
 )
-from unetkit.training.cv import FoldAssignment, fold_dir
-from unetkit.training.final_test import final_test
-from unetkit.training.history import read_history_csv
+from unetkit.training.cv import FoldAssignment, fold_dir, test_fold
 
 FILE = "fold_calibration.json"
 CHECKPOINTS = ("best.pt", "ema.pt")
@@ -118,11 +117,7 @@ def sample_folds(
 
 def _test_again(run: Path, assignment: FoldAssignment, index: int) -> list[str]:
     """Fold ``index``'s test, run again on its checkpoint as it is now."""
-    cfg = _config(run / "checkpoints" / "best.pt")
-    test = build_splits(cfg, split_record=assignment.split_record(index)).test
-    history_file = run / "history.csv"
-    history = read_history_csv(history_file) if history_file.is_file() else None
-    metrics, _ = final_test(run, test, cfg, cfg.train.device, history)
+    metrics = test_fold(run, assignment, index)
     before, after = (metrics["calibration"][side]["ece"] for side in ("before", "after"))
     return [f"fold {index} tested again: test ECE {_text(before)} at T = 1, {_text(after)} with "
             f"the shared calibration (wrote {run / 'metrics.json'})"]  # fmt: skip

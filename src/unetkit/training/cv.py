@@ -17,16 +17,19 @@ never saw it (the *out-of-fold* metrics).
   on it as on any run.
 * **Shared fold calibration** (``--fold-calibration shared``, the default): after the folds, one
   temperature (and bias, threshold) is fitted on every fold's held-out samples together, each
-  predicted by its own fold, and replaces each fold's own fit; each fold's test is run again
-  (:mod:`unetkit.training.calibrate_folds`).
+  predicted by its own fold, and replaces each fold's own fit; each fold's test is run then
+  (:mod:`unetkit.training.calibrate_folds`). The folds train without their own test
+  (``train --no-test``), which would only be replaced; :func:`test_untested_folds` tests any
+  fold the shared fit leaves.
 * **Calibration holdout** (``--calibration-holdout FRACTION``, off by default): that share of the
   groups, drawn with the seed, is set aside before folding and trains no fold. After the folds,
   one temperature (and bias, threshold) is fitted on the *ensemble's* mean probabilities there
   (:mod:`unetkit.training.calibrate_ensemble`): averaging members that were each calibrated on
   their own fold can leave the mean under-confident, and held-out data is the only data that
   none of the members saw.
-* **Resuming**: a fold whose ``metrics.json`` exists (the final test ran) is done; one with a
-  checkpoint continues with ``--resume auto``; any other starts afresh.
+* **Resuming**: a fold whose training ended (its ``trained.json``, or ``metrics.json`` from
+  before that file) is done; one with a checkpoint continues with ``--resume auto``; any other
+  starts afresh.
 * **Out-of-fold**: each fold's ``best.pt`` is evaluated on the samples it held out (their whole
   images where the data is tiled and the dataset holds them), written to
   ``fold_<i>/evaluation/val`` as ``unetkit evaluate --split val`` would. The out-of-fold pooled
@@ -56,7 +59,7 @@ from unetkit.data.splits import SplitRecord, save_split_record, validate_split_r
 from unetkit.data.tiles import image_name_of
 from unetkit.metrics.per_image import spread
 from unetkit.metrics.summary import CLASS_METRICS, headline_keys, summarise
-from unetkit.training.resume import RESUMABLE
+from unetkit.training.resume import RESUMABLE, TRAINED_FILE
 
 FOLDS_FILE = "folds.json"
 SUMMARY_JSON = "cv_summary.json"
@@ -218,7 +221,12 @@ def fold_dir(cv_dir: Path, index: int) -> Path:
 
 
 def fold_finished(run_dir: Path) -> bool:
-    """Whether a fold's run is complete: its final test wrote ``metrics.json``."""
+    """Whether a fold's training is complete: it wrote :data:`TRAINED_FILE` (or, from before
+    that file existed, its final test wrote ``metrics.json``)."""
+    return (run_dir / TRAINED_FILE).is_file() or fold_tested(run_dir)
+
+
+def fold_tested(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file()
 
 
@@ -256,10 +264,38 @@ def _train_one(run_dir: Path, assignment: FoldAssignment, index: int, train: Tra
     save_split_record(assignment.split_record(index), run_dir / "splits.json")
     status = train(index, run_dir, resume)
     if status == 0 and not fold_finished(run_dir):
-        print(f"fold {index} stopped before its test evaluation; rerun the same command to "
-              f"resume it", flush=True)  # fmt: skip
+        print(f"fold {index} stopped before the end of its training; rerun the same command "
+              f"to resume it", flush=True)  # fmt: skip
         return 1
     return status
+
+
+def test_fold(run_dir: Path, assignment: FoldAssignment, index: int) -> dict[str, Any]:
+    """Fold ``index``'s test evaluation of its ``best.pt`` as it is now, as its own end of
+    training runs it (``metrics.json``, report); its metrics."""
+    from unetkit.checkpoint import load_checkpoint
+    from unetkit.training.final_test import final_test
+    from unetkit.training.history import read_history_csv
+
+    cfg = config_from_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"])
+    test = build_splits(cfg, split_record=assignment.split_record(index)).test
+    history_file = run_dir / "history.csv"
+    history = read_history_csv(history_file) if history_file.is_file() else None
+    metrics, _ = final_test(run_dir, test, cfg, cfg.train.device, history)
+    return metrics
+
+
+def test_untested_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
+    """Test each fold that trained without its test; the lines to print. Under the shared fold
+    calibration the folds train without it, and the calibration tests every fold once its map
+    is in; this catches the folds it left (calibration off, or no map could be fitted)."""
+    lines = []
+    for index in range(len(assignment.folds)):
+        run_dir = fold_dir(cv_dir, index)
+        if not fold_tested(run_dir):
+            test_fold(run_dir, assignment, index)
+            lines.append(f"fold {index} tested (wrote {run_dir / 'metrics.json'})")
+    return lines
 
 
 def evaluate_held_out(run_dir: Path, record: SplitRecord, progress: bool = True) -> Path:

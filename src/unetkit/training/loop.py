@@ -31,7 +31,7 @@ from unetkit.training.distributed import start_processes, stop_processes
 from unetkit.training.final_test import final_test
 from unetkit.training.history import plot_history, write_history_csv
 from unetkit.training.reproducibility import capture_rng_state, seed_everything
-from unetkit.training.resume import resolve_resume
+from unetkit.training.resume import TRAINED_FILE, resolve_resume
 from unetkit.training.saving import save_epoch_checkpoints
 from unetkit.training.setup import RunParts, build_run, resolve_run_dir
 from unetkit.training.signals import GracefulStop
@@ -64,6 +64,7 @@ def _train(parts: RunParts) -> Path:
     run_dir, main = parts.run_dir, parts.processes.is_main
     if main:
         remove_stale_temporaries(run_dir / "checkpoints")  # left by a process killed mid-write
+        (run_dir / TRAINED_FILE).unlink(missing_ok=True)  # training again: it has not ended
         parts.cfg.save(run_dir / "config.yaml")
         (run_dir / "splits.json").write_text(json.dumps(parts.splits.split_record, indent=1))
     state = _start_state(parts)
@@ -85,7 +86,15 @@ def _train(parts: RunParts) -> Path:
         )
     elif main:
         _calibrate(parts)
-        _final_test(parts, state.history)
+        _mark_trained(parts, state)
+        if parts.cfg.train.final_test:
+            _final_test(parts, state.history)
+        else:
+            _log(
+                parts,
+                f"test evaluation: not run (train.final_test=false); run it with: "
+                f"unetkit evaluate --checkpoint {run_dir / 'checkpoints' / 'best.pt'}",
+            )
     return run_dir
 
 
@@ -281,6 +290,16 @@ def _calibrate(parts: RunParts) -> None:
     )
     for line in lines:
         _log(parts, line)
+
+
+def _mark_trained(parts: RunParts, state: TrainingState) -> None:
+    """Record that the epochs ended and best.pt holds its calibration (:data:`TRAINED_FILE`)."""
+    record = {
+        "epochs": state.epoch,
+        "optimizer_steps": state.optimizer_steps_by_rank[0],  # of rank 0, as the plan counts
+        "final_test": parts.cfg.train.final_test,
+    }
+    (parts.run_dir / TRAINED_FILE).write_text(json.dumps(record) + "\n")
 
 
 def _final_test(parts: RunParts, history: list[dict[str, Any]]) -> None:

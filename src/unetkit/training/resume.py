@@ -11,6 +11,9 @@ AUTO = "auto"
 # Newest first: last.pt is rewritten after every epoch, best.pt only on improvement, so last.pt
 # is the newest whenever it exists. ema.pt holds averaged weights, not a training state.
 RESUMABLE = ("last.pt", "best.pt")
+# Written by a run whose epochs ended (budget, epochs or patience, not a signal) once best.pt is
+# calibrated, before the test evaluation: what `unetkit cv` takes as a fold's training done.
+TRAINED_FILE = "trained.json"
 
 
 def resolve_resume(resume: str | None, out: str | None) -> Path | None:

@@ -147,7 +147,8 @@ def build_run(
     budget = None  # started first: the data check and the precision probe count too
     if cfg.train.time_budget is not None:
         seconds = parse_duration(cfg.train.time_budget)
-        budget = TimeBudget(seconds, cfg.train.final_reserve, started)
+        reserve = cfg.train.final_reserve if cfg.train.final_test else 0.0  # no test to keep for
+        budget = TimeBudget(seconds, reserve, started)
     cfg, splits = agree_on_data(cfg, run_dir, processes)
     task = Task.from_config(cfg.task.num_classes, cfg.task.threshold, cfg.task.type)
     model = build_model(

@@ -231,7 +231,7 @@ def test_a_total_budget_is_shared_out_after_planning_once(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("calibration, budget", [("shared", "25.0s"), ("own", "30.0s")])
-def test_a_total_budget_keeps_each_folds_test_again_under_the_shared_calibration(
+def test_a_total_budget_keeps_time_for_each_folds_test_under_the_shared_calibration(
     tmp_path, monkeypatch, calibration, budget
 ):
     def make_plan(cfg, seconds, progress, fixed):  # the plan keeps 5 s for a fold's test

@@ -107,7 +107,7 @@ def test_a_rerun_keeps_the_fit_and_a_changed_fold_is_fitted_and_tested_again(
     assert main(cv_args(out, "shared")) == 0
     printed = capsys.readouterr().out
     assert "out-of-fold samples" in printed
-    assert "fold 0 tested again" in printed and "fold 1 tested again" in printed
+    assert "fold 0 tested with the shared" in printed and "fold 1 tested with the shared" in printed
     assert stored(out, 1).temperature == pytest.approx(shared.temperature)  # from the raw weights
     (out / FILE).write_text("[not an object]")
     assert main(cv_args(out, "shared")) == 0

@@ -77,7 +77,7 @@ def calibrate_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
         lines.append(f"{described} on {record['samples']} out-of-fold samples")
         if name == "best.pt":  # the test measures best.pt's calibration
             for index, run in enumerate(runs):
-                lines += _test_again(run, assignment, index)
+                lines += _test_shared(run, assignment, index)
     if records != stored:  # last: a crash before it leaves a fit that a rerun makes again
         (cv_dir / FILE).write_text(json.dumps(records, indent=2) + "\n")
         lines.append(f"wrote {cv_dir / FILE}")
@@ -115,12 +115,12 @@ def sample_folds(
     return sample, segmenter.class_names, images
 
 
-def _test_again(run: Path, assignment: FoldAssignment, index: int) -> list[str]:
-    """Fold ``index``'s test, run again on its checkpoint as it is now."""
+def _test_shared(run: Path, assignment: FoldAssignment, index: int) -> list[str]:
+    """Fold ``index``'s test, on its checkpoint with the shared calibration in."""
     metrics = test_fold(run, assignment, index)
     before, after = (metrics["calibration"][side]["ece"] for side in ("before", "after"))
-    return [f"fold {index} tested again: test ECE {_text(before)} at T = 1, {_text(after)} with "
-            f"the shared calibration (wrote {run / 'metrics.json'})"]  # fmt: skip
+    return [f"fold {index} tested with the shared calibration: test ECE {_text(before)} at "
+            f"T = 1, {_text(after)} calibrated (wrote {run / 'metrics.json'})"]  # fmt: skip
 
 
 def _note_in_run(run: Path, name: str, record: dict[str, Any], shared: Path) -> None:

@@ -189,7 +189,8 @@ def test_each_fold_gets_the_train_arguments_less_the_cv_options(tmp_path):
     seeded = cv_commands.fold_argv([*argv, "--seed=4"], run, False, None, None, seed=5)
     assert "--seed=4" not in seeded and seeded[-2:] == ["--seed", "5"]
     untested = cv_commands.fold_argv(argv, run, False, None, None, test=False)
-    assert untested[-1] == "--no-test" and build_parser().parse_args(["train", *untested])
+    assert untested[-1] == "--no-test"
+    assert build_parser().parse_args(["train", *untested]).final_test is False
 
 
 def test_keys_that_each_fold_sets_are_refused(capsys, tmp_path):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from unetkit.config import Config, config_from_dict
 from unetkit.data.preprocess import size_hw
 from unetkit.models import build_model
 from unetkit.tasks import Task
@@ -153,6 +154,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"'unetkit train', e.g. RUN/checkpoints/best.pt"
         )
     return payload
+
+
+def trained_config(path: str | Path) -> Config:
+    """The config the checkpoint at ``path`` was trained with (its ``config`` entry)."""
+    return config_from_dict(load_checkpoint(path)["config"])
 
 
 _PLAIN = (str, int, float, bool, type(None))  # exact types: NumPy's float64 is a float, too

@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unetkit.checkpoint import load_checkpoint
-from unetkit.config import config_from_dict
+from unetkit.checkpoint import trained_config
 from unetkit.data.registry import build_splits
 from unetkit.inference.ensemble import checkpoint_paths, load_ensemble
 from unetkit.inference.ensemble_calibration import FILE, member_digests, read_record
@@ -38,7 +37,7 @@ def calibrate_ensemble(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
     if _fitted_on(cv_dir, members):
         return [f"ensemble calibration: kept {path} (its {len(members)} members are unchanged)"]
     path.unlink(missing_ok=True)  # fitted on other members, or unreadable: inference refuses it
-    cfg = config_from_dict(load_checkpoint(paths[0])["config"])
+    cfg = trained_config(paths[0])
     if not cfg.eval.calibrate:
         return ["ensemble calibration: skipped (eval.calibrate=false)"]
     source = build_splits(cfg, split_record=assignment.calibration_record()).val

@@ -27,8 +27,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.config import Config, config_from_dict
+from unetkit.checkpoint import model_from_checkpoint, trained_config
+from unetkit.config import Config
 from unetkit.data.registry import build_splits
 from unetkit.inference.ensemble_calibration import member_digests
 from unetkit.inference.view_calibration import ViewSample
@@ -52,7 +52,7 @@ def calibrate_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
     fold again; the lines to print. Kept when ``CV/fold_calibration.json`` already fits the
     folds' checkpoints; nothing with ``eval.calibrate=false``."""
     runs = [fold_dir(cv_dir, index) for index in range(len(assignment.folds))]
-    cfg = _config(runs[0] / "checkpoints" / "best.pt")
+    cfg = trained_config(runs[0] / "checkpoints" / "best.pt")
     if not cfg.eval.calibrate:
         return ["fold calibration: skipped (eval.calibrate=false)"]
     stored, records, lines = _read(cv_dir / FILE), {}, []
@@ -133,10 +133,6 @@ def _note_in_run(run: Path, name: str, record: dict[str, Any], shared: Path) -> 
 
 def _text(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _config(checkpoint: Path) -> Config:
-    return config_from_dict(load_checkpoint(checkpoint)["config"])
 
 
 def _read(path: Path) -> dict[str, Any]:

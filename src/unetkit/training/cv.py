@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from unetkit.config import Config, config_from_dict
+from unetkit.config import Config
 from unetkit.data.registry import build_splits
 from unetkit.data.sources import DataError
 from unetkit.data.splits import SplitRecord, save_split_record, validate_split_record
@@ -273,11 +273,11 @@ def _train_one(run_dir: Path, assignment: FoldAssignment, index: int, train: Tra
 def test_fold(run_dir: Path, assignment: FoldAssignment, index: int) -> dict[str, Any]:
     """Fold ``index``'s test evaluation of its ``best.pt`` as it is now, as its own end of
     training runs it (``metrics.json``, report); its metrics."""
-    from unetkit.checkpoint import load_checkpoint
+    from unetkit.checkpoint import trained_config
     from unetkit.training.final_test import final_test
     from unetkit.training.history import read_history_csv
 
-    cfg = config_from_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"])
+    cfg = trained_config(run_dir / "checkpoints" / "best.pt")
     test = build_splits(cfg, split_record=assignment.split_record(index)).test
     history_file = run_dir / "history.csv"
     history = read_history_csv(history_file) if history_file.is_file() else None
@@ -301,7 +301,7 @@ def test_untested_folds(cv_dir: Path, assignment: FoldAssignment) -> list[str]:
 def evaluate_held_out(run_dir: Path, record: SplitRecord, progress: bool = True) -> Path:
     """``best.pt`` scored on the samples its fold held out, into ``RUN/evaluation/val`` (as
     ``unetkit evaluate --split val``); kept when already there."""
-    from unetkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from unetkit.checkpoint import model_from_checkpoint, trained_config
     from unetkit.evaluation.evaluate import evaluate_source, write_evaluation, write_per_image_csv
     from unetkit.inference.segmenter import Segmenter
 
@@ -309,7 +309,7 @@ def evaluate_held_out(run_dir: Path, record: SplitRecord, progress: bool = True)
     if (out / "metrics.json").is_file() and (out / "per_image.csv").is_file():
         return out
     best = run_dir / "checkpoints" / "best.pt"
-    cfg = config_from_dict(load_checkpoint(best)["config"])
+    cfg = trained_config(best)
     # the raw model, as `unetkit evaluate` runs it: the threshold stored by the end-of-training
     # calibration was tuned on these very samples, so applying it would flatter the fold
     segmenter = Segmenter.from_loaded(
